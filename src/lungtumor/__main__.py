@@ -1,0 +1,3 @@
+from lungtumor.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,353 @@
+"""The ``lungtumor`` command: one entry point, one subcommand per stage.
+
+The command line stays thin: each subcommand parses its options, calls one library function and prints
+what it returns. Errors caused by input become ``error: <file>: <problem>`` and exit code 2; anything else
+is an internal error with exit code 1. ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lungtumor import __version__
+from lungtumor.errors import InputError
+
+# ----------------------------------------------------------------------------- synth
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write a Task06-style dataset of synthetic chest-CT phantoms (the built-in data)",
+        description="Write dataset.json, imagesTr/, labelsTr/, imagesTs/ (and labelsTs/ for scoring) of synthetic "
+        "chest CTs with tumours of known volume; lesions.json records every lesion's true volume.",
+    )
+    p.add_argument("out", type=Path, help="output dataset folder")
+    p.add_argument("--cases", type=int, default=20, help="number of labelled training cases (default 20)")
+    p.add_argument("--test-cases", type=int, default=4, help="number of test cases in imagesTs (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
+    p.add_argument("--matrix", type=int, default=256, help="in-plane matrix size in pixels (default 256; real CT is 512)")
+    p.add_argument("--slices", type=int, default=0, help="number of slices (default 0: random per case)")
+    p.set_defaults(func=_cmd_synth)
+
+
+def _cmd_synth(args) -> int:
+    from lungtumor.phantom import synth_dataset
+
+    summary = synth_dataset(
+        args.out,
+        n_train=args.cases,
+        n_test=args.test_cases,
+        seed=args.seed,
+        matrix=args.matrix,
+        slices=args.slices or None,
+        progress=not args.quiet,
+    )
+    print(summary)
+    return 0
+
+
+# ----------------------------------------------------------------------------- check
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser(
+        "check",
+        help="verify an MSD-style dataset (dataset.json or imagesTr/labelsTr/imagesTs)",
+        description="Verify every case: files readable, image and label on one grid, labels in {0,1}, no NaNs, "
+        "no path outside the dataset. Prints a table and one line per bad case; exits 2 if any case is bad.",
+    )
+    p.add_argument("dataset", type=Path, help="dataset folder")
+    p.set_defaults(func=_cmd_check)
+
+
+def _cmd_check(args) -> int:
+    from lungtumor.dataset import check_dataset, format_check_report
+
+    report = check_dataset(args.dataset, progress=not args.quiet)
+    print(format_check_report(report))
+    return 0 if report.ok else 2
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="turn a dataset into a training cache (one array per case, tumour-slice index, patient split)",
+        description="Normalise and resample every labelled case once and store it as memory-mapped arrays, with "
+        "an index of tumour slices and a patient-level split. Resumable: run it again after an interruption.",
+    )
+    p.add_argument("dataset", type=Path, help="dataset folder (dataset.json or imagesTr/labelsTr)")
+    p.add_argument("out", type=Path, help="cache folder to write")
+    p.add_argument("--preset", default="default", help="preparation preset: default or seed2d (default: default)")
+    p.add_argument("--config", type=Path, help="YAML config; its prep section overrides the preset")
+    p.add_argument("--val-cases", type=int, default=0, help="validation patients (default: about 10%%, the seed's 58/6)")
+    p.add_argument("--folds", type=int, default=5, help="also write k patient-level folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.set_defaults(func=_cmd_prepare)
+
+
+def _cmd_prepare(args) -> int:
+    from lungtumor.config import load_config
+    from lungtumor.prepare import prepare_dataset
+
+    cfg = load_config(args.config, args.preset)
+    summary = prepare_dataset(
+        args.dataset,
+        args.out,
+        cfg.prep,
+        val_cases=args.val_cases or None,
+        folds=args.folds,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(summary)
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a segmentation model on a prepared cache",
+        description="Train with PyTorch Lightning. Writes checkpoints (best by per-patient validation Dice, and last), "
+        "the resolved config, TensorBoard logs and a loss-curve PNG into RUN_DIR.",
+    )
+    p.add_argument("cache", type=Path, help="cache folder written by `lungtumor prepare`")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--config", type=Path, help="YAML config overriding the preset")
+    p.add_argument("--preset", default=None, help="recipe: default (2.5D, Dice+BCE), seed2d, demo")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--devices", type=int, help="devices (GPUs, or CPU processes) per node")
+    p.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP")
+    p.add_argument("--accelerator", help="auto, cpu, gpu")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from lungtumor.config import load_config
+    from lungtumor.training import train
+
+    cfg = load_config(args.config, args.preset)
+    if args.epochs is not None:
+        cfg.train.epochs = args.epochs
+    if args.devices is not None:
+        cfg.train.devices = args.devices
+    if args.num_nodes is not None:
+        cfg.train.num_nodes = args.num_nodes
+    if args.accelerator is not None:
+        cfg.train.accelerator = args.accelerator
+    result = train(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet)
+    print(result)
+    return 0
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment tumours in CTs; writes masks in the input's original geometry, plus lesion measurements",
+        description="INPUT may be NIfTI, NRRD, MHA, a DICOM series folder, or a folder of these.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, help="CT files or folders")
+    p.add_argument("--model", type=Path, required=True, help="checkpoint (.ckpt) or run folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--threshold", type=float, help="probability threshold (default from the checkpoint, 0.5)")
+    p.add_argument("--min-lesion-mm3", type=float, help="drop components smaller than this (mm³)")
+    p.add_argument("--no-postprocess", action="store_true", help="keep every component")
+    p.add_argument("--lung-gate", action="store_true", help="keep only lesions inside or touching the lungs")
+    p.add_argument("--save-prob", action="store_true", help="also write the tumour probability map")
+    p.add_argument("--report", action="store_true", help="also write the HTML report for each case")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args) -> int:
+    from lungtumor.inference import PredictOptions, predict_paths
+
+    opts = PredictOptions(
+        threshold=args.threshold,
+        min_lesion_mm3=args.min_lesion_mm3,
+        postprocess=not args.no_postprocess,
+        lung_gate=args.lung_gate or None,
+        save_prob=args.save_prob,
+        report=args.report,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    results = predict_paths(args.inputs, args.model, args.out, opts)
+    failed = [r for r in results if r.error]
+    for r in results:
+        print(r.summary_line())
+    if failed:
+        print(f"{len(failed)} of {len(results)} cases failed", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ----------------------------------------------------------------------------- measure
+
+
+def _add_measure(sub) -> None:
+    p = sub.add_parser(
+        "measure",
+        help="measure every lesion of a mask: volume, RECIST-like diameters, 3D diameter, size category",
+        description="Writes <case>_lesions.json and <case>_lesions.csv. The size category follows AJCC 8th edition T "
+        "thresholds by greatest dimension; it is a size category only, not a stage.",
+    )
+    p.add_argument("masks", nargs="+", type=Path, help="mask files")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=_cmd_measure)
+
+
+def _cmd_measure(args) -> int:
+    from lungtumor.measure import measure_files
+
+    for line in measure_files(args.masks, args.out):
+        print(line)
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score predicted masks against ground truth: Dice, NSD, HD95 (mm), lesion-wise recall and FPs",
+        description="Cases are matched by name (<case>_tumour.nii.gz or <case>.nii.gz in PRED_DIR against GT_DIR).",
+    )
+    p.add_argument("pred_dir", type=Path)
+    p.add_argument("gt_dir", type=Path)
+    p.add_argument("--out", type=Path, help="folder for per-case CSV and summary JSON (default: PRED_DIR)")
+    p.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    p.add_argument("--lesion-overlap", type=float, default=0.1, help="IoU-free overlap fraction to count a lesion found")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
+    from lungtumor.metrics import evaluate_dirs, format_summary
+
+    summary = evaluate_dirs(
+        args.pred_dir,
+        args.gt_dir,
+        out_dir=args.out or args.pred_dir,
+        tolerance_mm=args.tolerance_mm,
+        lesion_overlap=args.lesion_overlap,
+    )
+    print(format_summary(summary))
+    return 0
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report (slice scroller, overlay, lesion table, metadata, loss curves)",
+    )
+    p.add_argument("image", type=Path, help="the CT")
+    p.add_argument("--mask", type=Path, required=True, help="the tumour mask on the CT's grid")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--run-dir", type=Path, help="training run folder, to include its loss curves")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from lungtumor.report import report_files
+
+    paths = report_files(args.image, args.mask, args.out, run_dir=args.run_dir)
+    for p in paths:
+        print(p)
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on built-in phantoms: synth, prepare, train, predict, evaluate, report",
+    )
+    p.add_argument("--out", type=Path, default=Path("lungtumor_demo"), help="output folder (default ./lungtumor_demo)")
+    p.add_argument("--cases", type=int, default=24, help="training phantoms (default 24)")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo preset's epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    from lungtumor.demo import run_demo
+
+    result = run_demo(args.out, cases=args.cases, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    print(result)
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+_COMMANDS = (_add_synth, _add_check, _add_prepare, _add_train, _add_predict, _add_measure, _add_evaluate, _add_report, _add_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="lungtumor",
+        description="Segment lung tumours in chest CT and measure them.",
+    )
+    parser.add_argument("--version", action="version", version=f"lungtumor {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    orig = sub.add_parser
+
+    def add_parser(name, **kw):
+        kw.setdefault("parents", [common])
+        return orig(name, **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lungtumor`` console script. Returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        if args.debug:
+            raise
+        print("error: out of memory", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        if args.debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: internal error: {type(e).__name__}: {msg} (rerun with --debug for details)", file=sys.stderr)
+        return 1

@@ -1,0 +1,316 @@
+"""Typed configuration: dataclasses for preparation, model, training and inference, with YAML I/O.
+
+A run's resolved :class:`RunConfig` is saved next to (and inside) every checkpoint, so prediction needs
+nothing but the checkpoint. Unknown keys and wrong types in a YAML file are refused with a one-line error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lungtumor.errors import InputError, atomic_write_text
+
+
+@dataclass
+class PrepConfig:
+    """How a CT becomes model input (the same steps run in ``prepare`` and ``predict``).
+
+    Attributes:
+        norm: ``"divide"`` (HU / hu_divisor, the seed's recipe) or ``"window_zscore"`` (clip to
+            ``window_hu`` then z-score with the training set's mean/std, computed by ``prepare``).
+        hu_divisor: divisor for ``norm="divide"``.
+        window_hu: (low, high) HU clip window for ``norm="window_zscore"``.
+        resize: ``"size"`` (resize each axial slice to ``size``, the seed's recipe) or ``"spacing"``
+            (resample in-plane to ``spacing_mm``, then pad/crop the centre to ``size``).
+        size: in-plane output size (rows, cols) = (y, x) in pixels.
+        spacing_mm: in-plane target spacing in mm for ``resize="spacing"``.
+    """
+
+    norm: str = "window_zscore"
+    hu_divisor: float = 3071.0
+    window_hu: tuple[float, float] = (-1000.0, 500.0)
+    resize: str = "spacing"
+    size: tuple[int, int] = (256, 256)
+    spacing_mm: float = 1.5
+
+
+@dataclass
+class ModelConfig:
+    """Network choice. ``in_channels`` is derived from the training context (2 * context_slices + 1).
+
+    Attributes:
+        arch: registry name, e.g. ``"unet2d"``.
+        base_channels: channels of the first level (UNet-64 means 64).
+        depth: number of down-sampling steps.
+        norm: ``"batch"``, ``"instance"`` or ``"group"``.
+    """
+
+    arch: str = "unet2d"
+    base_channels: int = 32
+    depth: int = 4
+    norm: str = "batch"
+    in_channels: int = 3
+    out_channels: int = 1
+
+
+@dataclass
+class AugmentConfig:
+    """Joint image+mask augmentation, applied to whole batches on the training device."""
+
+    scale: tuple[float, float] = (0.85, 1.15)
+    rotation_deg: float = 45.0
+    elastic_alpha_px: float = 8.0
+    elastic_sigma_px: float = 16.0
+    elastic_p: float = 0.5
+    flip: bool = True
+    intensity_jitter: float = 0.1
+    p: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and runtime settings."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    loss: str = "dice_bce"
+    context_slices: int = 1
+    oversample: bool = True
+    seed: int = 0
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    max_steps_per_epoch: int = 0
+    val_every_n_epochs: int = 1
+    data_on_device: str = "auto"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class InferConfig:
+    """Prediction settings."""
+
+    threshold: float = 0.5
+    min_lesion_mm3: float = 20.0
+    lung_gate: bool = False
+    batch_size: int = 16
+    tta: bool = False
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs and prediction reuses."""
+
+    prep: PrepConfig = field(default_factory=PrepConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    preset: str = "default"
+
+
+def _seed2d() -> RunConfig:
+    c = RunConfig(preset="seed2d")
+    c.prep = PrepConfig(norm="divide", resize="size", size=(256, 256))
+    c.model = ModelConfig(arch="unet2d", base_channels=64, depth=4, in_channels=1)
+    c.train = TrainConfig(
+        epochs=30,
+        batch_size=8,
+        lr=1e-4,
+        loss="bce",
+        context_slices=0,
+        precision="32",
+        channels_last=False,
+        augment=AugmentConfig(flip=False, intensity_jitter=0.0),
+    )
+    return c
+
+
+def _default() -> RunConfig:
+    return RunConfig(preset="default")
+
+
+def _demo() -> RunConfig:
+    """Small and fast enough for 2 CPU cores in a few minutes."""
+    c = RunConfig(preset="demo")
+    c.prep = PrepConfig(norm="window_zscore", resize="spacing", spacing_mm=2.5, size=(160, 160))
+    c.model = ModelConfig(arch="unet2d", base_channels=16, depth=4, in_channels=3)
+    c.train = TrainConfig(epochs=8, batch_size=16, lr=2e-3, loss="dice_bce", context_slices=1, precision="32")
+    return c
+
+
+PRESETS: dict[str, typing.Callable[[], RunConfig]] = {"default": _default, "seed2d": _seed2d, "demo": _demo}
+
+
+def preset(name: str) -> RunConfig:
+    """The named preset. Raises InputError listing the valid names."""
+    if name not in PRESETS:
+        raise InputError("--preset", f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()
+
+
+# ----------------------------------------------------------------------------- YAML / dict conversion
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Dataclass to plain dict (tuples become lists for YAML/JSON)."""
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(asdict(cfg))
+
+
+def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source=source, prefix=where + ".")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise InputError(source, f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, where, source) for v, a in zip(value, args, strict=True))
+    if origin in (typing.Union, types.UnionType):
+        for a in typing.get_args(tp):
+            try:
+                return _coerce(value, a, where, source)
+            except InputError:
+                continue
+        raise InputError(source, f"{where}: value {value!r} has the wrong type")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise InputError(source, f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise InputError(source, f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise InputError(source, f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise InputError(source, f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Any, *, source: str = "config", prefix: str = "", base: Any = None) -> Any:
+    """Build dataclass ``cls`` from ``data``, starting from ``base`` (or defaults) and overriding given keys.
+
+    Raises:
+        InputError: unknown keys or wrong types, naming ``source`` and the key path.
+    """
+    if not isinstance(data, dict):
+        raise InputError(source, f"{prefix.rstrip('.') or 'top level'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InputError(source, f"unknown key {prefix}{unknown[0]}; valid keys: {', '.join(sorted(names))}")
+    obj = base if base is not None else cls()
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            sub_base = getattr(obj, f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                kwargs[f.name] = from_dict(
+                    hints[f.name], data[f.name], source=source, prefix=f"{prefix}{f.name}.", base=sub_base
+                )
+            else:
+                kwargs[f.name] = _coerce(data[f.name], hints[f.name], prefix + f.name, source)
+    return dataclasses.replace(obj, **kwargs)
+
+
+def load_config(path: str | os.PathLike | None = None, preset_name: str | None = None) -> RunConfig:
+    """Resolve a config: start from ``preset_name`` (or the YAML's ``preset`` key, or ``default``), apply the YAML."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(p, f"cannot read config ({getattr(e, 'strerror', None) or e})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise InputError(p, f"invalid YAML ({str(e).splitlines()[0]})") from None
+        data = loaded or {}
+        if not isinstance(data, dict):
+            raise InputError(p, "config must be a mapping of sections (prep, model, train, infer)")
+    name = preset_name or data.get("preset") or "default"
+    if not isinstance(name, str):
+        raise InputError(path, "preset: expected a string")
+    base = preset(name)
+    cfg = from_dict(RunConfig, data, source=str(path) if path else "config", base=base)
+    cfg.preset = name
+    validate(cfg, str(path) if path else "config")
+    return cfg
+
+
+def validate(cfg: RunConfig, source: str = "config") -> None:
+    """Check values that types alone cannot (ranges, choices). Raises InputError."""
+
+    def bad(key: str, msg: str) -> None:
+        raise InputError(source, f"{key}: {msg}")
+
+    if cfg.prep.norm not in ("divide", "window_zscore"):
+        bad("prep.norm", f"{cfg.prep.norm!r} is not one of divide, window_zscore")
+    if cfg.prep.resize not in ("size", "spacing"):
+        bad("prep.resize", f"{cfg.prep.resize!r} is not one of size, spacing")
+    if cfg.prep.window_hu[0] >= cfg.prep.window_hu[1]:
+        bad("prep.window_hu", "low must be below high")
+    if min(cfg.prep.size) < 16 or max(cfg.prep.size) > 2048:
+        bad("prep.size", "each side must be between 16 and 2048 pixels")
+    if not 0.1 <= cfg.prep.spacing_mm <= 20:
+        bad("prep.spacing_mm", "must be between 0.1 and 20 mm")
+    if cfg.train.epochs < 1:
+        bad("train.epochs", "must be at least 1")
+    if cfg.train.batch_size < 1:
+        bad("train.batch_size", "must be at least 1")
+    if not 0 < cfg.train.lr < 1:
+        bad("train.lr", "must be in (0, 1)")
+    if cfg.train.loss not in ("bce", "dice_bce"):
+        bad("train.loss", f"{cfg.train.loss!r} is not one of bce, dice_bce")
+    if not 0 <= cfg.train.context_slices <= 8:
+        bad("train.context_slices", "must be between 0 and 8")
+    if not 0 < cfg.infer.threshold < 1:
+        bad("infer.threshold", "must be in (0, 1)")
+    if cfg.infer.min_lesion_mm3 < 0:
+        bad("infer.min_lesion_mm3", "must be >= 0")
+    cfg.model.in_channels = 2 * cfg.train.context_slices + 1
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+    """Write ``cfg`` as YAML, atomically."""
+    import yaml
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> RunConfig:
+    """Rebuild a RunConfig from :func:`to_dict` output (as stored in checkpoints)."""
+    base = preset(data.get("preset", "default")) if isinstance(data.get("preset"), str) else RunConfig()
+    cfg = from_dict(RunConfig, data, source=source, base=base)
+    validate(cfg, source)
+    return cfg

@@ -1,0 +1,298 @@
+"""The :class:`Volume` type and its readers and writers.
+
+Axis order: ``Volume.array`` is indexed (z, y, x). ``spacing``, ``origin`` and ``direction`` are in
+(x, y, z) order, millimetres, LPS world coordinates, exactly as SimpleITK reports them. ``direction``
+is the 3x3 matrix whose columns are the world directions of the x, y and z voxel axes, stored row-major
+as 9 floats (SimpleITK's convention). Readers return a ``Volume``; writers restore the geometry, so a
+mask written for a CT opens on top of it in 3D Slicer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from lungtumor.errors import InputError, atomic_path
+
+#: File endings we read as single-file images.
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class Volume:
+    """A 3D image with its geometry.
+
+    Attributes:
+        array: voxels, shape (z, y, x). HU for CT (any numeric dtype), {0, 1} uint8 for masks.
+        spacing: voxel size in mm, (x, y, z).
+        origin: world position of voxel (0, 0, 0) in mm, (x, y, z), LPS.
+        direction: 3x3 direction cosines, row-major, 9 floats (SimpleITK convention).
+        meta: free-form metadata strings (e.g. DICOM tags) carried for reports.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+        self.origin = tuple(float(o) for o in self.origin)  # type: ignore[assignment]
+        self.direction = tuple(float(d) for d in self.direction)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape (z, y, x)."""
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        """Volume of one voxel in mm³."""
+        sx, sy, sz = self.spacing
+        return sx * sy * sz
+
+    def with_array(self, array: np.ndarray) -> Volume:
+        """A new Volume with the same geometry and other voxels (same shape required)."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"shape {array.shape} differs from {self.array.shape}")
+        return replace(self, array=array, meta=dict(self.meta))
+
+    def same_grid(self, other: Volume, tol: float = 1e-3) -> bool:
+        """True when both volumes have the same shape, spacing, origin and direction (within ``tol``)."""
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=tol, rtol=0)
+            and np.allclose(self.origin, other.origin, atol=tol * max(1.0, max(self.spacing)), rtol=0)
+            and np.allclose(self.direction, other.direction, atol=tol, rtol=0)
+        )
+
+    def grid_mismatch(self, other: Volume) -> str | None:
+        """Describe how ``other``'s grid differs from this one, or ``None`` when they match."""
+        if self.shape != other.shape:
+            return f"shape {other.shape} (z,y,x) differs from {self.shape}"
+        if not np.allclose(self.spacing, other.spacing, atol=1e-3, rtol=0):
+            return f"spacing {_fmt(other.spacing)} mm differs from {_fmt(self.spacing)} mm"
+        if not np.allclose(self.origin, other.origin, atol=1e-3 * max(1.0, max(self.spacing)), rtol=0):
+            return f"origin {_fmt(other.origin)} mm differs from {_fmt(self.origin)} mm"
+        if not np.allclose(self.direction, other.direction, atol=1e-3, rtol=0):
+            return "direction matrix differs"
+        return None
+
+    def to_sitk(self):
+        """Convert to a ``SimpleITK.Image`` with the same geometry."""
+        import SimpleITK as sitk
+
+        img = sitk.GetImageFromArray(np.ascontiguousarray(self.array))
+        img.SetSpacing(self.spacing)
+        img.SetOrigin(self.origin)
+        img.SetDirection(self.direction)
+        return img
+
+    @classmethod
+    def from_sitk(cls, img, meta: dict[str, str] | None = None) -> Volume:
+        """Build a Volume from a ``SimpleITK.Image`` (3D, scalar)."""
+        import SimpleITK as sitk
+
+        return cls(
+            array=sitk.GetArrayFromImage(img),
+            spacing=img.GetSpacing(),
+            origin=img.GetOrigin(),
+            direction=img.GetDirection(),
+            meta=meta or {},
+        )
+
+    def index_to_world(self, zyx: np.ndarray) -> np.ndarray:
+        """Map voxel indices (N, 3) in (z, y, x) order to world mm (N, 3) in (x, y, z) order."""
+        ijk = np.asarray(zyx, dtype=float)[:, ::-1]
+        d = np.asarray(self.direction).reshape(3, 3)
+        return ijk * np.asarray(self.spacing) @ d.T + np.asarray(self.origin)
+
+
+def _fmt(t) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in t) + ")"
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """The case name of an image path: the file name without its image suffix, or the folder name."""
+    p = Path(path)
+    name = p.name
+    for suf in IMAGE_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True for a file whose name ends in one of :data:`IMAGE_SUFFIXES`."""
+    return str(path).lower().endswith(IMAGE_SUFFIXES)
+
+
+def _check_geometry(path: Path, vol: Volume) -> None:
+    """Validate what every reader returns; raise InputError naming ``path``."""
+    if any(not np.isfinite(s) or s <= 0 for s in vol.spacing):
+        raise InputError(path, f"invalid voxel spacing {_fmt(vol.spacing)} mm (must be > 0)")
+    if any(s > 50 for s in vol.spacing):
+        raise InputError(path, f"implausible voxel spacing {_fmt(vol.spacing)} mm (over 50 mm)")
+    d = np.asarray(vol.direction).reshape(3, 3)
+    if not np.allclose(d.T @ d, np.eye(3), atol=1e-3):
+        raise InputError(path, "direction matrix is not orthonormal (sheared or scaled axes are not supported)")
+    if not np.all(np.isfinite(vol.origin)):
+        raise InputError(path, "origin is not finite")
+
+
+def _read_dicom_series(path: Path) -> Volume:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    try:
+        series = reader.GetGDCMSeriesIDs(str(path))
+    except RuntimeError:
+        series = ()
+    if not series:
+        if not any(path.iterdir()):
+            raise InputError(path, "folder is empty (expected one DICOM series)")
+        raise InputError(path, "folder holds no DICOM series")
+    if len(series) > 1:
+        raise InputError(path, f"folder holds {len(series)} DICOM series; put each series in its own folder")
+    files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+    if len(files) < 2:
+        raise InputError(path, "DICOM series has a single slice; a 3D CT needs at least 2")
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    reader.LoadPrivateTagsOff()
+    try:
+        img = reader.Execute()
+    except RuntimeError as e:
+        raise InputError(path, f"cannot read DICOM series ({_first_line(e)})") from None
+    # Missing slices: slice positions must be evenly spaced.
+    try:
+        pos = [float(reader.GetMetaData(i, "0020|0032").split("\\")[2]) for i in range(len(files))]
+        gaps = np.diff(sorted(pos))
+        if len(gaps) and (gaps.max() > 1.5 * np.median(gaps) + 1e-3):
+            raise InputError(path, f"DICOM series has a gap of {gaps.max():.2f} mm between slices (missing slice?)")
+    except (RuntimeError, IndexError, ValueError):
+        pass
+    meta = {}
+    for tag, name in (
+        ("0008|0060", "Modality"),
+        ("0008|0070", "Manufacturer"),
+        ("0018|0050", "SliceThickness"),
+        ("0018|0060", "KVP"),
+        ("0008|103e", "SeriesDescription"),
+        ("0020|000e", "SeriesInstanceUID"),
+    ):
+        if reader.HasMetaDataKey(0, tag):
+            meta[name] = reader.GetMetaData(0, tag).strip()
+    return Volume.from_sitk(img, meta)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # SimpleITK errors are multi-line; the last meaningful line is the most specific.
+    for ln in reversed(lines):
+        if ln and not ln.startswith(("sitk::", "itk::")):
+            return ln[:200]
+    return lines[-1][:200] if lines else type(e).__name__
+
+
+def read_volume(path: str | os.PathLike, *, allow_2d: bool = False) -> Volume:
+    """Read a CT or mask: NIfTI, NRRD, MHA/MHD, or a folder holding one DICOM series.
+
+    Returns:
+        Volume with array (z, y, x) and geometry in (x, y, z) mm.
+
+    Raises:
+        InputError: missing, unreadable, corrupt, not 3D, non-finite voxels, or bad geometry.
+    """
+    import SimpleITK as sitk
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "no such file or folder")
+    if p.is_dir():
+        vol = _read_dicom_series(p)
+    else:
+        if p.stat().st_size == 0:
+            raise InputError(p, "file is empty (0 bytes)")
+        if not is_image_path(p) and not p.name.lower().endswith(".dcm"):
+            raise InputError(p, f"unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder")
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(p))
+            reader.ReadImageInformation()
+            dim = reader.GetDimension()
+            ncomp = reader.GetNumberOfComponents()
+            size = reader.GetSize()
+        except RuntimeError as e:
+            raise InputError(p, f"cannot read image header ({_first_line(e)})") from None
+        if dim == 4 and size[3] == 1:
+            pass  # a trailing singleton 4th axis is common in NIfTI; squeeze it below
+        elif dim != 3:
+            raise InputError(p, f"image is {dim}D with size {size}; a 3D volume is required")
+        if ncomp != 1:
+            raise InputError(p, f"image has {ncomp} components per voxel; a scalar image is required")
+        try:
+            img = reader.Execute()
+        except RuntimeError as e:
+            raise InputError(p, f"cannot read voxel data, file is corrupt or truncated ({_first_line(e)})") from None
+        if dim == 4:
+            img = img[:, :, :, 0]
+        vol = Volume.from_sitk(img)
+    if min(vol.shape) < 1 or (not allow_2d and vol.shape[0] < 2):
+        raise InputError(p, f"volume has shape {vol.shape} (z,y,x); at least 2 slices are required")
+    _check_geometry(p, vol)
+    if vol.array.dtype.kind == "f" and not np.all(np.isfinite(vol.array)):
+        n = int(np.count_nonzero(~np.isfinite(vol.array)))
+        raise InputError(p, f"image holds {n} NaN or infinite voxels")
+    return vol
+
+
+def read_mask(path: str | os.PathLike, reference: Volume | None = None) -> Volume:
+    """Read a binary label volume and check it is {0, 1} and (optionally) on ``reference``'s grid.
+
+    Returns:
+        Volume with a uint8 array of 0/1.
+    """
+    vol = read_volume(path)
+    a = vol.array
+    if a.dtype.kind == "f":
+        if not np.all(np.isin(np.unique(a), (0.0, 1.0))):
+            vals = np.unique(a)
+            raise InputError(path, f"label has non-binary values {_list_values(vals)}; expected 0 and 1")
+    else:
+        vals = np.unique(a)
+        if not np.all(np.isin(vals, (0, 1))):
+            raise InputError(path, f"label has values {_list_values(vals)}; expected 0 and 1")
+    if reference is not None:
+        why = reference.grid_mismatch(vol)
+        if why:
+            raise InputError(path, f"label is not on the image grid: {why}")
+    return vol.with_array(a.astype(np.uint8, copy=False))
+
+
+def _list_values(vals: np.ndarray, k: int = 6) -> str:
+    s = ", ".join(f"{v:g}" for v in vals[:k])
+    return "{" + s + (", ..." if len(vals) > k else "") + "}"
+
+
+def write_volume(vol: Volume, path: str | os.PathLike, *, compress: bool = True) -> Path:
+    """Write ``vol`` with its geometry (NIfTI, NRRD or MHA by suffix), atomically.
+
+    Raises:
+        InputError: the target folder cannot be written.
+    """
+    import SimpleITK as sitk
+
+    p = Path(path)
+    if not is_image_path(p):
+        raise InputError(p, f"unsupported output type; use one of {', '.join(IMAGE_SUFFIXES)}")
+    try:
+        with atomic_path(p) as tmp:
+            sitk.WriteImage(vol.to_sitk(), str(tmp), useCompression=compress)
+    except (OSError, RuntimeError) as e:
+        raise InputError(p, f"cannot write image ({_first_line(e)})") from None
+    return p
