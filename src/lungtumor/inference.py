@@ -1,0 +1,303 @@
+"""From CT files to tumour masks in the input's original geometry.
+
+``predict_volume`` runs the checkpoint's own preprocessing (``prepare.preprocess_volume``), batched 2.5D
+inference, a sigmoid, ``prepare.restore_geometry`` back onto the input grid, the threshold on
+probabilities, and postprocessing. ``predict_paths`` does that for many inputs, writes masks, lesion
+measurements and optional reports, and reports a failing case instead of stopping the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungtumor.errors import InputError, ensure_writable_dir
+from lungtumor.volume import IMAGE_SUFFIXES, Volume, case_name, is_image_path, read_volume, write_volume
+
+
+@dataclass
+class PredictOptions:
+    """Options for :func:`predict_paths`. ``None`` means: use the checkpoint's ``infer`` config."""
+
+    threshold: float | None = None
+    min_lesion_mm3: float | None = None
+    postprocess: bool = True
+    lung_gate: bool | None = None
+    save_prob: bool = False
+    report: bool = False
+    measure: bool = True
+    device: str = "auto"
+    batch_size: int | None = None
+    tta: bool | None = None
+    progress: bool = False
+
+
+@dataclass
+class PredictResult:
+    """What happened to one input."""
+
+    case: str
+    source: Path
+    mask_path: Path | None = None
+    outputs: list[Path] = field(default_factory=list)
+    n_lesions: int = 0
+    tumour_ml: float = 0.0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def summary_line(self) -> str:
+        """One human-readable line."""
+        if self.error:
+            return f"FAILED {self.case}: {self.error}"
+        return (
+            f"{self.case}: {self.n_lesions} lesion(s), {self.tumour_ml:.2f} mL -> {self.mask_path} "
+            f"({self.seconds:.1f} s)"
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU. Raises InputError for an unknown or unavailable device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise InputError("--device", f"unknown device {name!r}; use auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device", "CUDA was requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def _looks_like_dicom_dir(p: Path) -> bool:
+    for f in p.iterdir():
+        if f.is_file():
+            if f.suffix.lower() == ".dcm":
+                return True
+            try:
+                with open(f, "rb") as fh:
+                    head = fh.read(132)
+                if head[128:132] == b"DICM":
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[tuple[str, Path]]:
+    """Expand CLI inputs into (case name, path) pairs.
+
+    A file with an image suffix is one case; a folder holding DICOM files is one case (the series);
+    any other folder contributes each image file and each DICOM sub-folder in it (sorted).
+
+    Raises:
+        InputError: an input does not exist, a folder holds nothing readable, or two inputs share a case name.
+    """
+    out: list[tuple[str, Path]] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise InputError(p, "no such file or folder")
+        if p.is_file():
+            out.append((case_name(p), p))
+        elif _looks_like_dicom_dir(p):
+            out.append((p.name, p))
+        else:
+            found = []
+            for child in sorted(p.iterdir()):
+                if child.name.startswith("."):
+                    continue
+                if child.is_file() and is_image_path(child):
+                    found.append((case_name(child), child))
+                elif child.is_dir() and _looks_like_dicom_dir(child):
+                    found.append((child.name, child))
+            if not found:
+                raise InputError(p, f"folder holds no CT images ({', '.join(IMAGE_SUFFIXES)}) or DICOM series")
+            out.extend(found)
+    names = [n for n, _ in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(dup[0], "two inputs have this case name; outputs would overwrite each other")
+    return out
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    context_slices: int,
+    *,
+    device: torch.device,
+    batch_size: int = 16,
+    precision: str = "32",
+    tta: bool = False,
+) -> np.ndarray:
+    """Tumour probabilities for every slice of a prepared volume.
+
+    Args:
+        model: maps (B, 2k+1, H, W) to logits (B, 1, H, W).
+        image: prepared input, (z, H, W) float32.
+        context_slices: k neighbours each side (edge slices are repeated).
+        tta: also predict the left-right mirrored input and average the probabilities.
+
+    Returns:
+        (z, H, W) float32 probabilities in [0, 1].
+    """
+    z = image.shape[0]
+    vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
+    offsets = torch.arange(-context_slices, context_slices + 1, device=device)
+    out = np.empty(image.shape, dtype=np.float32)
+    for start in range(0, z, batch_size):
+        idx = torch.arange(start, min(start + batch_size, z), device=device)
+        nb = (idx[:, None] + offsets[None]).clamp(0, z - 1)
+        x = vol[nb]  # (B, C, H, W)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, precision):
+            prob = torch.sigmoid(model(x).float())
+            if tta:
+                prob = 0.5 * (prob + torch.sigmoid(model(x.flip(-1)).float()).flip(-1))
+        out[start : start + len(idx)] = prob[:, 0].cpu().numpy()
+    return out
+
+
+def predict_volume(loaded, vol: Volume, *, device: torch.device, threshold: float, batch_size: int,
+                   tta: bool = False, precision: str = "32") -> tuple[np.ndarray, np.ndarray]:
+    """Predict one CT with a loaded checkpoint.
+
+    Args:
+        loaded: ``training.LoadedModel`` (model, config, stats).
+        vol: the CT in HU, array (z, y, x).
+
+    Returns:
+        (probabilities float32, mask uint8), both (z, y, x) on ``vol``'s grid.
+    """
+    from lungtumor.prepare import preprocess_volume, restore_geometry
+
+    cfg = loaded.config
+    x, geom = preprocess_volume(vol, cfg.prep, loaded.stats)
+    prob_small = predict_probabilities(
+        loaded.model,
+        x,
+        cfg.train.context_slices,
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+        tta=tta,
+    )
+    del x
+    prob = restore_geometry(prob_small, geom)
+    del prob_small
+    mask = (prob >= threshold).astype(np.uint8)
+    return prob, mask
+
+
+def postprocess_mask(mask: np.ndarray, ct: Volume, *, min_lesion_mm3: float, lung_gate: bool) -> np.ndarray:
+    """Drop components under ``min_lesion_mm3`` and, optionally, those away from the lungs. (z, y, x) uint8."""
+    from lungtumor.postprocess import gate_to_lungs, lung_mask_from_hu, remove_small_components
+
+    if min_lesion_mm3 > 0:
+        mask = remove_small_components(mask, ct.spacing, min_lesion_mm3)
+    if lung_gate and mask.any():
+        lungs = lung_mask_from_hu(ct.array, ct.spacing)
+        mask = gate_to_lungs(mask, lungs)
+    return mask.astype(np.uint8, copy=False)
+
+
+def predict_paths(
+    inputs: Iterable[str | os.PathLike],
+    model_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    opts: PredictOptions | None = None,
+) -> list[PredictResult]:
+    """Predict every input; write ``<case>_tumour.nii.gz`` (uint8, input geometry), lesion files, optional
+    ``<case>_prob.nii.gz`` and report. A failing case is reported in its result; the others go on.
+
+    Raises:
+        InputError: the model cannot be loaded, the output folder is not writable, or inputs are missing.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from lungtumor.training import load_checkpoint
+
+    opts = opts or PredictOptions()
+    device = resolve_device(opts.device)
+    cases = collect_inputs(inputs)
+    out = ensure_writable_dir(out_dir)
+    loaded = load_checkpoint(model_path)
+    loaded.model.to(device).eval()
+    if device.type == "cuda":
+        loaded.model.to(memory_format=torch.channels_last)
+    icfg = loaded.config.infer
+    threshold = opts.threshold if opts.threshold is not None else icfg.threshold
+    if not 0 < threshold < 1:
+        raise InputError("--threshold", f"{threshold} is not a probability in (0, 1)")
+    min_mm3 = opts.min_lesion_mm3 if opts.min_lesion_mm3 is not None else icfg.min_lesion_mm3
+    if min_mm3 < 0:
+        raise InputError("--min-lesion-mm3", "must be >= 0")
+    lung_gate = opts.lung_gate if opts.lung_gate is not None else icfg.lung_gate
+    batch = opts.batch_size or icfg.batch_size
+    tta = opts.tta if opts.tta is not None else icfg.tta
+    precision = "bf16" if device.type == "cuda" else "32"
+    run_dir = _run_dir_of(Path(model_path))
+
+    results: list[PredictResult] = []
+    for case, src in tqdm(cases, desc="predict", unit="case", disable=not opts.progress):
+        t0 = time.perf_counter()
+        res = PredictResult(case=case, source=src)
+        try:
+            vol = read_volume(src)
+            prob, mask = predict_volume(
+                loaded, vol, device=device, threshold=threshold, batch_size=batch, tta=tta, precision=precision
+            )
+            if opts.postprocess:
+                mask = postprocess_mask(mask, vol, min_lesion_mm3=min_mm3, lung_gate=lung_gate)
+            mask_vol = vol.with_array(mask)
+            res.mask_path = write_volume(mask_vol, out / f"{case}_tumour.nii.gz")
+            res.outputs.append(res.mask_path)
+            if opts.save_prob:
+                res.outputs.append(write_volume(vol.with_array(prob), out / f"{case}_prob.nii.gz"))
+            del prob
+            res.tumour_ml = float(mask.sum()) * vol.voxel_volume_mm3 / 1000.0
+            lesions = None
+            if opts.measure or opts.report:
+                from lungtumor.measure import measure_lesions, write_lesions
+
+                lesions = measure_lesions(mask_vol)
+                res.n_lesions = len(lesions)
+                if opts.measure:
+                    res.outputs.extend(write_lesions(lesions, case, out))
+            if opts.report:
+                from lungtumor.report import write_report
+
+                res.outputs.append(write_report(vol, mask_vol, out, case, lesions=lesions, run_dir=run_dir))
+        except InputError as e:
+            res.error = str(e)
+        except (RuntimeError, ValueError, OSError, MemoryError) as e:
+            res.error = f"{src}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        res.seconds = time.perf_counter() - t0
+        results.append(res)
+        gc.collect()
+    return results
+
+
+def _run_dir_of(model_path: Path) -> Path | None:
+    """The training run folder of a checkpoint (for loss curves in reports), if recognisable."""
+    if model_path.is_dir():
+        return model_path
+    for parent in (model_path.parent, model_path.parent.parent):
+        if (parent / "config.yaml").exists():
+            return parent
+    return None
