@@ -210,7 +210,8 @@ def postprocess_mask(mask: np.ndarray, ct: Volume, *, min_lesion_mm3: float, lun
         mask = remove_small_components(mask, ct.spacing, min_lesion_mm3)
     if lung_gate and mask.any():
         lungs = lung_mask_from_hu(ct.array, ct.spacing)
-        mask = gate_to_lungs(mask, lungs)
+        if lungs.any():  # no lungs found (e.g. not in HU): gating would delete every lesion, so skip it
+            mask = gate_to_lungs(mask, lungs)
     return mask.astype(np.uint8, copy=False)
 
 

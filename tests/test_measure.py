@@ -1,0 +1,155 @@
+"""Lesion measurements against analytic shapes, size categories, file output and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lungtumor.cli import main
+from lungtumor.measure import measure_files, measure_lesions, size_category_ajcc8, write_lesions
+from lungtumor.volume import Volume, read_mask, write_volume
+
+SPACING = (0.7, 0.7, 2.5)  # (x, y, z) mm
+
+
+def best_slice_factor(shape, c_mm, offset_z=0.0, sz=SPACING[2]):
+    """Scale of the largest analytic cross-section on an actual slice centre (slices need not hit the equator)."""
+    cz = (shape[0] - 1) / 2 + offset_z
+    dz = np.min(np.abs(np.arange(shape[0]) - cz)) * sz
+    return math.sqrt(1 - (dz / c_mm) ** 2)
+
+
+def ellipsoid(axes_xyz_mm, shape=(32, 110, 110), spacing=SPACING, centre_offset_vox=(0.0, 0.0, 0.0)):
+    """Voxelised ellipsoid (voxel in iff its centre is inside); array (z, y, x)."""
+    z, y, x = np.indices(shape, dtype=float)
+    cz, cy, cx = ((s - 1) / 2 + o for s, o in zip(shape, centre_offset_vox, strict=True))
+    a, b, c = axes_xyz_mm
+    r = ((x - cx) * spacing[0] / a) ** 2 + ((y - cy) * spacing[1] / b) ** 2 + ((z - cz) * spacing[2] / c) ** 2
+    return (r <= 1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("offset", [(0.0, 0.0, 0.0), (0.0, 0.3, -0.2), (0.0, -0.45, 0.17)])
+def test_sphere_matches_analytic_volume_and_diameters(offset):
+    r = 14.0
+    m = ellipsoid((r, r, r), centre_offset_vox=offset)
+    les = measure_lesions(Volume(m, spacing=SPACING))
+    assert len(les) == 1
+    (s,) = les
+    f = best_slice_factor(m.shape, r, offset[0])
+    assert s.volume_ml == pytest.approx(4 / 3 * math.pi * r**3 / 1000, rel=0.02)
+    assert s.long_axis_mm == pytest.approx(2 * r * f, rel=0.02)
+    assert s.short_axis_mm == pytest.approx(2 * r * f, rel=0.02)
+    assert s.diameter_3d_mm == pytest.approx(2 * r, rel=0.02)
+    assert s.slice_first <= s.long_axis_slice <= s.slice_last
+    assert s.size_category_ajcc8_T == "T1c"
+
+
+@pytest.mark.parametrize("offset", [(0.0, 0.0, 0.0), (0.0, 0.25, 0.4)])
+def test_ellipsoid_anisotropic_spacing(offset):
+    a, b, c = 20.0, 12.0, 14.0  # semi-axes x, y, z in mm
+    vol = Volume(ellipsoid((a, b, c), centre_offset_vox=offset), spacing=SPACING, origin=(-10.0, 5.0, 100.0))
+    (s,) = measure_lesions(vol)
+    f = best_slice_factor(vol.shape, c, offset[0])
+    assert s.volume_ml == pytest.approx(4 / 3 * math.pi * a * b * c / 1000, rel=0.02)
+    assert s.long_axis_mm == pytest.approx(2 * a * f, rel=0.02)
+    assert s.short_axis_mm == pytest.approx(2 * b * f, rel=0.02)
+    assert s.diameter_3d_mm == pytest.approx(2 * a, rel=0.02)
+    # centroid in world mm: origin + index * spacing (identity direction)
+    cz, cy, cx = ((n - 1) / 2 + o for n, o in zip(vol.shape, offset, strict=True))
+    expect = np.array([-10.0 + cx * 0.7, 5.0 + cy * 0.7, 100.0 + cz * 2.5])
+    assert np.allclose(s.centroid_world_mm, expect, atol=0.5)
+    assert s.size_category_ajcc8_T == "T2a"  # 40 mm
+
+
+def test_ellipsoid_long_in_z_gives_3d_diameter_along_z():
+    (s,) = measure_lesions(Volume(ellipsoid((8.0, 8.0, 25.0), shape=(40, 40, 40)), spacing=SPACING))
+    assert s.long_axis_mm == pytest.approx(16.0, rel=0.03)
+    # z is sampled every 2.5 mm: within half a slice per end
+    assert abs(s.diameter_3d_mm - 50.0) <= 2.5
+    assert s.slice_last - s.slice_first + 1 == 20
+
+
+def test_two_blobs_are_two_lesions_sorted_by_volume():
+    m = np.zeros((20, 60, 60), np.uint8)
+    m[2:6, 5:15, 5:15] = 1
+    m[10:18, 30:50, 30:50] = 1
+    les = measure_lesions(Volume(m, spacing=(1.0, 1.0, 2.0)))
+    assert [x.label for x in les] == [1, 2]
+    assert les[0].voxels == 8 * 20 * 20 and les[1].voxels == 4 * 10 * 10
+    assert les[0].volume_ml == pytest.approx(8 * 400 * 2 / 1000)
+    assert (les[0].slice_first, les[0].slice_last) == (10, 17)
+
+
+def test_diagonal_touch_is_one_lesion_26_connectivity():
+    m = np.zeros((4, 8, 8), np.uint8)
+    m[1, 2, 2] = 1
+    m[2, 3, 3] = 1
+    assert len(measure_lesions(Volume(m))) == 1
+
+
+def test_empty_mask_has_no_lesions(tmp_path):
+    vol = Volume(np.zeros((3, 5, 5), np.uint8))
+    assert measure_lesions(vol) == []
+    j, c = write_lesions([], "empty", tmp_path)
+    assert json.loads(j.read_text())["totals"]["n_lesions"] == 0
+    assert len(c.read_text().splitlines()) == 1  # header only
+
+
+def test_single_voxel_has_positive_size():
+    m = np.zeros((3, 5, 5), np.uint8)
+    m[1, 2, 2] = 1
+    (s,) = measure_lesions(Volume(m, spacing=(0.8, 0.8, 3.0)))
+    assert s.long_axis_mm == pytest.approx(0.8) and s.diameter_3d_mm == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize(
+    ("mm", "cat"),
+    [(0.0, "T1a"), (10.0, "T1a"), (10.01, "T1b"), (20.0, "T1b"), (25, "T1c"), (30.0, "T1c"), (30.5, "T2a"),
+     (40.0, "T2a"), (45, "T2b"), (50.0, "T2b"), (50.1, "T3"), (70.0, "T3"), (70.01, "T4"), (150, "T4")],
+)  # fmt: skip
+def test_size_category_thresholds(mm, cat):
+    assert size_category_ajcc8(mm) == cat
+
+
+def test_size_category_rejects_nan():
+    with pytest.raises(ValueError):
+        size_category_ajcc8(float("nan"))
+
+
+def test_write_and_cli(tmp_path, capsys):
+    m = ellipsoid((6.0, 6.0, 6.0), shape=(12, 30, 30))
+    p = write_volume(Volume(m, spacing=SPACING), tmp_path / "case1.nii.gz")
+    lines = list(measure_files([p], tmp_path / "out"))
+    assert len(lines) == 1 and lines[0].startswith("case1: 1 lesion(s)")
+    doc = json.loads((tmp_path / "out" / "case1_lesions.json").read_text())
+    assert doc["units"]["volume_ml"] == "mL"
+    assert doc["totals"]["n_lesions"] == 1
+    assert "not a stage" in doc["definitions"]["size_category_ajcc8_T"]
+    assert doc["lesions"][0]["size_category_ajcc8_T"] == "T1b"
+    rows = list(csv.DictReader((tmp_path / "out" / "case1_lesions.csv").open()))
+    assert rows[0]["case"] == "case1" and float(rows[0]["volume_ml"]) == pytest.approx(
+        doc["lesions"][0]["volume_ml"]
+    )
+    assert main(["measure", str(p), "--out", str(tmp_path / "cli")]) == 0
+    assert "case1: 1 lesion(s)" in capsys.readouterr().out
+
+
+def test_cli_bad_mask_exits_2(tmp_path, capsys):
+    p = write_volume(Volume(np.full((3, 4, 4), 3, np.uint8)), tmp_path / "bad.nii.gz")
+    assert main(["measure", str(p), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "bad.nii.gz" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.realdata
+def test_real_label_volume(realdata):
+    vol = read_mask(realdata / "pyradiomics" / "lung2_label.nrrd")
+    les = measure_lesions(vol)
+    assert sum(x.volume_ml for x in les) == pytest.approx(48.43, abs=0.01)
+    big = les[0]
+    assert big.long_axis_mm >= big.short_axis_mm > 0
+    assert big.diameter_3d_mm >= big.long_axis_mm

@@ -1,0 +1,147 @@
+"""Metric invariants (Dice, HD95 and NSD in mm, lesion detection) and the evaluate command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lungtumor.cli import main
+from lungtumor.errors import InputError
+from lungtumor.metrics import SegmentationMetrics, dice, evaluate_dirs, hd95, lesion_detection, nsd
+from lungtumor.volume import Volume, write_volume
+
+SPACING_ZYX = (2.5, 0.7, 0.7)
+
+
+def sphere(shape=(30, 80, 80), centre=(15, 40, 40), r_mm=12.0, spacing_zyx=SPACING_ZYX):
+    g = np.indices(shape, dtype=float)
+    d2 = sum(((g[i] - centre[i]) * spacing_zyx[i]) ** 2 for i in range(3))
+    return (d2 <= r_mm**2).astype(np.uint8)
+
+
+def test_dice_invariants():
+    a = sphere()
+    assert dice(a, a) == 1.0
+    b = np.zeros_like(a)
+    b[:2, :2, :2] = 1
+    assert dice(a, b) == 0.0
+    assert math.isnan(dice(np.zeros_like(a), np.zeros_like(a)))
+    assert dice(a, np.zeros_like(a)) == 0.0
+
+
+@pytest.mark.parametrize(("axis", "k"), [(0, 1), (0, 2), (1, 3), (2, 4)])
+def test_shifted_sphere_hd95_and_nsd_in_mm(axis, k):
+    a = sphere()
+    c = [15, 40, 40]
+    c[axis] += k
+    b = sphere(centre=tuple(c))
+    shift_mm = k * SPACING_ZYX[axis]
+    h = hd95(b, a, SPACING_ZYX)
+    # the 95th percentile of surface distances of a shifted sphere is close to (at most) the shift
+    assert 0.8 * shift_mm <= h <= shift_mm + 1e-6
+    assert nsd(b, a, SPACING_ZYX, tol_mm=shift_mm) == pytest.approx(1.0)
+    assert nsd(b, a, SPACING_ZYX, tol_mm=0.5 * shift_mm) < 0.95
+    # distances scale with the spacing passed (mm in, mm out)
+    assert hd95(b, a, tuple(2 * s for s in SPACING_ZYX)) == pytest.approx(2 * h, rel=1e-5)
+
+
+def test_empty_surface_metrics():
+    a = sphere()
+    z = np.zeros_like(a)
+    assert math.isnan(hd95(a, z, SPACING_ZYX)) and math.isnan(hd95(z, z, SPACING_ZYX))
+    assert nsd(a, z, SPACING_ZYX) == 0.0 and math.isnan(nsd(z, z, SPACING_ZYX))
+    assert hd95(a, a, SPACING_ZYX) == 0.0 and nsd(a, a, SPACING_ZYX) == 1.0
+
+
+def _two_lesions():
+    gt = np.zeros((20, 60, 60), np.uint8)
+    gt[5:10, 5:15, 5:15] = 1
+    gt[5:10, 40:50, 40:50] = 1
+    return gt
+
+
+def test_lesion_detection_missed_and_false_positive():
+    gt = _two_lesions()
+    assert lesion_detection(gt, gt) == (2, 2, 0)
+    pred = np.zeros_like(gt)
+    pred[5:10, 5:15, 5:15] = 1  # finds lesion 1, misses lesion 2
+    assert lesion_detection(pred, gt) == (2, 1, 0)
+    pred[15:18, 25:30, 25:30] = 1  # spurious blob
+    assert lesion_detection(pred, gt) == (2, 1, 1)
+    small = np.zeros_like(gt)
+    small[5, 40, 40] = 1  # overlaps 1 of 500 voxels: below the 10% overlap, not found, not an FP either
+    assert lesion_detection(small, gt, overlap=0.1) == (2, 0, 0)
+    assert lesion_detection(small, gt, overlap=0.001) == (2, 1, 0)
+
+
+def test_accumulator_aggregates():
+    gt = _two_lesions()
+    acc = SegmentationMetrics(tolerance_mm=2.0)
+    acc.update(gt, gt, (1.0, 1.0, 1.0), case="a")
+    half = gt.copy()
+    half[:, 30:, 30:] = 0
+    m = acc.update(half, gt, (1.0, 1.0, 1.0), case="b")
+    assert m.lesion_recall == 0.5
+    acc.update(np.zeros_like(gt), np.zeros_like(gt), (1.0, 1.0, 1.0), case="empty")
+    agg = acc.aggregate()
+    assert agg["n_cases"] == 3 and agg["n_both_empty"] == 1
+    assert agg["dice"]["n"] == 2 and agg["dice"]["n_undefined"] == 1
+    assert agg["dice"]["mean"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert agg["lesions"] == {"n_gt": 4, "n_found": 3, "n_fp": 0, "recall_pooled": 0.75}
+    acc.reset()
+    assert acc.aggregate()["n_cases"] == 0
+    with pytest.raises(ValueError):
+        SegmentationMetrics(lesion_overlap=0)
+
+
+def _write(folder, name, arr, spacing=(0.7, 0.7, 2.5)):
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_volume(Volume(arr, spacing=spacing), folder / name)
+
+
+def test_evaluate_cli_writes_csv_and_json(tmp_path, capsys):
+    gt = _two_lesions()
+    pred = gt.copy()
+    pred[:, 30:, 30:] = 0
+    _write(tmp_path / "gt", "c1.nii.gz", gt)
+    _write(tmp_path / "gt", "c2.nii.gz", gt)
+    _write(tmp_path / "gt", "c3.nii.gz", gt)  # no prediction: reported, scored as empty
+    _write(tmp_path / "pred", "c1_tumour.nii.gz", gt)
+    _write(tmp_path / "pred", "c2.nii.gz", pred)
+    _write(tmp_path / "pred", "extra_tumour.nrrd", gt)  # no ground truth: listed, not scored
+    _write(tmp_path / "pred", "c1_prob.nii.gz", gt.astype(np.float32))  # probability map: skipped
+    rc = main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", str(tmp_path / "ev"), "-q"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "evaluated 3 cases" in out and "c3" in out and "extra" in out
+    rows = {r["case"]: r for r in csv.DictReader((tmp_path / "ev" / "evaluation_cases.csv").open())}
+    assert set(rows) == {"c1", "c2", "c3", "extra"}
+    assert float(rows["c1"]["dice"]) == 1.0
+    assert rows["c3"]["status"] == "missing_prediction" and float(rows["c3"]["dice"]) == 0.0
+    assert rows["extra"]["status"] == "no_ground_truth"
+    doc = json.loads((tmp_path / "ev" / "evaluation_summary.json").read_text())
+    s = doc["summary"]
+    assert s["n_cases"] == 3 and s["missing_prediction"] == ["c3"] and s["no_ground_truth"] == ["extra"]
+    assert s["lesions"]["n_gt"] == 6 and s["lesions"]["n_found"] == 3
+    assert s["hd95_mm"]["n_undefined"] == 1  # c3: empty prediction
+
+
+def test_evaluate_grid_mismatch_exits_2(tmp_path, capsys):
+    gt = _two_lesions()
+    _write(tmp_path / "gt", "c1.nii.gz", gt)
+    _write(tmp_path / "pred", "c1.nii.gz", gt, spacing=(1.0, 1.0, 2.5))
+    rc = main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error:") and "c1.nii.gz" in err and "spacing" in err
+
+
+def test_evaluate_empty_folder_is_input_error(tmp_path):
+    (tmp_path / "p").mkdir()
+    _write(tmp_path / "g", "c1.nii.gz", _two_lesions())
+    with pytest.raises(InputError, match="no image files"):
+        evaluate_dirs(tmp_path / "p", tmp_path / "g", tmp_path / "o")

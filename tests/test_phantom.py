@@ -1,0 +1,155 @@
+"""Tests of the built-in phantoms (lungtumor.phantom)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lungtumor.errors import InputError
+from lungtumor.phantom import build_case, make_case, sample_lesion_plan, synth_dataset
+from lungtumor.volume import read_mask, read_volume
+
+SOLID = {"juxtapleural": 1, "hilar": 1, "intrapulmonary": 1}
+
+
+@pytest.fixture(scope="module")
+def case():
+    return build_case(3, matrix=128, slices=40)
+
+
+def test_make_case_is_deterministic_and_seeds_differ():
+    a_img, a_lab, a_les = make_case(7, matrix=96, slices=24)
+    b_img, b_lab, b_les = make_case(7, matrix=96, slices=24)
+    c_img, _, _ = make_case(8, matrix=96, slices=24)
+    assert np.array_equal(a_img.array, b_img.array)
+    assert np.array_equal(a_lab.array, b_lab.array)
+    assert a_les == b_les and a_img.spacing == b_img.spacing and a_img.origin == b_img.origin
+    assert a_img.shape != c_img.shape or not np.array_equal(a_img.array, c_img.array)
+
+
+def test_small_case_is_fast_and_well_formed():
+    import time
+
+    t = time.perf_counter()
+    img, lab, _ = make_case(np.random.default_rng(1), matrix=96, slices=24)
+    assert time.perf_counter() - t < 2.0
+    assert img.shape == (24, 96, 96) and img.array.dtype == np.int16
+    assert lab.array.dtype == np.uint8 and set(np.unique(lab.array)) <= {0, 1}
+    assert img.same_grid(lab)
+
+
+def test_hu_ranges_by_tissue(case):
+    a = case.image.array
+    parenchyma = case.lung & ~case.vessels & (case.label.array == 0)
+    assert abs(np.median(a[parenchyma]) - (-850)) < 60
+    assert np.percentile(a[case.bone], 99) > 300
+    outside = a[:, :3, :3]
+    assert abs(np.median(outside) + 1000) < 30
+    assert np.any(a > -200) and a.min() >= -1024
+
+
+def test_tumour_hu_in_soft_tissue_range():
+    plan = [{"diameter_mm": 40.0, "kind": "intrapulmonary", "texture": "solid", "spiculated": False}]
+    c = build_case(5, matrix=192, slices=48, plan=plan)
+    assert len(c.lesions) == 1
+    inner = c.label.array > 0
+    from scipy import ndimage as ndi
+
+    core = ndi.binary_erosion(inner, iterations=2)
+    assert -20 <= np.median(c.image.array[core]) <= 90
+    assert c.lesions[0]["volume_ml"] > 5
+
+
+def test_tumours_lie_in_lungs_and_volumes_match(case):
+    lab = case.label.array > 0
+    assert np.all(case.lung[lab])
+    vv = case.image.voxel_volume_mm3 / 1000.0
+    total = sum(les["volume_ml"] for les in case.lesions)
+    assert total == pytest.approx(lab.sum() * vv, rel=1e-9)
+
+
+def test_lesion_plan_has_tumour_free_cases_and_a_size_range():
+    plans = [sample_lesion_plan(np.random.default_rng(i)) for i in range(400)]
+    free = sum(1 for p in plans if not p) / len(plans)
+    assert 0.06 < free < 0.2
+    sizes = [les["diameter_mm"] for p in plans for les in p]
+    assert min(sizes) < 7 and max(sizes) > 55
+    assert max(len(p) for p in plans) == 3
+    kinds = {les["kind"] for p in plans for les in p}
+    assert kinds == {"juxtapleural", "hilar", "intrapulmonary"}
+
+
+def test_synth_dataset_writes_a_valid_task06_dataset(tmp_path: Path):
+    out = tmp_path / "ds"
+    summary = synth_dataset(out, n_train=2, n_test=1, seed=4, matrix=64, slices=16, workers=1)
+    assert "2 training + 1 test" in summary
+    ds = json.loads((out / "dataset.json").read_text())
+    assert ds["modality"] == {"0": "CT"} and ds["labels"] == {"0": "background", "1": "tumour"}
+    assert ds["numTraining"] == 2 and ds["numTest"] == 1
+    assert ds["training"][0] == {"image": "./imagesTr/lung_000.nii.gz", "label": "./labelsTr/lung_000.nii.gz"}
+    for item in ds["training"]:
+        assert (out / item["image"]).is_file() and (out / item["label"]).is_file()
+    assert ds["test"] == ["./imagesTs/lung_002.nii.gz"] and (out / "labelsTs" / "lung_002.nii.gz").is_file()
+    assert "labelsTs" in ds["description"]
+    les = json.loads((out / "lesions.json").read_text())
+    for rec in les["cases"]:
+        img = read_volume(out / rec["image"])
+        lab = read_mask(out / rec["label"], reference=img)
+        assert img.array.dtype == np.int16
+        vv = img.voxel_volume_mm3 / 1000.0
+        total = sum(x["volume_ml"] for x in rec["lesions"])
+        assert total == pytest.approx(int(lab.array.sum()) * vv, rel=1e-6)
+        for x in rec["lesions"]:
+            assert x["volume_ml"] == pytest.approx(x["voxels"] * vv, rel=1e-9)
+            assert len(x["centre_mm"]) == 3 and x["kind"] in SOLID
+
+
+def test_synth_dataset_same_seed_same_bytes(tmp_path: Path):
+    synth_dataset(tmp_path / "a", n_train=1, n_test=0, seed=9, matrix=64, slices=12, workers=1)
+    synth_dataset(tmp_path / "b", n_train=1, n_test=0, seed=9, matrix=64, slices=12, workers=2)
+    for rel in ("imagesTr/lung_000.nii.gz", "labelsTr/lung_000.nii.gz", "lesions.json", "dataset.json"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(n_train=-1), dict(n_train=0, n_test=0), dict(matrix=8), dict(slices=1), dict(seed=-3)],
+)
+def test_bad_input_raises_input_error(tmp_path: Path, kw):
+    with pytest.raises(InputError):
+        synth_dataset(tmp_path / "x", **{"n_train": 1, "n_test": 0, "matrix": 64, "slices": 8, **kw})
+
+
+def test_unwritable_output_raises_input_error(tmp_path: Path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(InputError):
+        synth_dataset(f / "sub", n_train=1, n_test=0, matrix=64, slices=8)
+
+
+def test_cli_synth(tmp_path: Path, capsys):
+    from lungtumor.cli import main
+
+    assert (
+        main(
+            [
+                "synth",
+                str(tmp_path / "d"),
+                "--cases",
+                "1",
+                "--test-cases",
+                "0",
+                "--matrix",
+                "64",
+                "--slices",
+                "8",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert "1 training" in capsys.readouterr().out
+    assert main(["synth", str(tmp_path / "e"), "--cases", "-1", "-q"]) == 2
