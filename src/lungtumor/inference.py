@@ -36,6 +36,8 @@ class PredictOptions:
     device: str = "auto"
     batch_size: int | None = None
     tta: bool | None = None
+    precision: str = "auto"
+    threads: int | None = None
     progress: bool = False
 
 
@@ -251,7 +253,11 @@ def predict_paths(
     lung_gate = opts.lung_gate if opts.lung_gate is not None else icfg.lung_gate
     batch = opts.batch_size or icfg.batch_size
     tta = opts.tta if opts.tta is not None else icfg.tta
-    precision = "bf16" if device.type == "cuda" else "32"
+    if opts.precision not in ("auto", "32", "bf16"):
+        raise InputError("--precision", f"unknown precision {opts.precision!r}; use auto, 32 or bf16")
+    precision = opts.precision if opts.precision != "auto" else ("bf16" if device.type == "cuda" else "32")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     run_dir = _run_dir_of(Path(model_path))
 
     results: list[PredictResult] = []

@@ -1,0 +1,159 @@
+"""Benchmark: ``lungtumor prepare`` against just reading the same NIfTI files.
+
+    python benchmarks/prepare.py [--cases 10] [--matrix 256] [--slices 100] [--data DIR] [--repeat 3]
+
+Writes (or reuses, with ``--data``) a dataset of ``--cases`` labelled cases (``lungtumor.phantom.make_case``
+when available, otherwise random CT-like volumes), reads every file once to warm the page cache, then times,
+alternating, (a) ``read_volume`` of every image and label and (b) a full ``prepare_dataset`` into a fresh
+folder, for each preparation preset. Prints a table of medians, wall-clock and CPU time (user + system of
+this process, which a busy shared machine disturbs far less), and the ratios (b)/(a); the issue's goal is
+a ratio of at most 1.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungtumor.config import preset
+from lungtumor.prepare import prepare_dataset
+from lungtumor.volume import Volume, read_volume, write_volume
+
+
+def _fallback_case(i: int, matrix: int, slices: int) -> tuple[Volume, Volume]:
+    """Random but CT-like: air outside an elliptic body, dark lungs, noise, one spherical tumour."""
+    rng = np.random.default_rng(i)
+    z, y, x = np.ogrid[:slices, :matrix, :matrix]
+    c = matrix / 2
+    body = ((y - c) / (0.4 * matrix)) ** 2 + ((x - c) / (0.47 * matrix)) ** 2 < 1
+    lungs = (((y - c) / (0.3 * matrix)) ** 2 + ((np.abs(x - c) - 0.2 * matrix) / (0.15 * matrix)) ** 2) < 1
+    hu = np.where(body, 40.0, -1000.0) + np.zeros((slices, 1, 1))
+    hu = np.where(lungs & body, -850.0, hu) + rng.normal(0, 20, (slices, matrix, matrix))
+    r = np.sqrt((z - slices / 2) ** 2 * 4 + (y - c) ** 2 + (x - c + 0.2 * matrix) ** 2)
+    tumour = r < rng.uniform(6, 15)
+    hu[tumour] = 30.0
+    s = 350.0 / matrix  # a 35 cm field of view, like a chest CT
+    img = Volume(np.clip(hu, -1024, 3071).astype(np.int16), (s, s, 2.5), (-175.0, -175.0, -300.0))
+    return img, img.with_array(tumour.astype(np.uint8))
+
+
+def make_dataset(root: Path, n: int, matrix: int, slices: int, generator: str = "phantom") -> str:
+    """Write ``n`` cases into ``root`` (imagesTr, labelsTr, dataset.json); return the generator's name."""
+    try:
+        if generator != "phantom":
+            raise ImportError
+        from lungtumor.phantom import make_case
+
+        def gen(i: int):
+            img, lab, _ = make_case(i, matrix=matrix, slices=slices)
+            return img, lab
+
+        source = "lungtumor.phantom.make_case"
+    except ImportError:
+        gen = lambda i: _fallback_case(i, matrix, slices)  # noqa: E731
+        source = "random CT-like volumes"
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(exist_ok=True)
+    training = []
+    for i in range(n):
+        img, lab = gen(i)
+        name = f"lung_{i:03d}"
+        write_volume(img, root / "imagesTr" / f"{name}.nii.gz")
+        write_volume(lab, root / "labelsTr" / f"{name}.nii.gz")
+        training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
+    (root / "dataset.json").write_text(
+        json.dumps({"training": training, "test": [], "modality": {"0": "CT"}})
+    )
+    return source
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", type=int, default=10)
+    ap.add_argument("--matrix", type=int, default=256)
+    ap.add_argument("--slices", type=int, default=100)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--data", type=Path, help="dataset folder to use (written there if it has no dataset.json)"
+    )
+    ap.add_argument("--presets", default="default,seed2d")
+    ap.add_argument(
+        "--generator",
+        choices=("phantom", "random"),
+        default="phantom",
+        help="phantom: lungtumor.phantom.make_case (if present); random: noisy CT-like volumes",
+    )
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="lt-bench-"))
+    try:
+        data = args.data or tmp / "data"
+        if (data / "dataset.json").exists():
+            source = f"existing dataset {data}"
+        else:
+            t0 = time.perf_counter()
+            source = make_dataset(data, args.cases, args.matrix, args.slices, args.generator)
+            print(f"wrote {args.cases} cases with {source} in {time.perf_counter() - t0:.1f} s")
+        files = sorted(data.glob("imagesTr/*.nii.gz")) + sorted(data.glob("labelsTr/*.nii.gz"))
+        vols = [read_volume(f) for f in files]  # warm the page cache
+        shapes = sorted({v.shape for v in vols[: len(vols) // 2]})
+        mb = sum(f.stat().st_size for f in files) / 1e6
+        vox = sum(v.array.size for v in vols[: len(vols) // 2]) / 1e6
+        del vols
+
+        def read_all() -> tuple[float, float]:
+            t, c = time.perf_counter(), time.process_time()
+            for f in files:
+                read_volume(f)
+            return time.perf_counter() - t, time.process_time() - c
+
+        rows = []
+        load0 = f"{os.getloadavg()[0]:.1f}"
+        for name in args.presets.split(","):
+            prep = preset(name).prep
+            t_read, t_prep = [], []
+            for r in range(args.repeat):
+                t_read.append(read_all())
+                out = tmp / f"cache_{name}_{r}"
+                t, c = time.perf_counter(), time.process_time()
+                prepare_dataset(data, out, prep, progress=False)
+                t_prep.append((time.perf_counter() - t, time.process_time() - c))
+                shutil.rmtree(out)
+            (aw, ac), (bw, bc) = (
+                tuple(statistics.median(v) for v in zip(*ts, strict=True)) for ts in (t_read, t_prep)
+            )
+            rows.append((name, f"{prep.norm}/{prep.resize}", aw, bw, ac, bc))
+
+        print(
+            f"\nmachine: {platform.processor() or platform.machine()}, {platform.python_version()}, "
+            f"{os.cpu_count()} CPUs; data: {len(files) // 2} cases ({source}), "
+            f"shapes (z,y,x) {shapes[0]}..{shapes[-1]}, {vox:.0f} Mvoxel CT, {mb:.0f} MB .nii.gz "
+            f"(images + labels); median of {args.repeat}"
+        )
+        print(
+            f"load average before: {load0}, after: {os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}"
+        )
+        print(
+            "| preset | recipe | read wall (s) | prepare wall (s) | wall ratio | read CPU (s) | prepare CPU (s) | CPU ratio |"
+        )
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for name, recipe, aw, bw, ac, bc in rows:
+            print(
+                f"| {name} | {recipe} | {aw:.2f} | {bw:.2f} | {bw / aw:.2f} | {ac:.2f} | {bc:.2f} | {bc / ac:.2f} |"
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
