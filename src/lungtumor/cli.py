@@ -68,6 +68,8 @@ def _cmd_check(args) -> int:
 
     report = check_dataset(args.dataset, progress=not args.quiet)
     print(format_check_report(report))
+    for line in report.errors:
+        print(f"error: {line}", file=sys.stderr)
     return 0 if report.ok else 2
 
 
@@ -83,7 +85,7 @@ def _add_prepare(sub) -> None:
     )
     p.add_argument("dataset", type=Path, help="dataset folder (dataset.json or imagesTr/labelsTr)")
     p.add_argument("out", type=Path, help="cache folder to write")
-    p.add_argument("--preset", default="default", help="preparation preset: default or seed2d (default: default)")
+    p.add_argument("--preset", default=None, help="preparation preset: default, seed2d, demo (default: the config's, or default)")
     p.add_argument("--config", type=Path, help="YAML config; its prep section overrides the preset")
     p.add_argument("--val-cases", type=int, default=0, help="validation patients (default: about 10%%, the seed's 58/6)")
     p.add_argument("--folds", type=int, default=5, help="also write k patient-level folds (default 5)")
@@ -96,6 +98,12 @@ def _cmd_prepare(args) -> int:
     from lungtumor.prepare import prepare_dataset
 
     cfg = load_config(args.config, args.preset)
+    if cfg.model.arch == "unet3d":  # the 3D recipe has its own cache (lungtumor.prepare3d)
+        from lungtumor.prepare3d import prepare_dataset_3d
+
+        print(prepare_dataset_3d(args.dataset, args.out, cfg.vol3d, val_cases=args.val_cases or None,
+                                 folds=args.folds, seed=args.seed, progress=not args.quiet))  # fmt: skip
+        return 0
     summary = prepare_dataset(
         args.dataset,
         args.out,
@@ -127,15 +135,25 @@ def _add_train(sub) -> None:
     p.add_argument("--devices", type=int, help="devices (GPUs, or CPU processes) per node")
     p.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP")
     p.add_argument("--accelerator", help="auto, cpu, gpu")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from RUN_DIR/checkpoints/last.ckpt (with RUN_DIR/config.yaml unless --config/--preset is given)",
+    )
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args) -> int:
+    import logging
+
     from lungtumor.config import load_config
     from lungtumor.training import train
 
-    cfg = load_config(args.config, args.preset)
+    run_cfg = args.out / "config.yaml"
+    if args.resume and args.config is None and args.preset is None and run_cfg.is_file():
+        cfg = load_config(run_cfg)  # continue the run with its own settings
+    else:
+        cfg = load_config(args.config, args.preset)
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
     if args.devices is not None:
@@ -144,8 +162,20 @@ def _cmd_train(args) -> int:
         cfg.train.num_nodes = args.num_nodes
     if args.accelerator is not None:
         cfg.train.accelerator = args.accelerator
+    if not args.quiet:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        lg = logging.getLogger("lungtumor.training")
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    if cfg.model.arch == "unet3d":  # the 3D recipe (lungtumor.train3d)
+        from lungtumor.train3d import train3d
+
+        print(train3d(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet))
+        return 0
     result = train(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet)
-    print(result)
+    if result.is_global_zero:
+        print(result)
     return 0
 
 
@@ -224,13 +254,21 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score predicted masks against ground truth: Dice, NSD, HD95 (mm), lesion-wise recall and FPs",
-        description="Cases are matched by name (<case>_tumour.nii.gz or <case>.nii.gz in PRED_DIR against GT_DIR).",
+        description="Cases are matched by name (<case>_tumour.nii.gz or <case>.nii.gz in PRED_DIR against "
+        "<case>.nii.gz in GT_DIR; also .nrrd/.mha). A ground-truth case without a prediction is reported and scored as "
+        "an empty prediction; a prediction without ground truth is listed, not scored. Writes evaluation_cases.csv "
+        "and evaluation_summary.json.",
     )
-    p.add_argument("pred_dir", type=Path)
-    p.add_argument("gt_dir", type=Path)
+    p.add_argument("pred_dir", type=Path, help="folder of predicted masks")
+    p.add_argument("gt_dir", type=Path, help="folder of ground-truth masks")
     p.add_argument("--out", type=Path, help="folder for per-case CSV and summary JSON (default: PRED_DIR)")
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
-    p.add_argument("--lesion-overlap", type=float, default=0.1, help="IoU-free overlap fraction to count a lesion found")
+    p.add_argument(
+        "--lesion-overlap",
+        type=float,
+        default=0.1,
+        help="fraction of a true lesion's voxels one predicted component must cover to count it found (default 0.1)",
+    )
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -295,9 +333,69 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- cv, benchmark-msd
+
+
+def _add_cv(sub) -> None:
+    p = sub.add_parser(
+        "cv",
+        help="k-fold cross-validation: train per fold, score out-of-fold cases, choose postprocessing",
+        description="Prepares the recipe's cache into OUT/cache, trains one model per patient fold (OUT/fold_k/), "
+        "predicts each fold's validation cases on their original grid, writes OUT/cv_cases.csv and "
+        "OUT/cv_summary.json, and keeps a postprocessing (minimum lesion size, lung gating) only if it raises the "
+        "mean out-of-fold Dice (OUT/postprocessing.json; also written into each fold's checkpoint).",
+    )
+    p.add_argument("dataset", type=Path, help="labelled dataset folder (dataset.json or imagesTr/labelsTr)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--preset", default="default", help="recipe: default, seed2d, demo, 3d (default: default)")
+    p.add_argument("--config", type=Path, help="YAML config overriding the preset")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--seed", type=int, default=0, help="fold and training seed")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (prediction)")
+    p.set_defaults(func=_cmd_cv)
+
+
+def _cmd_cv(args) -> int:
+    from lungtumor.cv import format_cv_summary, run_cv
+
+    s = run_cv(args.dataset, args.out, args.preset, folds=args.folds, epochs=args.epochs, seed=args.seed,
+               config_path=args.config, device=args.device, progress=not args.quiet)  # fmt: skip
+    print(format_cv_summary(s))
+    return 0
+
+
+def _add_benchmark_msd(sub) -> None:
+    p = sub.add_parser(
+        "benchmark-msd",
+        help="5-fold CV of a recipe on an MSD Task06 folder, compared with nnU-Net's 0.72 mean per-case Dice",
+    )
+    p.add_argument("task_dir", type=Path, help="the Task06_Lung folder (dataset.json, imagesTr, labelsTr)")
+    p.add_argument("--out", type=Path, default=Path("benchmark_msd"), help="output folder (default ./benchmark_msd)")
+    p.add_argument("--preset", default="default", help="recipe (default: default)")
+    p.add_argument("--folds", type=int, default=5, help="folds (default 5, as nnU-Net)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (prediction)")
+    p.set_defaults(func=_cmd_benchmark_msd)
+
+
+def _cmd_benchmark_msd(args) -> int:
+    from lungtumor.cv import run_benchmark_msd
+
+    b = run_benchmark_msd(args.task_dir, args.out, preset_name=args.preset, folds=args.folds, epochs=args.epochs,
+                          seed=args.seed, device=args.device, progress=not args.quiet)  # fmt: skip
+    print(
+        f"{b['folds']}-fold CV of {b['preset']} on {b['n_cases']} cases: mean per-case Dice "
+        f"{b['mean_per_case_dice']:.4f} (nnU-Net {b['nnunet_reference_dice']:.2f}); written to {args.out}"
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 _COMMANDS = (_add_synth, _add_check, _add_prepare, _add_train, _add_predict, _add_measure, _add_evaluate, _add_report, _add_demo)
+_COMMANDS += (_add_cv, _add_benchmark_msd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -95,6 +95,10 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     val_every_n_epochs: int = 1
     data_on_device: str = "auto"
+    lr_schedule: str = "cosine"
+    num_workers: int = 0
+    log_every_n_steps: int = 10
+    val_batch_size: int = 32
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -110,6 +114,48 @@ class InferConfig:
 
 
 @dataclass
+class Vol3DConfig:
+    """The 3D recipe (preset ``3d``, ``model.arch = "unet3d"``): nnU-Net-like resampling, CT normalisation,
+    patch training and sliding-window inference. Zeros mean "choose automatically"; the chosen values are
+    written back into the run's config, so a checkpoint records what it was trained with.
+
+    Attributes:
+        target_spacing: (x, y, z) mm; (0, 0, 0) = the training set's median spacing (computed by prepare).
+        clip_percentiles: foreground (tumour voxel) HU percentiles to clip to, then z-score with the
+            foreground mean/std (nnU-Net's CT scheme).
+        patch_size: training/inference window (z, y, x) voxels; zeros = from spacing and memory.
+        batch_size: patches per step; 0 = from memory.
+        memory_budget_gb: activation memory for planning; 0 = 60 % of free GPU memory, or 1 GB on the CPU.
+        anisotropic_levels: first levels pooled (1, 2, 2) instead of (2, 2, 2); -1 = from the spacing.
+        deep_supervision: extra logits at lower scales in training (loss weights halve per scale).
+        residual_encoder: residual blocks in the encoder.
+        overlap: sliding-window overlap fraction at inference (validation uses min(overlap, 0.25)).
+        sw_batch_size: windows per forward pass at inference.
+        foreground_fraction: share of patches centred on a tumour voxel.
+        mirror_tta: average over the 8 axis flips at inference.
+        steps_per_epoch: optimiser steps per epoch.
+        rotation_deg: max rotation (degrees; about z only when anisotropic).
+        scale: (low, high) zoom factor range of the augmentation.
+    """
+
+    target_spacing: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    patch_size: tuple[int, int, int] = (0, 0, 0)
+    batch_size: int = 0
+    memory_budget_gb: float = 0.0
+    anisotropic_levels: int = -1
+    deep_supervision: bool = True
+    residual_encoder: bool = False
+    overlap: float = 0.5
+    sw_batch_size: int = 4
+    foreground_fraction: float = 0.33
+    mirror_tta: bool = False
+    steps_per_epoch: int = 250
+    rotation_deg: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.25)
+
+
+@dataclass
 class RunConfig:
     """Everything a training run needs and prediction reuses."""
 
@@ -118,6 +164,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     preset: str = "default"
+    vol3d: Vol3DConfig = field(default_factory=Vol3DConfig)
 
 
 def _seed2d() -> RunConfig:
@@ -129,6 +176,7 @@ def _seed2d() -> RunConfig:
         batch_size=8,
         lr=1e-4,
         loss="bce",
+        lr_schedule="constant",
         context_slices=0,
         precision="32",
         channels_last=False,
@@ -146,11 +194,33 @@ def _demo() -> RunConfig:
     c = RunConfig(preset="demo")
     c.prep = PrepConfig(norm="window_zscore", resize="spacing", spacing_mm=2.5, size=(160, 160))
     c.model = ModelConfig(arch="unet2d", base_channels=16, depth=4, in_channels=3)
-    c.train = TrainConfig(epochs=8, batch_size=16, lr=2e-3, loss="dice_bce", context_slices=1, precision="32")
+    c.train = TrainConfig(
+        epochs=8,
+        batch_size=8,
+        lr=3e-3,
+        loss="dice_bce",
+        context_slices=1,
+        precision="32",
+        max_steps_per_epoch=20,
+        val_every_n_epochs=2,
+    )
     return c
 
 
 PRESETS: dict[str, typing.Callable[[], RunConfig]] = {"default": _default, "seed2d": _seed2d, "demo": _demo}
+
+
+def _3d() -> RunConfig:
+    """The 3D recipe (nnU-Net-like 3D full resolution): instance-norm 3D U-Net, deep supervision, patches."""
+    c = RunConfig(preset="3d")
+    c.model = ModelConfig(arch="unet3d", base_channels=32, depth=5, norm="instance", in_channels=1)
+    c.train = TrainConfig(epochs=100, lr=1e-3, loss="dice_bce", context_slices=0, weight_decay=3e-5)
+    c.infer = InferConfig(min_lesion_mm3=0.0)
+    c.vol3d = Vol3DConfig()
+    return c
+
+
+PRESETS["3d"] = _3d
 
 
 def preset(name: str) -> RunConfig:

@@ -1,0 +1,138 @@
+"""Joint image + mask augmentation.
+
+:func:`augment_batch` is the training path: a whole batch on its own device (GPU or CPU), with scale,
+rotation, left-right flip and elastic deformation combined into ONE sampling grid and ONE ``grid_sample``
+call over image and mask together (the mask is sampled bilinearly and thresholded at 0.5, so it stays
+binary and aligned with the image). :func:`augment_numpy` is the seed-style per-sample CPU version
+(scipy), kept for the throughput benchmark. Pure functions: torch/numpy/scipy only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lungtumor.config import AugmentConfig
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
+
+
+def random_grid(
+    b: int, h: int, w: int, cfg: AugmentConfig, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """A random sampling grid (B, H, W, 2) in ``grid_sample``'s normalised (x, y) coordinates.
+
+    Per sample, with probability ``cfg.p``: scale in ``cfg.scale`` (factor > 1 zooms in), rotation
+    uniform in +-``cfg.rotation_deg`` degrees, a left-right flip with probability 0.5 if ``cfg.flip``, and
+    with probability ``cfg.elastic_p`` a smooth displacement field with standard deviation
+    ``cfg.elastic_alpha_px`` pixels, like Gaussian-smoothed noise of width ``cfg.elastic_sigma_px`` pixels
+    (Gaussian noise on control points 3 sigma apart, upsampled bicubically). Rotation is done in pixel units so non-square slices are not sheared.
+    """
+    f32 = torch.float32
+    on = (torch.rand(b, generator=generator, device=device) < cfg.p).to(f32)
+    s = _uniform(b, cfg.scale[0], cfg.scale[1], generator, device)
+    s = on * s + (1 - on)
+    ang = _uniform(b, -cfg.rotation_deg, cfg.rotation_deg, generator, device) * (math.pi / 180) * on
+    flip = torch.ones(b, device=device)
+    if cfg.flip:
+        flip = torch.where((torch.rand(b, generator=generator, device=device) < 0.5) & (on > 0), -1.0, 1.0)
+    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+    # theta maps output (x, y) to input (x, y) in normalised units: D^-1 R D / s, with D = diag(W/2, H/2),
+    # then the flip multiplies the input x.
+    theta = torch.zeros(b, 2, 3, device=device, dtype=f32)
+    theta[:, 0, 0] = cos * flip
+    theta[:, 0, 1] = -sin * (h / w) * flip
+    theta[:, 1, 0] = sin * (w / h)
+    theta[:, 1, 1] = cos
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    if cfg.elastic_p > 0 and cfg.elastic_alpha_px > 0:
+        spacing = 3 * max(cfg.elastic_sigma_px, 1.0)
+        gh, gw = max(2, math.ceil(h / spacing)) + 1, max(2, math.ceil(w / spacing)) + 1
+        noise = torch.randn(b, 2, gh, gw, generator=generator, device=device)
+        disp = F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=True)
+        el = ((torch.rand(b, generator=generator, device=device) < cfg.elastic_p).to(f32) * on).view(
+            b, 1, 1, 1
+        )
+        scale = torch.tensor([2.0 / w, 2.0 / h], device=device).view(1, 2, 1, 1) * cfg.elastic_alpha_px
+        grid = grid + (disp * scale * el).permute(0, 2, 3, 1)
+    return grid
+
+
+def augment_batch(
+    img: torch.Tensor, seg: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a batch jointly on its device.
+
+    Args:
+        img: (B, C, H, W) float, normalised CT (C = neighbouring slices).
+        seg: (B, 1, H, W) float or uint8 in {0, 1}.
+        cfg: the augmentation settings.
+        generator: a ``torch.Generator`` on ``img.device`` for reproducible draws.
+
+    Returns:
+        (img float32 (B, C, H, W), seg float32 (B, 1, H, W) in {0, 1}).
+    """
+    b, c, h, w = img.shape
+    device = img.device
+    with torch.autocast(device.type, enabled=False):
+        img = img.float()
+        seg = seg.float()
+        if cfg.p <= 0:
+            return img, seg
+        grid = random_grid(b, h, w, cfg, generator, device)
+        out = F.grid_sample(
+            torch.cat([img, seg], 1), grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
+        img, seg = out[:, :c], (out[:, c:] > 0.5).float()
+        if cfg.intensity_jitter > 0:
+            j = cfg.intensity_jitter
+            gain = _uniform(b, 1 - j, 1 + j, generator, device).view(b, 1, 1, 1)
+            bias = _uniform(b, -j, j, generator, device).view(b, 1, 1, 1)
+            img = img * gain + bias
+    return img, seg
+
+
+def augment_numpy(
+    img: np.ndarray, seg: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seed-style per-sample CPU augmentation (scipy): the same transforms as :func:`augment_batch`.
+
+    Args:
+        img: (C, H, W) float32.
+        seg: (H, W) uint8 {0, 1}.
+
+    Returns:
+        (img (C, H, W) float32 bilinear, seg (H, W) uint8 nearest-neighbour).
+    """
+    from scipy import ndimage
+
+    c, h, w = img.shape
+    if rng.random() >= cfg.p:
+        return img.astype(np.float32), seg
+    s = rng.uniform(*cfg.scale)
+    a = math.radians(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
+    flip = -1.0 if cfg.flip and rng.random() < 0.5 else 1.0
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    y0, x0 = yy - cy, xx - cx
+    xs = (math.cos(a) * x0 - math.sin(a) * y0) / s * flip + cx
+    ys = (math.sin(a) * x0 + math.cos(a) * y0) / s + cy
+    if cfg.elastic_alpha_px > 0 and rng.random() < cfg.elastic_p:
+        for arr in (xs, ys):
+            d = ndimage.gaussian_filter(rng.uniform(-1, 1, (h, w)).astype(np.float32), cfg.elastic_sigma_px)
+            d *= cfg.elastic_alpha_px / max(float(np.abs(d).max()), 1e-6)
+            arr += d
+    coords = np.stack([ys, xs])
+    out = np.stack(
+        [ndimage.map_coordinates(ch, coords, order=1, mode="nearest") for ch in img.astype(np.float32)]
+    )
+    seg_out = ndimage.map_coordinates(seg, coords, order=0, mode="nearest").astype(np.uint8)
+    if cfg.intensity_jitter > 0:
+        j = cfg.intensity_jitter
+        out = out * rng.uniform(1 - j, 1 + j) + rng.uniform(-j, j)
+    return out.astype(np.float32), seg_out

@@ -1,0 +1,52 @@
+"""Segmentation losses on logits. Pure torch; every function takes logits and targets (B, 1, H, W)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from lungtumor.errors import InputError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy with logits (the seed's loss). Shapes (B, 1, H, W); returns a scalar."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice over the whole batch (batch Dice: slices without tumour do not give 0/0 terms).
+
+    Shapes (B, 1, H, W); ``smooth`` is in pixels. Returns a scalar in [0, 1].
+    """
+    p = torch.sigmoid(logits.float())
+    t = target.float()
+    inter = (p * t).sum()
+    return 1 - (2 * inter + smooth) / (p.sum() + t.sum() + smooth)
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE + soft batch Dice, equally weighted. Shapes (B, 1, H, W); returns a scalar."""
+    return bce_loss(logits, target) + soft_dice_loss(logits, target)
+
+
+LOSSES: dict[str, LossFn] = {"bce": bce_loss, "dice_bce": dice_bce_loss}
+
+
+def make_loss(name: str) -> LossFn:
+    """The loss called ``name``. Raises InputError listing the valid names."""
+    if name not in LOSSES:
+        raise InputError("train.loss", f"unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
+
+
+def dice_score(pred: torch.Tensor, target: torch.Tensor, empty: float = 1.0) -> float:
+    """Hard Dice of two binary volumes of any shape; ``empty`` when both are empty."""
+    p, t = pred.bool(), target.bool()
+    denom = int(p.sum()) + int(t.sum())
+    if denom == 0:
+        return empty
+    return 2.0 * int((p & t).sum()) / denom

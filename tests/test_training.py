@@ -1,0 +1,277 @@
+"""Training: one step learns, sampler weights, per-patient validation, checkpoints, resume, seeding, DDP.
+
+A tiny cache is written directly in the docs/design.md format (no dependency on prepare.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lungtumor.config import RunConfig, load_config, save_config, to_dict
+from lungtumor.errors import InputError
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def write_cache(
+    root: Path, n_cases: int = 5, z: int = 12, size: int = 64, n_val: int = 2, seed: int = 0
+) -> Path:
+    """A prepared cache: n_cases x (z, size, size), a bright disc ("tumour") in slices 3..8 of each case."""
+    rng = np.random.default_rng(seed)
+    (root / "cases").mkdir(parents=True, exist_ok=True)
+    cases = []
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n_cases):
+        name = f"case_{i:03d}"
+        img = rng.normal(0, 0.3, (z, size, size)).astype(np.float32)
+        seg = np.zeros((z, size, size), np.uint8)
+        cy, cx, r = rng.integers(18, size - 18), rng.integers(18, size - 18), 6 + i % 3
+        for s in range(3, 9):
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r - abs(s - 6)) ** 2
+            seg[s][disc] = 1
+            img[s][disc] += 2.0
+        np.save(root / "cases" / f"{name}_img.npy", img.astype(np.float16))
+        np.save(root / "cases" / f"{name}_seg.npy", seg)
+        cases.append({
+            "name": name, "n_slices": z, "prepared_shape": [z, size, size], "orig_shape": [z, size, size],
+            "orig_spacing": [1.0, 1.0, 2.0], "tumour_slices": [int(s) for s in np.flatnonzero(seg.any((1, 2)))],
+            "tumour_ml": float(seg.sum() * 2e-3),
+        })  # fmt: skip
+    prep = to_dict(RunConfig().prep)
+    prep["size"] = [size, size]
+    tumour = sum(len(c["tumour_slices"]) for c in cases)
+    meta = {"version": 1, "prep": prep, "stats": {"mean": -500.0, "std": 400.0}, "cases": cases,
+            "tumour_slice_fraction": tumour / (n_cases * z), "complete": True}  # fmt: skip
+    (root / "cache.json").write_text(json.dumps(meta))
+    names = [c["name"] for c in cases]
+    splits = {"seed": 0, "train": names[: n_cases - n_val], "val": names[n_cases - n_val :],
+              "folds": [{"train": names[: n_cases - n_val], "val": names[n_cases - n_val :]}]}  # fmt: skip
+    (root / "splits.json").write_text(json.dumps(splits))
+    return root
+
+
+def tiny_config(epochs: int = 2, **train) -> RunConfig:
+    cfg = load_config(None, "demo")
+    cfg.model.base_channels, cfg.model.depth = 4, 2
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.max_steps_per_epoch = epochs, 4, 3
+    cfg.train.accelerator, cfg.train.log_every_n_steps, cfg.train.val_every_n_epochs = "cpu", 1, 1
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return write_cache(tmp_path_factory.mktemp("cache"))
+
+
+def test_train_writes_run_and_checkpoint_loads(cache, tmp_path):
+    from lungtumor.training import load_checkpoint, train
+
+    res = train(cache, tmp_path / "run", tiny_config(), progress=False)
+    run = tmp_path / "run"
+    for f in (
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "config.yaml",
+        "metrics.csv",
+        "loss_curves.png",
+    ):
+        assert (run / f).is_file(), f
+    assert any((run / "tb").iterdir())
+    assert res.epochs == 2 and 0 <= res.best_dice <= 1
+    ck = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    info = ck["hyper_parameters"]["lungtumor"]
+    assert info["stats"] == {"mean": -500.0, "std": 400.0} and info["prep"]["size"] == [64, 64]
+    loaded = load_checkpoint(run)
+    assert loaded.config.prep.size == (64, 64) and loaded.stats["std"] == 400.0
+    with torch.no_grad():
+        out = loaded.model(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 1, 64, 64)
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,step,train_loss,val_loss,val_dice") and len(lines) == 3
+
+
+def test_resident_path_and_bad_checkpoints(cache, tmp_path):
+    from lungtumor.training import load_checkpoint, train
+
+    train(cache, tmp_path / "run", tiny_config(epochs=1, data_on_device="always"), progress=False)
+    with pytest.raises(InputError, match="already holds a training run"):
+        train(cache, tmp_path / "run", tiny_config(epochs=1), progress=False)
+    good = (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes()
+    bad = tmp_path / "trunc.ckpt"
+    bad.write_bytes(good[: len(good) // 2])
+    with pytest.raises(InputError, match="trunc.ckpt"):
+        load_checkpoint(bad)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1}}, foreign)
+    with pytest.raises(InputError, match="not a lungtumor checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(InputError, match="no_such"):
+        load_checkpoint(tmp_path / "no_such.ckpt")
+
+
+def test_one_step_lowers_loss_on_fixed_batch():
+    from lungtumor.losses import dice_bce_loss
+    from lungtumor.models import create_model
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = create_model(cfg.model)
+    x = torch.randn(4, 3, 64, 64)
+    y = (x[:, 1:2] > 1.0).float()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = dice_bce_loss(model(x), y)
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = dice_bce_loss(model(x), y)
+    assert float(after) < float(before.detach())
+
+
+def test_sampler_tumour_fraction_matches_weights():
+    from lungtumor.data import EpochBatchSampler, oversample_weights
+
+    tumour = np.zeros(1000, bool)
+    tumour[::10] = True  # 100 tumour, 900 other slices
+    w, ratio = oversample_weights(tumour)
+    assert ratio == pytest.approx(9.0)
+    ids = np.arange(1000) + 5000
+    s = EpochBatchSampler(ids, w, batch_size=50, steps=200, seed=1)
+    drawn = np.concatenate(list(s)) - 5000
+    expected = tumour.sum() * ratio / w.sum()  # = 0.5
+    assert tumour[drawn].mean() == pytest.approx(expected, abs=0.02)
+    # DDP: the ranks take disjoint shares of one shared draw; epochs differ
+    r0 = list(EpochBatchSampler(ids, w, 50, 10, seed=1, rank=0, world=2))
+    r1 = list(EpochBatchSampler(ids, w, 50, 10, seed=1, rank=1, world=2))
+    assert len(r0) == len(r1) == 10 and r0 != r1
+    s.set_epoch(1)
+    assert list(s)[0] != list(EpochBatchSampler(ids, w, 50, 200, seed=1))[0]
+
+
+def test_dice_empty_cases():
+    from lungtumor.losses import dice_score
+
+    z = torch.zeros(3, 4, 4)
+    o = torch.ones(3, 4, 4)
+    assert dice_score(z, z) == 1.0 and dice_score(o, z) == 0.0 and dice_score(o, o) == 1.0
+
+
+def test_seeded_runs_are_reproducible(cache, tmp_path):
+    from lungtumor.training import train
+
+    for name in ("a", "b"):
+        train(cache, tmp_path / name, tiny_config(epochs=1), progress=False)
+    sa = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    sb = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lungtumor", *args]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_resume_after_sigkill(cache, tmp_path):
+    from lungtumor.training import load_checkpoint
+
+    cfg_path, run = tmp_path / "cfg.yaml", tmp_path / "run"
+    save_config(tiny_config(epochs=6), cfg_path)
+    proc = subprocess.Popen(
+        _cli("train", str(cache), "--out", str(run), "--config", str(cfg_path), "-q"), env=_env()
+    )
+    metrics = run / "metrics.csv"
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:  # 2 epochs done
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    done = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["epoch"]
+    assert done < 5
+    r = subprocess.run(
+        _cli("train", str(cache), "--out", str(run), "--resume", "-q"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "trained 6 epochs" in r.stdout
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 5
+    epochs = [int(line.split(",")[0]) for line in metrics.read_text().splitlines()[1:]]
+    assert epochs == list(range(6))
+    loaded = load_checkpoint(run / "checkpoints" / "best.ckpt")
+    assert loaded.model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_resume_without_checkpoint_is_an_input_error(cache, tmp_path):
+    from lungtumor.training import train
+
+    with pytest.raises(InputError, match="last.ckpt"):
+        train(cache, tmp_path / "empty", tiny_config(), resume=True, progress=False)
+
+
+def _reference_val_dice(loaded, cache_dir: Path) -> float:
+    """Per-patient Dice recomputed from the checkpoint, independently of the training loop."""
+    from lungtumor.data import stack_context
+
+    splits = json.loads((cache_dir / "splits.json").read_text())
+    k = loaded.config.train.context_slices
+    dices = []
+    for name in splits["val"]:
+        img = torch.from_numpy(np.load(cache_dir / "cases" / f"{name}_img.npy").astype(np.float32))
+        seg = torch.from_numpy(np.load(cache_dir / "cases" / f"{name}_seg.npy")).bool()
+        with torch.no_grad():
+            prob = torch.sigmoid(loaded.model(stack_context(img, torch.arange(len(img)), k)))[:, 0]
+        pred = prob >= 0.5
+        denom = int(pred.sum() + seg.sum())
+        dices.append(1.0 if denom == 0 else 2 * int((pred & seg).sum()) / denom)
+    return float(np.mean(dices))
+
+
+def test_ddp_two_cpu_processes(cache, tmp_path):
+    from lungtumor.training import load_checkpoint
+
+    cfg_path, run = tmp_path / "cfg.yaml", tmp_path / "run"
+    save_config(tiny_config(epochs=2), cfg_path)
+    cmd = _cli(
+        "train",
+        str(cache),
+        "--out",
+        str(run),
+        "--config",
+        str(cfg_path),
+        "--devices",
+        "2",
+        "--accelerator",
+        "cpu",
+        "-q",
+    )
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("trained 2 epochs") == 1  # only rank 0 prints
+    loaded = load_checkpoint(run)
+    rows = [line.split(",") for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+    best = max(float(row[4]) for row in rows)
+    assert _reference_val_dice(loaded, cache) == pytest.approx(best, abs=1e-6)
