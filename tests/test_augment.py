@@ -58,3 +58,17 @@ def test_numpy_augment_binary_and_aligned():
     from_img = a_img[0] > 0.5
     iou = (from_img & (a_seg > 0)).sum() / (from_img | (a_seg > 0)).sum()
     assert iou > 0.9
+
+
+def test_random_crop_keeps_alignment_and_finds_tumour():
+    from lungtumor.augment import random_crop
+
+    img = torch.zeros(4, 3, 64, 64)
+    seg = torch.zeros(4, 1, 64, 64)
+    seg[:, :, 50:54, 8:12] = 1
+    img[:, :, 50:54, 8:12] = 5.0
+    g = torch.Generator().manual_seed(0)
+    ic, sc = random_crop(img, seg, 32, g, p_tumour=1.0)
+    assert ic.shape == (4, 3, 32, 32) and sc.shape == (4, 1, 32, 32)
+    assert torch.all(sc.sum((1, 2, 3)) == 16)  # the whole 4x4 tumour is inside every crop
+    assert torch.equal(ic[:, 0] == 5.0, sc[:, 0] == 1)  # image and mask cropped identically

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 import lungtumor.prepare as prep_mod
 from lungtumor.config import PrepConfig, preset
+from lungtumor.errors import InputError
 from lungtumor.prepare import (
     PrepGeometry,
     make_splits,
@@ -288,3 +290,82 @@ def test_changed_case_is_redone(tmp_path: Path) -> None:
     prepare_dataset(ds, tmp_path / "c", p)  # new stats: the other cases are normalised again
     prepare_dataset(ds, tmp_path / "fresh", p)
     assert _snapshot(tmp_path / "c") == _snapshot(tmp_path / "fresh")
+
+
+# ----------------------------------------------------------------------------- worker processes
+
+
+def test_workers_give_the_same_bytes(small_ds: Path, tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    for p in (PrepConfig(size=(64, 64)), preset("seed2d").prep):
+        one = prepare_dataset(small_ds, tmp_path / "one", p, workers=1)
+        two = prepare_dataset(small_ds, tmp_path / "two", p, workers=2)
+        assert "(4 read, 0 reused)" in one and "(4 read, 0 reused)" in two
+        assert _snapshot(tmp_path / "two") == _snapshot(tmp_path / "one")
+        prepare_dataset(small_ds, tmp_path / "spill", p, workers=3, memory_budget=0)
+        assert _snapshot(tmp_path / "spill") == _snapshot(tmp_path / "one")
+        assert not list((tmp_path / "spill" / ".state").glob("*_raw.npy"))
+        assert "(0 read, 4 reused)" in prepare_dataset(small_ds, tmp_path / "two", p, workers=2)
+        for d in ("one", "two", "spill"):
+            shutil.rmtree(tmp_path / d)
+    assert not mp.active_children()
+
+
+@pytest.mark.parametrize("bad", [0, 3])
+def test_worker_error_is_one_input_error(tmp_path: Path, bad: int) -> None:
+    import multiprocessing as mp
+
+    ds = _dataset(tmp_path / "ds")
+    f = ds / "imagesTr" / f"case_{bad}.nii.gz"
+    f.write_bytes(f.read_bytes()[:-200])  # truncated
+    with pytest.raises(InputError, match=f"case_{bad}.nii.gz"):
+        prepare_dataset(ds, tmp_path / "c", PrepConfig(size=(64, 64)), workers=2)
+    assert not (tmp_path / "c").exists() and not mp.active_children()
+
+
+def test_kill_in_writing_pass_with_workers(small_ds: Path, tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    p = PrepConfig(size=(64, 64))
+    prepare_dataset(small_ds, tmp_path / "ref", p, workers=1)
+    parent, real_finish = os.getpid(), prep_mod._Writer.finish
+
+    def dying_finish(self, case, st, stats):
+        if os.getpid() == parent:
+            raise KeyboardInterrupt
+        return real_finish(self, case, st, stats)
+
+    monkeypatch.setattr(prep_mod._Writer, "finish", dying_finish)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(small_ds, tmp_path / "c", p, workers=2)
+    monkeypatch.setattr(prep_mod._Writer, "finish", real_finish)
+    assert not (tmp_path / "c" / "cache.json").exists()
+    assert not [
+        f for d in ("cases", ".state") for f in (tmp_path / "c" / d).iterdir() if f.name.startswith(".tmp")
+    ]
+    prepare_dataset(small_ds, tmp_path / "c", p, workers=2)  # unfinished cases are read again
+    assert _snapshot(tmp_path / "c") == _snapshot(tmp_path / "ref")
+
+
+def test_kill_while_writing_images(small_ds: Path, tmp_path: Path, monkeypatch) -> None:
+    p = PrepConfig(size=(64, 64))
+    prepare_dataset(small_ds, tmp_path / "ref", p)
+    real = prep_mod._save_npy_chunks
+    calls = {"n": 0}
+
+    def dying(path, shape, dtype, chunks):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            next(iter(chunks))
+            raise KeyboardInterrupt
+        real(path, shape, dtype, chunks)
+
+    monkeypatch.setattr(prep_mod, "_save_npy_chunks", dying)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(small_ds, tmp_path / "c", p, workers=1)
+    monkeypatch.setattr(prep_mod, "_save_npy_chunks", real)
+    assert not (tmp_path / "c" / "cache.json").exists()
+    summary = prepare_dataset(small_ds, tmp_path / "c", p)
+    assert "(3 read, 1 reused)" in summary  # the finished case is kept; held voxels are gone: read again
+    assert _snapshot(tmp_path / "c") == _snapshot(tmp_path / "ref")

@@ -136,3 +136,37 @@ def augment_numpy(
         j = cfg.intensity_jitter
         out = out * rng.uniform(1 - j, 1 + j) + rng.uniform(-j, j)
     return out.astype(np.float32), seg_out
+
+
+def random_crop(
+    img: torch.Tensor, seg: torch.Tensor, size: int, generator: torch.Generator | None = None, p_tumour: float = 0.67
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop every sample of a batch to ``size`` x ``size`` (the network is fully convolutional).
+
+    With probability ``p_tumour`` a sample that contains tumour is cropped around one of its tumour pixels
+    (chosen at random), otherwise anywhere. img (B, C, H, W), seg (B, 1, H, W) -> (B, C, s, s), (B, 1, s, s).
+    Training on crops costs (s/H)² of a full slice and keeps the tumour in view.
+    """
+    b, _, h, w = img.shape
+    s_h, s_w = min(size, h), min(size, w)
+    dev = img.device
+    u = torch.rand((b, 3), generator=generator, device=dev)
+    y0 = (u[:, 0] * (h - s_h + 1)).long().clamp_(0, h - s_h)
+    x0 = (u[:, 1] * (w - s_w + 1)).long().clamp_(0, w - s_w)
+    flat = seg[:, 0].flatten(1) > 0
+    has = flat.any(1) & (u[:, 2] < p_tumour)
+    if bool(has.any()):
+        # a random tumour pixel per sample: argmax of random scores restricted to tumour pixels
+        scores = torch.rand(flat.shape, generator=generator, device=dev) * flat
+        pick = scores.argmax(1)
+        cy, cx = pick // w, pick % w
+        ty = (cy - s_h // 2).clamp(0, h - s_h)
+        tx = (cx - s_w // 2).clamp(0, w - s_w)
+        y0 = torch.where(has, ty, y0)
+        x0 = torch.where(has, tx, x0)
+    iy = y0[:, None] + torch.arange(s_h, device=dev)[None]  # (B, s_h)
+    ix = x0[:, None] + torch.arange(s_w, device=dev)[None]  # (B, s_w)
+    bi = torch.arange(b, device=dev)[:, None, None]
+    img_c = img.permute(0, 2, 3, 1)[bi, iy[:, :, None], ix[:, None, :]].permute(0, 3, 1, 2)
+    seg_c = seg.permute(0, 2, 3, 1)[bi, iy[:, :, None], ix[:, None, :]].permute(0, 3, 1, 2)
+    return img_c.contiguous(), seg_c.contiguous()

@@ -189,7 +189,13 @@ def _add_predict(sub) -> None:
         description="INPUT may be NIfTI, NRRD, MHA, a DICOM series folder, or a folder of these.",
     )
     p.add_argument("inputs", nargs="+", type=Path, help="CT files or folders")
-    p.add_argument("--model", type=Path, required=True, help="checkpoint (.ckpt) or run folder")
+    p.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        action="append",
+        help="checkpoint (.ckpt) or run folder, 2D or 3D; repeat it to average several models (an ensemble)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--threshold", type=float, help="probability threshold (default from the checkpoint, 0.5)")
     p.add_argument("--min-lesion-mm3", type=float, help="drop components smaller than this (mm³)")
@@ -217,11 +223,17 @@ def _cmd_predict(args) -> int:
     results = predict_paths(args.inputs, args.model, args.out, opts)
     failed = [r for r in results if r.error]
     for r in results:
-        print(r.summary_line())
-    if failed:
-        print(f"{len(failed)} of {len(results)} cases failed", file=sys.stderr)
-        return 2
-    return 0
+        if r.error:
+            print(f"error: {r.error}", file=sys.stderr)
+        else:
+            print(r.summary_line())
+    if failed and len(results) > 1:
+        print(
+            f"error: {len(failed)} of {len(results)} cases failed; the other {len(results) - len(failed)} "
+            f"were written to {args.out}",
+            file=sys.stderr,
+        )
+    return 2 if failed else 0
 
 
 # ----------------------------------------------------------------------------- measure
@@ -373,6 +385,7 @@ def _add_benchmark_msd(sub) -> None:
     p.add_argument("task_dir", type=Path, help="the Task06_Lung folder (dataset.json, imagesTr, labelsTr)")
     p.add_argument("--out", type=Path, default=Path("benchmark_msd"), help="output folder (default ./benchmark_msd)")
     p.add_argument("--preset", default="default", help="recipe (default: default)")
+    p.add_argument("--config", type=Path, help="YAML config overriding the preset")
     p.add_argument("--folds", type=int, default=5, help="folds (default 5, as nnU-Net)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--seed", type=int, default=0)
@@ -384,7 +397,8 @@ def _cmd_benchmark_msd(args) -> int:
     from lungtumor.cv import run_benchmark_msd
 
     b = run_benchmark_msd(args.task_dir, args.out, preset_name=args.preset, folds=args.folds, epochs=args.epochs,
-                          seed=args.seed, device=args.device, progress=not args.quiet)  # fmt: skip
+                          seed=args.seed, config_path=args.config, device=args.device,
+                          progress=not args.quiet)  # fmt: skip
     print(
         f"{b['folds']}-fold CV of {b['preset']} on {b['n_cases']} cases: mean per-case Dice "
         f"{b['mean_per_case_dice']:.4f} (nnU-Net {b['nnunet_reference_dice']:.2f}); written to {args.out}"
@@ -398,14 +412,25 @@ _COMMANDS = (_add_synth, _add_check, _add_prepare, _add_train, _add_predict, _ad
 _COMMANDS += (_add_cv, _add_benchmark_msd)
 
 
+class _UsageError(Exception):
+    """A command-line usage error (unknown option, missing argument, a value of the wrong type)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``error: lungtumor predict: ...``), not usage + error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lungtumor",
         description="Segment lung tumours in chest CT and measure them.",
     )
     parser.add_argument("--version", action="version", version=f"lungtumor {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -424,12 +449,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lungtumor`` console script. Returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    out = getattr(args, "out", None)
+    new_out = isinstance(out, Path) and not out.exists() and not out.is_symlink()
+    rc = 1
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        return rc
     except InputError as e:
         if args.debug:
             raise
@@ -449,3 +482,20 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(f"error: internal error: {type(e).__name__}: {msg} (rerun with --debug for details)", file=sys.stderr)
         return 1
+    finally:
+        if rc != 0 and new_out:
+            _remove_empty_dirs(out)
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    """Remove ``root`` and its sub-folders where they hold no files (a failed command's empty output folder)."""
+    import os
+
+    try:
+        for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
+            try:
+                os.rmdir(dirpath)  # only succeeds when empty
+            except OSError:
+                pass
+    except OSError:
+        pass

@@ -47,8 +47,13 @@ def _inside(root: Path, rel: str | os.PathLike, where: str) -> Path:
     """Resolve ``rel`` against ``root`` (following symlinks); refuse anything that leaves ``root``."""
     if not isinstance(rel, str) or not rel.strip():
         raise InputError(where, f"path must be a non-empty string, got {rel!r}")
-    p = Path(rel)
-    full = (p if p.is_absolute() else root / p).resolve()
+    try:
+        p = Path(rel)
+        full = (p if p.is_absolute() else root / p).resolve()
+    except (ValueError, OSError) as e:  # e.g. an embedded NUL byte, a symlink loop
+        raise InputError(
+            where, f"path {rel!r} is not a valid path ({getattr(e, 'strerror', None) or e})"
+        ) from None
     try:
         full.relative_to(root)
     except ValueError:
@@ -74,6 +79,8 @@ def _load_json(root: Path, jpath: Path) -> Dataset:
         data = json.loads(jpath.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(jpath, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise InputError(jpath, "invalid JSON: nested too deeply") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(jpath, f"cannot read ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(data, dict):

@@ -31,6 +31,8 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
         InputError: the folder cannot be created or written to.
     """
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(p, "output path exists and is not a folder")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -45,7 +47,6 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise InputError(p, f"output folder is not writable ({e.strerror or e})") from None
     return p
-
 
 
 @contextlib.contextmanager

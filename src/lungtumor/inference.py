@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,13 +119,24 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[tuple[str, Path]]
                 elif child.is_dir() and _looks_like_dicom_dir(child):
                     found.append((child.name, child))
             if not found:
-                raise InputError(p, f"folder holds no CT images ({', '.join(IMAGE_SUFFIXES)}) or DICOM series")
+                raise InputError(
+                    p, f"folder holds no CT images ({', '.join(IMAGE_SUFFIXES)}) or DICOM series"
+                )
             out.extend(found)
     names = [n for n, _ in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise InputError(dup[0], "two inputs have this case name; outputs would overwrite each other")
     return out
+
+
+def output_stem(case: str) -> str:
+    """The file-name stem for ``case``'s outputs: path separators, control characters and characters that
+    are not allowed in Windows file names become ``_``, and a leading ``.`` too (no hidden files, no ``..``),
+    so an output can only ever land inside the output folder."""
+    s = re.sub(r'[\x00-\x1f\x7f/\\<>:"|?*]', "_", case)
+    s = re.sub(r"^\.+", lambda m: "_" * len(m.group()), s)
+    return s or "case"
 
 
 def _autocast(device: torch.device, precision: str):
@@ -162,9 +174,7 @@ def predict_probabilities(
     for start in range(0, z, batch_size):
         idx = torch.arange(start, min(start + batch_size, z), device=device)
         nb = (idx[:, None] + offsets[None]).clamp(0, z - 1)
-        x = vol[nb]  # (B, C, H, W)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = vol[nb].contiguous(memory_format=torch.channels_last)  # (B, C, H, W); faster on CUDA and CPU
         with _autocast(device, precision):
             prob = torch.sigmoid(model(x).float())
             if tta:
@@ -173,8 +183,16 @@ def predict_probabilities(
     return out
 
 
-def predict_volume(loaded, vol: Volume, *, device: torch.device, threshold: float, batch_size: int,
-                   tta: bool = False, precision: str = "32") -> tuple[np.ndarray, np.ndarray]:
+def predict_volume(
+    loaded,
+    vol: Volume,
+    *,
+    device: torch.device,
+    threshold: float,
+    batch_size: int,
+    tta: bool = False,
+    precision: str = "32",
+) -> tuple[np.ndarray, np.ndarray]:
     """Predict one CT with a loaded checkpoint.
 
     Args:
@@ -219,12 +237,15 @@ def postprocess_mask(mask: np.ndarray, ct: Volume, *, min_lesion_mm3: float, lun
 
 def predict_paths(
     inputs: Iterable[str | os.PathLike],
-    model_path: str | os.PathLike,
+    model_path: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     opts: PredictOptions | None = None,
 ) -> list[PredictResult]:
     """Predict every input; write ``<case>_tumour.nii.gz`` (uint8, input geometry), lesion files, optional
     ``<case>_prob.nii.gz`` and report. A failing case is reported in its result; the others go on.
+
+    ``model_path`` is one checkpoint or run folder (2D or 3D), or several: then their probabilities on the
+    input grid are averaged (an ensemble, e.g. a 2D and a 3D model); the first model's infer settings apply.
 
     Raises:
         InputError: the model cannot be loaded, the output folder is not writable, or inputs are missing.
@@ -233,16 +254,27 @@ def predict_paths(
 
     from tqdm import tqdm
 
-    from lungtumor.training import load_checkpoint
+    from lungtumor.infer3d import is_3d, load_any, predict_any, predict_ensemble
 
     opts = opts or PredictOptions()
     device = resolve_device(opts.device)
     cases = collect_inputs(inputs)
-    out = ensure_writable_dir(out_dir)
-    loaded = load_checkpoint(model_path)
-    loaded.model.to(device).eval()
-    if device.type == "cuda":
-        loaded.model.to(memory_format=torch.channels_last)
+    stems = [output_stem(c) for c, _ in cases]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise InputError(dup[0], "two inputs have this output name; outputs would overwrite each other")
+    paths = [Path(model_path)] if isinstance(model_path, (str, os.PathLike)) else [Path(m) for m in model_path]
+    if not paths:
+        raise InputError("--model", "no model given")
+    # load before the output folder exists: a bad model leaves nothing behind
+    models = [load_any(m) for m in paths]
+    gc.freeze()  # libraries and models are long-lived: keep the per-case collection below cheap
+    for m in models:
+        m.model.to(device).eval()
+        if not is_3d(m.config):
+            m.model.to(memory_format=torch.channels_last)
+    loaded = models[0]
+    model_path = paths[0]
     icfg = loaded.config.infer
     threshold = opts.threshold if opts.threshold is not None else icfg.threshold
     if not 0 < threshold < 1:
@@ -252,30 +284,38 @@ def predict_paths(
         raise InputError("--min-lesion-mm3", "must be >= 0")
     lung_gate = opts.lung_gate if opts.lung_gate is not None else icfg.lung_gate
     batch = opts.batch_size or icfg.batch_size
-    tta = opts.tta if opts.tta is not None else icfg.tta
+    tta = opts.tta if opts.tta is not None else (icfg.tta or (is_3d(loaded.config) and loaded.config.vol3d.mirror_tta))
     if opts.precision not in ("auto", "32", "bf16"):
         raise InputError("--precision", f"unknown precision {opts.precision!r}; use auto, 32 or bf16")
     precision = opts.precision if opts.precision != "auto" else ("bf16" if device.type == "cuda" else "32")
     if opts.threads:
         torch.set_num_threads(opts.threads)
     run_dir = _run_dir_of(Path(model_path))
+    out = ensure_writable_dir(out_dir)
 
     results: list[PredictResult] = []
-    for case, src in tqdm(cases, desc="predict", unit="case", disable=not opts.progress):
+    for (case, src), stem in tqdm(
+        list(zip(cases, stems, strict=True)), desc="predict", unit="case", disable=not opts.progress
+    ):
         t0 = time.perf_counter()
         res = PredictResult(case=case, source=src)
         try:
             vol = read_volume(src)
-            prob, mask = predict_volume(
-                loaded, vol, device=device, threshold=threshold, batch_size=batch, tta=tta, precision=precision
-            )
+            if len(models) > 1:
+                prob, mask = predict_ensemble(
+                    models, vol, device=device, threshold=threshold, tta=tta, precision=precision
+                )
+            else:
+                prob, mask = predict_any(
+                    loaded, vol, device=device, threshold=threshold, batch_size=batch, tta=tta, precision=precision
+                )
             if opts.postprocess:
                 mask = postprocess_mask(mask, vol, min_lesion_mm3=min_mm3, lung_gate=lung_gate)
             mask_vol = vol.with_array(mask)
-            res.mask_path = write_volume(mask_vol, out / f"{case}_tumour.nii.gz")
+            res.mask_path = write_volume(mask_vol, out / f"{stem}_tumour.nii.gz")
             res.outputs.append(res.mask_path)
             if opts.save_prob:
-                res.outputs.append(write_volume(vol.with_array(prob), out / f"{case}_prob.nii.gz"))
+                res.outputs.append(write_volume(vol.with_array(prob), out / f"{stem}_prob.nii.gz"))
             del prob
             res.tumour_ml = float(mask.sum()) * vol.voxel_volume_mm3 / 1000.0
             lesions = None
@@ -285,15 +325,22 @@ def predict_paths(
                 lesions = measure_lesions(mask_vol)
                 res.n_lesions = len(lesions)
                 if opts.measure:
-                    res.outputs.extend(write_lesions(lesions, case, out))
+                    res.outputs.extend(write_lesions(lesions, stem, out))
             if opts.report:
                 from lungtumor.report import write_report
 
                 res.outputs.append(write_report(vol, mask_vol, out, case, lesions=lesions, run_dir=run_dir))
         except InputError as e:
             res.error = str(e)
-        except (RuntimeError, ValueError, OSError, MemoryError) as e:
+        except MemoryError:
+            res.error = f"{src}: out of memory"
+        except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
             res.error = f"{src}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if res.error:  # a failed case leaves no outputs behind (none of them looks complete)
+            for f in res.outputs:
+                with contextlib.suppress(OSError):
+                    f.unlink()
+            res.outputs, res.mask_path = [], None
         res.seconds = time.perf_counter() - t0
         results.append(res)
         gc.collect()

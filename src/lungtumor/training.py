@@ -21,6 +21,7 @@ import io
 import logging
 import math
 import os
+import pickle
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lungtumor.augment import augment_batch
+from lungtumor.augment import augment_batch, random_crop
 from lungtumor.config import (
     PrepConfig,
     RunConfig,
@@ -119,15 +120,34 @@ class LoadedModel:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def _is_pickle_or_torch_zip(path: Path) -> bool:
+    """True when the file is a torch zip archive or starts like a pickle (protocol >= 2)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(path, "checkpoint not found")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling/zip failure means a bad file
-        raise InputError(
-            path, f"not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-        ) from None
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() and _is_pickle_or_torch_zip(path):
+            raise InputError(
+                path, "refused: the file holds pickled objects other than tensors (unsafe, not a lungtumor checkpoint)"
+            ) from None
+        raise InputError(path, "not a readable checkpoint: not a PyTorch file, or corrupt") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
+        raise InputError(path, f"not a readable checkpoint: truncated or not a PyTorch file ({first})") from None
+    except Exception as e:  # noqa: BLE001 - any other unpickling failure means a bad file
+        raise InputError(path, f"not a readable checkpoint ({type(e).__name__})") from None
     hp = ck.get("hyper_parameters") if isinstance(ck, dict) else None
     if not isinstance(hp, dict) or not isinstance(hp.get("lungtumor"), dict) or "state_dict" not in ck:
         raise InputError(path, "not a lungtumor checkpoint (no hyper_parameters['lungtumor'])")
@@ -153,9 +173,9 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         state = {k[4:]: v for k, v in ck["state_dict"].items() if k.startswith("net.")}
         model.load_state_dict(state)
     except (KeyError, RuntimeError, TypeError) as e:
-        raise InputError(
-            p, f"checkpoint does not match its config ({type(e).__name__}: {str(e).splitlines()[0]})"
-        ) from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
+        raise InputError(p, f"checkpoint does not match its config ({detail[:160]})") from None
     model.eval()
     stats = {k: float(v) for k, v in dict(info.get("stats", {})).items()}
     return LoadedModel(model, cfg, stats, dict(info.get("prep", to_dict(cfg.prep))), p)
@@ -282,7 +302,7 @@ class SegModule(_LightningModule):
         return img.to(self.device), seg.to(self.device)
 
     def _net(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.train.channels_last and x.device.type == "cuda":
+        if self.cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return (self._compiled[0] if self._compiled else self.net)(x)
 
@@ -292,7 +312,7 @@ class SegModule(_LightningModule):
 
     # -- training
     def on_fit_start(self) -> None:
-        if self.cfg.train.channels_last and self.device.type == "cuda":
+        if self.cfg.train.channels_last:  # faster on CUDA and on the CPU (oneDNN), see BENCHMARKS.md
             self.net.to(memory_format=torch.channels_last)
         if self.trainer.is_global_zero:
             save_config(self.cfg, self.run_dir / "config.yaml")
@@ -316,6 +336,8 @@ class SegModule(_LightningModule):
             img, seg = augment_batch(img, seg, self.cfg.train.augment, self._generator())
         else:
             img, seg = img.float(), seg.float()
+        if self.cfg.train.crop_size > 0:
+            img, seg = random_crop(img, seg, self.cfg.train.crop_size, self._generator())
         loss = self.loss_fn(self._net(img), seg)
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=img.shape[0])
         self._step_losses.append(loss.detach())
@@ -539,7 +561,9 @@ def _check_train_config(cfg: RunConfig, source: str) -> None:
     for key in ("devices", "num_nodes", "val_every_n_epochs", "log_every_n_steps", "val_batch_size"):
         if getattr(t, key) < 1:
             bad(f"train.{key}", "must be at least 1")
-    for key in ("num_workers", "max_steps_per_epoch", "weight_decay"):
+    if t.crop_size and t.crop_size % (2**cfg.model.depth):
+        bad("train.crop_size", f"must be 0 (off) or a multiple of {2**cfg.model.depth} (2**model.depth)")
+    for key in ("num_workers", "max_steps_per_epoch", "weight_decay", "crop_size"):
         if getattr(t, key) < 0:
             bad(f"train.{key}", "must be >= 0")
     a = t.augment

@@ -10,6 +10,7 @@ mask written for a CT opens on top of it in 3D Slicer.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from lungtumor.errors import InputError, atomic_path
 
 #: File endings we read as single-file images.
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: The largest voxel array :func:`read_volume` loads, in bytes (a 512x512x1000 int16 CT is 0.5 GB). The
+#: budget is also capped at half of the memory available now (reading holds the voxels twice).
+MAX_VOLUME_BYTES = 16 << 30
 
 
 @dataclass
@@ -139,12 +144,76 @@ def _check_geometry(path: Path, vol: Volume) -> None:
         raise InputError(path, f"implausible voxel spacing {_fmt(vol.spacing)} mm (over 50 mm)")
     d = np.asarray(vol.direction).reshape(3, 3)
     if not np.allclose(d.T @ d, np.eye(3), atol=1e-3):
-        raise InputError(path, "direction matrix is not orthonormal (sheared or scaled axes are not supported)")
+        raise InputError(
+            path, "direction matrix is not orthonormal (sheared or scaled axes are not supported)"
+        )
     if not np.all(np.isfinite(vol.origin)):
         raise InputError(path, "origin is not finite")
 
 
-def _read_dicom_series(path: Path) -> Volume:
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux ``MemAvailable``, else free pages), or None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_budget() -> int:
+    """The most bytes of voxels :func:`read_volume` will load: :data:`MAX_VOLUME_BYTES`, or less when the
+    machine has less than twice that available."""
+    avail = _available_memory()
+    return MAX_VOLUME_BYTES if avail is None else max(1 << 20, min(MAX_VOLUME_BYTES, avail // 2))
+
+
+def _pixel_bytes(pixel_id: int) -> int:
+    """Bytes per component of a SimpleITK pixel type (8 when unknown: the safe over-estimate)."""
+    import SimpleITK as sitk
+
+    sizes = {}
+    for names, n in (
+        (("UInt8", "Int8", "VectorUInt8", "VectorInt8", "LabelUInt8"), 1),
+        (("UInt16", "Int16", "VectorUInt16", "VectorInt16", "LabelUInt16"), 2),
+        (("UInt32", "Int32", "Float32", "VectorUInt32", "VectorInt32", "VectorFloat32", "LabelUInt32"), 4),
+        (("ComplexFloat32",), 8),
+    ):
+        for name in names:
+            v = getattr(sitk, "sitk" + name, None)
+            if isinstance(v, int) and v >= 0:
+                sizes[v] = n
+    return sizes.get(pixel_id, 8)
+
+
+def _check_size(path: Path, size: tuple[int, ...], nbytes: int, budget: int | None) -> None:
+    """Refuse, before any voxel is read, an image whose header promises more voxels than fit the budget."""
+    budget = memory_budget() if budget is None else budget
+    if nbytes > budget:
+        dims = "x".join(str(int(s)) for s in size)
+        raise InputError(
+            path,
+            f"image header claims {dims} voxels ({nbytes / 2**30:.3g} GiB), more than the memory budget of "
+            f"{budget / 2**30:.3g} GiB; refusing to read it (corrupt header, or crop/downsample the image)",
+        )
+
+
+def _check_header_geometry(path: Path, spacing, origin, direction, dim: int) -> None:
+    """The geometry checks of :func:`_check_geometry`, on header values (before voxels are read)."""
+    n = min(dim, 3)
+    sp = tuple(float(v) for v in spacing[:n])
+    org = tuple(float(v) for v in origin[:n])
+    d = np.asarray(direction, dtype=float).reshape(dim, dim)[:n, :n]
+    if n == 3:
+        _check_geometry(path, Volume(np.zeros((1, 1, 1), np.uint8), sp, org, tuple(d.ravel())))
+
+
+def _read_dicom_series(path: Path, budget: int | None = None) -> Volume:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
@@ -161,6 +230,15 @@ def _read_dicom_series(path: Path) -> Volume:
     files = reader.GetGDCMSeriesFileNames(str(path), series[0])
     if len(files) < 2:
         raise InputError(path, "DICOM series has a single slice; a 3D CT needs at least 2")
+    try:
+        first = sitk.ImageFileReader()
+        first.SetFileName(files[0])
+        first.ReadImageInformation()
+        sx, sy = first.GetSize()[:2]
+        nbytes = sx * sy * len(files) * first.GetNumberOfComponents() * _pixel_bytes(first.GetPixelID())
+    except RuntimeError as e:
+        raise InputError(files[0], f"cannot read DICOM header ({_first_line(e)})") from None
+    _check_size(path, (sx, sy, len(files)), nbytes, budget)
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()
@@ -173,7 +251,9 @@ def _read_dicom_series(path: Path) -> Volume:
         pos = [float(reader.GetMetaData(i, "0020|0032").split("\\")[2]) for i in range(len(files))]
         gaps = np.diff(sorted(pos))
         if len(gaps) and (gaps.max() > 1.5 * np.median(gaps) + 1e-3):
-            raise InputError(path, f"DICOM series has a gap of {gaps.max():.2f} mm between slices (missing slice?)")
+            raise InputError(
+                path, f"DICOM series has a gap of {gaps.max():.2f} mm between slices (missing slice?)"
+            )
     except (RuntimeError, IndexError, ValueError):
         pass
     meta = {}
@@ -192,34 +272,84 @@ def _read_dicom_series(path: Path) -> Volume:
 
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    # SimpleITK errors are multi-line; the last meaningful line is the most specific.
+    # SimpleITK errors are multi-line ("Exception thrown in ...: file.cxx:99:", then "sitk::ERROR: why" or
+    # "ITK ERROR: Image(0x...): why"); the last meaningful line is the most specific.
     for ln in reversed(lines):
-        if ln and not ln.startswith(("sitk::", "itk::")):
+        ln = re.sub(r"^(sitk::ERROR:|ITK ERROR:)\s*([A-Za-z]+\(0x[0-9a-fA-F]+\):\s*)?", "", ln).strip()
+        if ln and not ln.startswith(("Exception thrown in", "sitk::", "itk::")) and not ln.endswith(".cxx:"):
             return ln[:200]
     return lines[-1][:200] if lines else type(e).__name__
 
 
-def read_volume(path: str | os.PathLike, *, allow_2d: bool = False) -> Volume:
+def _diagnose_unreadable(path: Path) -> str:
+    """Why ITK found no reader for ``path``: not gzip, truncated or corrupt compression, no NIfTI header."""
+    import gzip
+    import zlib
+
+    name = path.name.lower()
+    try:
+        if name.endswith(".gz"):
+            with open(path, "rb") as f:
+                if f.read(2) != b"\x1f\x8b":
+                    return "not gzip-compressed although the name ends in .gz (not a NIfTI image?)"
+            head = b""
+            with gzip.open(path, "rb") as f:
+                head = f.read(352)
+                while f.read(1 << 24):
+                    pass
+        else:
+            with open(path, "rb") as f:
+                head = f.read(352)
+    except EOFError:
+        return "file is truncated (the compressed data ends early)"
+    except (gzip.BadGzipFile, zlib.error) as e:
+        return f"compressed data is corrupt ({e})"
+    except OSError as e:
+        return f"cannot read ({e.strerror or e})"
+    if name.endswith((".nii", ".nii.gz")):
+        if len(head) < 348 or 348 not in (
+            int.from_bytes(head[:4], "little"),
+            int.from_bytes(head[:4], "big"),
+        ):
+            if 540 not in (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")):
+                return "not a NIfTI image (no NIfTI header)"
+        return "NIfTI header is corrupt or unsupported"
+    return "not a readable image: unrecognised or corrupt header"
+
+
+def read_volume(
+    path: str | os.PathLike, *, allow_2d: bool = False, memory_budget: int | None = None
+) -> Volume:
     """Read a CT or mask: NIfTI, NRRD, MHA/MHD, or a folder holding one DICOM series.
+
+    The header is checked first (dimensions, pixel type, geometry, and size against ``memory_budget``
+    bytes, default :func:`memory_budget`), so a corrupt or huge file is refused before voxels are read.
 
     Returns:
         Volume with array (z, y, x) and geometry in (x, y, z) mm.
 
     Raises:
-        InputError: missing, unreadable, corrupt, not 3D, non-finite voxels, or bad geometry.
+        InputError: missing, unreadable, corrupt, not 3D, too large, non-finite voxels, or bad geometry.
     """
     import SimpleITK as sitk
 
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings are multi-line prints on stderr
     p = Path(path)
-    if not p.exists():
+    try:
+        exists, is_dir = p.exists(), p.is_dir()
+    except (OSError, ValueError) as e:
+        raise InputError(p, f"cannot access ({getattr(e, 'strerror', None) or e})") from None
+    if not exists:
         raise InputError(p, "no such file or folder")
-    if p.is_dir():
-        vol = _read_dicom_series(p)
+    if is_dir:
+        vol = _read_dicom_series(p, memory_budget)
     else:
         if p.stat().st_size == 0:
             raise InputError(p, "file is empty (0 bytes)")
         if not is_image_path(p) and not p.name.lower().endswith(".dcm"):
-            raise InputError(p, f"unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder")
+            raise InputError(
+                p, f"unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder"
+            )
         try:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(p))
@@ -227,20 +357,30 @@ def read_volume(path: str | os.PathLike, *, allow_2d: bool = False) -> Volume:
             dim = reader.GetDimension()
             ncomp = reader.GetNumberOfComponents()
             size = reader.GetSize()
+            pixel_id = reader.GetPixelID()
+            header_geometry = (reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
         except RuntimeError as e:
-            raise InputError(p, f"cannot read image header ({_first_line(e)})") from None
+            why = _first_line(e)
+            if "Unable to determine ImageIO reader" in why:
+                raise InputError(p, _diagnose_unreadable(p)) from None
+            raise InputError(p, f"cannot read image header ({why})") from None
         if dim == 4 and size[3] == 1:
             pass  # a trailing singleton 4th axis is common in NIfTI; squeeze it below
         elif dim != 3:
             raise InputError(p, f"image is {dim}D with size {size}; a 3D volume is required")
         if ncomp != 1:
             raise InputError(p, f"image has {ncomp} components per voxel; a scalar image is required")
+        nvox = int(np.prod([int(s) for s in size], dtype=object))
+        _check_size(p, size, nvox * ncomp * _pixel_bytes(pixel_id), memory_budget)
+        _check_header_geometry(p, *header_geometry, dim)
         if p.name.lower().endswith((".nii", ".nii.gz")):
             _check_nifti_length(p)  # ITK pads a truncated NIfTI with zeros without an error
         try:
             img = reader.Execute()
         except RuntimeError as e:
-            raise InputError(p, f"cannot read voxel data, file is corrupt or truncated ({_first_line(e)})") from None
+            raise InputError(
+                p, f"cannot read voxel data, file is corrupt or truncated ({_first_line(e)})"
+            ) from None
         if dim == 4:
             img = img[:, :, :, 0]
         vol = Volume.from_sitk(img)
@@ -256,8 +396,9 @@ def read_volume(path: str | os.PathLike, *, allow_2d: bool = False) -> Volume:
     return vol
 
 
-def _nifti_header(f) -> tuple[str, int, int, int] | None:
-    """(endian, datatype, vox_offset, data bytes) of a NIfTI-1 header read from ``f``; None if not NIfTI-1."""
+def _nifti_header(f) -> tuple[str, int, int, int, tuple[float, ...]] | None:
+    """(endian, datatype, vox_offset, data bytes, pixdim[1:4]) of a NIfTI-1 header read from ``f``; None if
+    not NIfTI-1."""
     hdr = f.read(352)
     if len(hdr) < 348:
         return None
@@ -270,12 +411,16 @@ def _nifti_header(f) -> tuple[str, int, int, int] | None:
     dim = np.frombuffer(hdr[40:56], endian + "i2")
     datatype = int(np.frombuffer(hdr[70:72], endian + "i2")[0])
     bitpix = int(np.frombuffer(hdr[72:74], endian + "i2")[0])
-    vox_offset = max(348, int(np.frombuffer(hdr[108:112], endian + "f4")[0]))
+    offset = float(np.frombuffer(hdr[108:112], endian + "f4")[0])
+    vox_offset = max(348, int(offset)) if np.isfinite(offset) and offset < 2**62 else 348
+    pixdim = tuple(float(v) for v in np.frombuffer(hdr[80:92], endian + "f4"))
     ndim = int(dim[0])
     if not 1 <= ndim <= 7:
         return None
-    nvox = int(np.prod([max(1, int(d)) for d in dim[1 : ndim + 1]], dtype=np.int64))
-    return endian, datatype, vox_offset, nvox * bitpix // 8
+    nvox = 1
+    for d in dim[1 : ndim + 1]:
+        nvox *= max(1, int(d))
+    return endian, datatype, vox_offset, nvox * max(0, bitpix) // 8, pixdim
 
 
 def _check_nifti_length(path: Path) -> None:
@@ -293,6 +438,11 @@ def _check_nifti_length(path: Path) -> None:
             info = _nifti_header(f)
         if info is None:
             return
+        if any(v == 0 or not np.isfinite(v) for v in info[4]):
+            sp = ", ".join(f"{v:g}" for v in info[4])
+            raise InputError(
+                path, f"invalid voxel spacing ({sp}) mm in the NIfTI header (pixdim must be > 0)"
+            )
         need = info[2] + info[3]
         if not gz:
             have = path.stat().st_size
@@ -323,7 +473,7 @@ def _nifti_nonfinite(path: Path) -> int:
             info = _nifti_header(f)
             if info is None:
                 return 0
-            endian, datatype, vox_offset, _ = info
+            endian, datatype, vox_offset, _, _ = info
             dtype = {16: np.dtype(endian + "f4"), 64: np.dtype(endian + "f8")}.get(datatype)
             if dtype is None:
                 return 0
