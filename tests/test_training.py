@@ -275,3 +275,12 @@ def test_ddp_two_cpu_processes(cache, tmp_path):
     rows = [line.split(",") for line in (run / "metrics.csv").read_text().splitlines()[1:]]
     best = max(float(row[4]) for row in rows)
     assert _reference_val_dice(loaded, cache) == pytest.approx(best, abs=1e-6)
+
+
+def test_last_epoch_is_always_validated(cache, tmp_path):
+    """val_every_n_epochs=2 with 1 epoch still validates once and writes best.ckpt."""
+    from lungtumor.training import train
+
+    res = train(cache, tmp_path / "run", tiny_config(epochs=1, val_every_n_epochs=2), progress=False)
+    assert res.best_epoch == 0
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()

@@ -191,7 +191,7 @@ def _default() -> RunConfig:
 
 
 def _demo() -> RunConfig:
-    """Small and fast enough for 2 CPU cores in a few minutes: UNet-16 on 96x96 crops of 2.5 mm slices."""
+    """Small and fast enough for 2 CPU cores in a few minutes: UNet-16 on 96x96 crops of 2.5 mm slices, bf16."""
     c = RunConfig(preset="demo")
     c.prep = PrepConfig(norm="window_zscore", resize="spacing", spacing_mm=2.5, size=(160, 160))
     c.model = ModelConfig(arch="unet2d", base_channels=16, depth=4, in_channels=3)
@@ -201,7 +201,7 @@ def _demo() -> RunConfig:
         lr=3e-3,
         loss="dice_bce",
         context_slices=1,
-        precision="32",
+        precision="bf16-mixed",
         max_steps_per_epoch=30,
         val_every_n_epochs=2,
         crop_size=96,

@@ -602,6 +602,15 @@ def _quiet_lightning():
                 lg.setLevel(lv)
 
 
+class _ValidateLastEpoch(pl.Callback if pl else object):  # type: ignore[misc]
+    """Validate the final epoch even when ``val_every_n_epochs`` would skip it, so a run always ends with a
+    scored model and a best.ckpt (a 1-epoch run with validation every 2 epochs would otherwise have none)."""
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1:
+            trainer.check_val_every_n_epoch = 1
+
+
 class _Bar(TQDMProgressBar if pl else object):  # type: ignore[misc]
     """Progress bar with epoch, loss and slices/s (no logger version number)."""
 
@@ -681,7 +690,7 @@ def train(
             auto_insert_metric_name=False,
             enable_version_counter=False,
         )
-        callbacks: list[Any] = [best_cb]
+        callbacks: list[Any] = [best_cb, _ValidateLastEpoch()]
         if progress:
             callbacks.append(_Bar())
         trainer = pl.Trainer(
