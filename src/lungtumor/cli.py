@@ -332,6 +332,7 @@ def _add_demo(sub) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("lungtumor_demo"), help="output folder (default ./lungtumor_demo)")
     p.add_argument("--cases", type=int, default=24, help="training phantoms (default 24)")
+    p.add_argument("--test-cases", type=int, default=8, help="held-out phantoms to predict and score (default 8)")
     p.add_argument("--epochs", type=int, default=None, help="override the demo preset's epochs")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
@@ -340,7 +341,7 @@ def _add_demo(sub) -> None:
 def _cmd_demo(args) -> int:
     from lungtumor.demo import run_demo
 
-    result = run_demo(args.out, cases=args.cases, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    result = run_demo(args.out, cases=args.cases, test_cases=args.test_cases, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
     print(result)
     return 0
 

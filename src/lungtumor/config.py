@@ -196,16 +196,17 @@ def _demo() -> RunConfig:
     c.prep = PrepConfig(norm="window_zscore", resize="spacing", spacing_mm=2.5, size=(160, 160))
     c.model = ModelConfig(arch="unet2d", base_channels=16, depth=4, in_channels=3)
     c.train = TrainConfig(
-        epochs=10,
+        epochs=12,
         batch_size=16,
         lr=3e-3,
         loss="dice_bce",
         context_slices=1,
         precision="bf16-mixed",
-        max_steps_per_epoch=30,
-        val_every_n_epochs=2,
+        max_steps_per_epoch=100,
+        val_every_n_epochs=3,
         crop_size=96,
     )
+    c.infer = InferConfig(lung_gate=True)
     return c
 
 

@@ -39,12 +39,19 @@ def run_demo(
     out: str | os.PathLike,
     *,
     cases: int = 24,
-    test_cases: int = 4,
+    test_cases: int = 8,
     epochs: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    config=None,
+    matrix: int = 256,
+    slices: int | None = None,
 ) -> DemoResult:
-    """Run the whole pipeline into ``out`` and return paths, timings and the held-out summary."""
+    """Run the whole pipeline into ``out`` and return paths, timings and the held-out summary.
+
+    ``config`` (a RunConfig) replaces the ``demo`` preset; ``matrix``/``slices`` size the phantoms (tests use
+    tiny ones).
+    """
     from lungtumor.config import load_config
     from lungtumor.inference import PredictOptions, predict_paths
     from lungtumor.metrics import evaluate_dirs, format_summary
@@ -54,7 +61,7 @@ def run_demo(
 
     root = ensure_writable_dir(out)
     res = DemoResult(out=root)
-    cfg = load_config(None, "demo")
+    cfg = config if config is not None else load_config(None, "demo")
     cfg.train.seed = seed
     if epochs is not None:
         cfg.train.epochs = epochs
@@ -66,7 +73,9 @@ def run_demo(
         return value
 
     data, cache, run, pred = root / "data", root / "cache", root / "run", root / "predictions"
-    step("synth", lambda: synth_dataset(data, n_train=cases, n_test=test_cases, seed=seed, progress=progress))
+    step("synth", lambda: synth_dataset(
+            data, n_train=cases, n_test=test_cases, seed=seed, matrix=matrix, slices=slices, progress=progress
+        ))
     step("prepare", lambda: prepare_dataset(data, cache, cfg.prep, folds=5, seed=seed, progress=progress))
     step("train", lambda: train(cache, run, cfg, resume=False, progress=progress))
     results = step(

@@ -327,9 +327,9 @@ def predict_paths(
                 if opts.measure:
                     res.outputs.extend(write_lesions(lesions, stem, out))
             if opts.report:
-                from lungtumor.report import write_report
+                from lungtumor.report import write_all
 
-                res.outputs.append(write_report(vol, mask_vol, out, case, lesions=lesions, run_dir=run_dir))
+                res.outputs.extend(write_all(vol, mask_vol, out, case, lesions=lesions, run_dir=run_dir))
         except InputError as e:
             res.error = str(e)
         except MemoryError:

@@ -423,11 +423,24 @@ def report_files(
     """
     img = read_volume(image)
     msk = read_mask(mask, reference=img)
-    case = case_name(image)
     out_dir = ensure_writable_dir(out)
     meta = {"Image file": Path(image).name, "Mask file": Path(mask).name}
-    html = write_report(img, msk, out_dir, case, run_dir=run_dir, meta=meta)
+    return write_all(img, msk, out_dir, case_name(image), run_dir=run_dir, meta=meta)
+
+
+def write_all(
+    image: Volume,
+    mask: Volume,
+    out_dir: str | os.PathLike,
+    case: str,
+    lesions=None,
+    run_dir: str | os.PathLike | None = None,
+    meta: dict[str, str] | None = None,
+) -> list[Path]:
+    """The HTML report, the GIF animation and the PNG montage of one case: [html, gif, png]."""
+    out_dir = Path(out_dir)
+    html = write_report(image, mask, out_dir, case, lesions=lesions, run_dir=run_dir, meta=meta)
     stem = safe_filename(case)
-    gif = write_animation(img, msk, out_dir / f"{stem}_animation.gif")
-    montage = write_montage(img, msk, out_dir / f"{stem}_montage.png")
+    gif = write_animation(image, mask, out_dir / f"{stem}_animation.gif")
+    montage = write_montage(image, mask, out_dir / f"{stem}_montage.png")
     return [html, gif, montage]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import math
 import os
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from lungtumor.training import (
     _read_checkpoint,
     pl,
     resolve_runtime,
+    warmup_cosine,
     write_loss_curves,
 )
 
@@ -148,17 +148,7 @@ class Seg3DModule(_LightningModule):
     def configure_optimizers(self) -> Any:
         t = self.cfg.train
         opt = torch.optim.AdamW(self.net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        total = max(1, t.epochs * self.cfg.vol3d.steps_per_epoch)
-        warm = min(100, total // 20)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.02 + 0.98 * 0.5 * (
-                1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm)))
-            )
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = warmup_cosine(opt, t.epochs * self.cfg.vol3d.steps_per_epoch)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_validation_epoch_start(self) -> None:

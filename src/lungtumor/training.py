@@ -199,6 +199,19 @@ class AtomicCheckpointIO(TorchCheckpointIO if pl else object):  # type: ignore[m
 # ----------------------------------------------------------------------------- the LightningModule
 
 
+def warmup_cosine(opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over min(100, 5 %) of the steps, then cosine decay to 2 % of the base learning rate."""
+    total = max(1, total_steps)
+    warm = min(100, total // 20)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def resolve_runtime(cfg: RunConfig) -> tuple[str, str]:
     """(accelerator, precision) after resolving ``"auto"``: bf16-mixed on CUDA, 32-bit on the CPU."""
     acc = cfg.train.accelerator
@@ -360,18 +373,8 @@ class SegModule(_LightningModule):
         opt = torch.optim.Adam(self.net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         if t.lr_schedule == "constant":
             return opt
-        total = max(1, t.epochs * self.steps_per_epoch(self.trainer.world_size))
-        warm = min(100, total // 20)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.02 + 0.98 * 0.5 * (
-                1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm)))
-            )
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        total = t.epochs * self.steps_per_epoch(self.trainer.world_size)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup_cosine(opt, total), "interval": "step"}}
 
     # -- validation: per patient volume
     def on_validation_epoch_start(self) -> None:

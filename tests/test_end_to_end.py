@@ -1,0 +1,69 @@
+"""Golden end-to-end run: synth -> prepare -> train -> predict -> evaluate -> report on tiny phantoms,
+then prediction on a real CT (skipped without ../shared/realdata)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lungtumor.cli import main
+from lungtumor.config import load_config
+from lungtumor.demo import run_demo
+from lungtumor.volume import read_mask, read_volume
+
+
+def _tiny_cfg():
+    cfg = load_config(None, "demo")
+    cfg.prep.size, cfg.prep.spacing_mm = (64, 64), 4.0
+    cfg.model.base_channels, cfg.model.depth = 4, 2
+    cfg.train.epochs, cfg.train.max_steps_per_epoch, cfg.train.batch_size, cfg.train.crop_size = 1, 3, 4, 0
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    res = run_demo(out, cases=3, test_cases=2, seed=3, progress=False, config=_tiny_cfg(), matrix=64, slices=16)
+    return out, res
+
+
+def test_demo_writes_everything_on_the_input_grid(demo_run):
+    out, res = demo_run
+    pred = out / "predictions"
+    cts = sorted((out / "data" / "imagesTs").glob("*.nii.gz"))
+    assert len(cts) == 2
+    for ct_path in cts:
+        case = ct_path.name[: -len(".nii.gz")]
+        ct = read_volume(ct_path)
+        mask = read_mask(pred / f"{case}_tumour.nii.gz", reference=ct)  # raises if the grid differs
+        assert mask.array.dtype == np.uint8
+        lesions = json.loads((pred / f"{case}_lesions.json").read_text())
+        assert "lesions" in lesions
+        assert (pred / f"{case}_report.html").is_file()
+        assert (pred / f"{case}_animation.gif").is_file()
+    summary = json.loads((pred / "evaluation_summary.json").read_text())
+    assert summary["summary"]["n_cases"] == 2 and len(summary["cases"]) == 2
+    assert (out / "run" / "checkpoints" / "best.ckpt").is_file()
+    assert "held-out phantoms" in str(res)
+
+
+def test_predict_is_deterministic(demo_run, tmp_path):
+    out, _ = demo_run
+    ct = sorted((out / "data" / "imagesTs").glob("*.nii.gz"))[0]
+    case = ct.name[: -len(".nii.gz")]
+    assert main(["predict", str(ct), "--model", str(out / "run"), "--out", str(tmp_path), "-q"]) == 0
+    a = read_mask(tmp_path / f"{case}_tumour.nii.gz").array
+    b = read_mask(out / "predictions" / f"{case}_tumour.nii.gz").array
+    assert np.array_equal(a, b)
+
+
+def test_predict_real_ct_keeps_its_exact_grid(demo_run, realdata, tmp_path):
+    out, _ = demo_run
+    src = realdata / "pyradiomics" / "lung2_image.nrrd"
+    assert main(["predict", str(src), "--model", str(out / "run"), "--out", str(tmp_path), "-q"]) == 0
+    ct = read_volume(src)
+    mask = read_mask(tmp_path / "lung2_image_tumour.nii.gz")
+    assert mask.shape == ct.shape == (61, 512, 512)
+    assert ct.grid_mismatch(mask) is None
