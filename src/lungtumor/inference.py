@@ -312,14 +312,14 @@ def predict_paths(
                 prob, mask = predict_any(
                     loaded, vol, device=device, threshold=threshold, batch_size=batch, tta=tta, precision=precision
                 )
+            if opts.save_prob:
+                res.outputs.append(write_volume(vol.with_array(prob), out / f"{stem}_prob.nii.gz"))
+            del prob  # the largest array (float32, input size): free it before postprocessing allocates
             if opts.postprocess:
                 mask = postprocess_mask(mask, vol, min_lesion_mm3=min_mm3, lung_gate=lung_gate)
             mask_vol = vol.with_array(mask)
             res.mask_path = write_volume(mask_vol, out / f"{stem}_tumour.nii.gz")
             res.outputs.append(res.mask_path)
-            if opts.save_prob:
-                res.outputs.append(write_volume(vol.with_array(prob), out / f"{stem}_prob.nii.gz"))
-            del prob
             res.tumour_ml = float(mask.sum()) * vol.voxel_volume_mm3 / 1000.0
             lesions = None
             if opts.measure or opts.report:
