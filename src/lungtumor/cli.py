@@ -331,7 +331,7 @@ def _add_demo(sub) -> None:
         help="the whole pipeline on built-in phantoms: synth, prepare, train, predict, evaluate, report",
     )
     p.add_argument("--out", type=Path, default=Path("lungtumor_demo"), help="output folder (default ./lungtumor_demo)")
-    p.add_argument("--cases", type=int, default=24, help="training phantoms (default 24)")
+    p.add_argument("--cases", type=int, default=32, help="training phantoms (default 32)")
     p.add_argument("--test-cases", type=int, default=8, help="held-out phantoms to predict and score (default 8)")
     p.add_argument("--epochs", type=int, default=None, help="override the demo preset's epochs")
     p.add_argument("--seed", type=int, default=0)

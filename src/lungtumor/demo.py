@@ -38,7 +38,7 @@ class DemoResult:
 def run_demo(
     out: str | os.PathLike,
     *,
-    cases: int = 24,
+    cases: int = 32,
     test_cases: int = 8,
     epochs: int | None = None,
     seed: int = 0,
