@@ -218,7 +218,7 @@ def predict_volume(
     del x
     prob = restore_geometry(prob_small, geom)
     del prob_small
-    mask = (prob >= threshold).astype(np.uint8)
+    mask = (prob >= threshold).view(np.uint8)  # bool -> uint8 without a copy
     return prob, mask
 
 
