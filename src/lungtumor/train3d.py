@@ -38,6 +38,7 @@ from lungtumor.infer3d import build_model3d, is_3d, sliding_window_probs
 from lungtumor.losses import dice_bce_loss, dice_score
 from lungtumor.training import (
     AtomicCheckpointIO,
+    HistoryInCheckpoint,
     TrainResult,
     _Bar,
     _LightningModule,
@@ -101,7 +102,7 @@ def resolve_plan(cfg: RunConfig, cache: Cache3D, device: torch.device) -> RunCon
     return cfg
 
 
-class Seg3DModule(_LightningModule):
+class Seg3DModule(HistoryInCheckpoint, _LightningModule):
     """Lightning orchestration of the 3D recipe; ``hyper_parameters["lungtumor"]`` = config, stats, prep."""
 
     def __init__(self, lungtumor: dict[str, Any]) -> None:
@@ -196,11 +197,6 @@ class Seg3DModule(_LightningModule):
     def on_train_epoch_start(self) -> None:
         self._t0 = time.perf_counter()
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lungtumor_history"] = copy.deepcopy(self.history)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.history = copy.deepcopy(checkpoint.get("lungtumor_history", {"epochs": [], "steps": []}))
 
 
 def train3d(

@@ -225,7 +225,20 @@ def resolve_runtime(cfg: RunConfig) -> tuple[str, str]:
     return acc, prec
 
 
-class SegModule(_LightningModule):
+class HistoryInCheckpoint:
+    """Mixin for our LightningModules: ``self.history`` (epoch rows, step losses) travels inside checkpoints,
+    so a resumed run's metrics.csv and loss curves continue where they stopped."""
+
+    history: dict[str, list]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lungtumor_history"] = copy.deepcopy(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = copy.deepcopy(checkpoint.get("lungtumor_history", {"epochs": [], "steps": []}))
+
+
+class SegModule(HistoryInCheckpoint, _LightningModule):
     """Orchestrates training: data fetch, batched augmentation, loss, per-patient validation, logging.
 
     ``hyper_parameters["lungtumor"]`` = {"config": to_dict(RunConfig), "stats": {...}, "prep": {...}}.
@@ -474,11 +487,6 @@ class SegModule(_LightningModule):
         ):
             self.logger.experiment.add_figure("val/example", example_figure(*self._example), self.global_step)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lungtumor_history"] = copy.deepcopy(self.history)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.history = copy.deepcopy(checkpoint.get("lungtumor_history", {"epochs": [], "steps": []}))
 
 
 # ----------------------------------------------------------------------------- figures

@@ -22,13 +22,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from lt_testdata import GEOM, SHAPE, tiny_dataset
 
 from lungtumor.volume import Volume, write_volume
 
 from ._util import one_error_line, record_error, run_cli
-
-SHAPE = (6, 16, 18)
-GEOM = {"spacing": (0.8, 0.8, 2.5), "origin": (-10.0, 5.0, 100.0)}
 
 
 @dataclass
@@ -67,17 +65,7 @@ def _predict(fx: Fx, inp: Path, *needles: str) -> Bad:
 
 
 def _dataset(root: Path, n: int = 2) -> Path:
-    """A valid folder-layout dataset of ``n`` tiny random cases c0, c1, ..."""
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        vol = Volume(rng.integers(-1000, 400, size=SHAPE).astype(np.int16), **GEOM)
-        mask = np.zeros(SHAPE, np.uint8)
-        mask[2:4, 4:8, 4:9] = 1
-        write_volume(vol, root / "imagesTr" / f"c{i}.nii.gz")
-        write_volume(vol.with_array(mask), root / "labelsTr" / f"c{i}.nii.gz")
-    return root
+    return tiny_dataset(root, n)
 
 
 def _json_dataset(fx: Fx, doc) -> tuple[Path, Path]:
