@@ -72,3 +72,30 @@ def test_random_crop_keeps_alignment_and_finds_tumour():
     assert ic.shape == (4, 3, 32, 32) and sc.shape == (4, 1, 32, 32)
     assert torch.all(sc.sum((1, 2, 3)) == 16)  # the whole 4x4 tumour is inside every crop
     assert torch.equal(ic[:, 0] == 5.0, sc[:, 0] == 1)  # image and mask cropped identically
+
+
+def test_augment_crop_binary_aligned_and_keeps_tumour_in_view():
+    from lungtumor.augment import augment_crop_batch
+
+    img, seg = squares(8, 96)
+    cfg = dataclasses.replace(AugmentConfig(), intensity_jitter=0.0, elastic_p=1.0)
+    a_img, a_seg = augment_crop_batch(img, seg, cfg, 48, torch.Generator().manual_seed(2), p_tumour=1.0)
+    assert a_img.shape == (8, 3, 48, 48) and a_seg.shape == (8, 1, 48, 48)
+    assert set(torch.unique(a_seg).tolist()) <= {0.0, 1.0}
+    for i in range(8):
+        from_img = a_img[i, 0] > 0.5
+        m = a_seg[i, 0].bool()
+        assert m.sum() > 0.25 * 18 * 14  # tumour-centred crops keep the square in view
+        iou = (from_img & m).sum() / (from_img | m).sum()
+        assert iou > 0.97, float(iou)
+
+
+def test_augment_crop_is_an_exact_crop_when_augmentation_is_off():
+    from lungtumor.augment import augment_crop_batch, random_crop
+
+    img, seg = squares(4, 64)
+    img = img + torch.linspace(0, 1, 64)  # a ramp, so any resampling would show
+    off = dataclasses.replace(AugmentConfig(), p=0.0)
+    a = augment_crop_batch(img, seg, off, 32, torch.Generator().manual_seed(5))
+    b = random_crop(img, seg, 32, torch.Generator().manual_seed(5))
+    assert torch.allclose(a[0], b[0], atol=1e-5) and torch.equal(a[1], b[1])

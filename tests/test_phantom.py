@@ -63,6 +63,20 @@ def test_tumour_hu_in_soft_tissue_range():
     assert c.lesions[0]["volume_ml"] > 5
 
 
+def test_spiculated_tumours_are_one_component_each():
+    """Thin spicules must not leave detached label fragments (they would count as extra lesions)."""
+    from scipy import ndimage as ndi
+
+    plan = [
+        {"diameter_mm": 30.0, "kind": "intrapulmonary", "texture": "solid", "spiculated": True},
+        {"diameter_mm": 18.0, "kind": "juxtapleural", "texture": "solid", "spiculated": True},
+    ]
+    for seed in range(3):
+        c = build_case(seed, matrix=192, slices=48, plan=plan)
+        _, n = ndi.label(c.label.array > 0, structure=np.ones((3, 3, 3), bool))
+        assert n == len(c.lesions) >= 1
+
+
 def test_tumours_lie_in_lungs_and_volumes_match(case):
     lab = case.label.array > 0
     assert np.all(case.lung[lab])

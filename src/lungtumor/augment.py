@@ -138,19 +138,19 @@ def augment_numpy(
     return out.astype(np.float32), seg_out
 
 
-def random_crop(
-    img: torch.Tensor, seg: torch.Tensor, size: int, generator: torch.Generator | None = None, p_tumour: float = 0.67
+def _crop_corners(
+    seg: torch.Tensor, size: tuple[int, int], p_tumour: float, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop every sample of a batch to ``size`` x ``size`` (the network is fully convolutional).
+    """Integer top-left corners (y0, x0), each (B,), of ``size`` crops of seg (B, 1, H, W).
 
-    With probability ``p_tumour`` a sample that contains tumour is cropped around one of its tumour pixels
-    (chosen at random), otherwise anywhere. img (B, C, H, W), seg (B, 1, H, W) -> (B, C, s, s), (B, 1, s, s).
-    Training on crops costs (s/H)² of a full slice and keeps the tumour in view.
+    With probability ``p_tumour`` a sample that contains tumour gets a crop around one of its tumour pixels
+    (chosen at random, then shifted by up to a quarter crop so the tumour is not always dead centre);
+    otherwise the crop lies anywhere. Corners keep the crop inside the slice.
     """
-    b, _, h, w = img.shape
-    s_h, s_w = min(size, h), min(size, w)
-    dev = img.device
-    u = torch.rand((b, 3), generator=generator, device=dev)
+    b, _, h, w = seg.shape
+    s_h, s_w = size
+    dev = seg.device
+    u = torch.rand((b, 5), generator=generator, device=dev)
     y0 = (u[:, 0] * (h - s_h + 1)).long().clamp_(0, h - s_h)
     x0 = (u[:, 1] * (w - s_w + 1)).long().clamp_(0, w - s_w)
     flat = seg[:, 0].flatten(1) > 0
@@ -159,14 +159,99 @@ def random_crop(
         # a random tumour pixel per sample: argmax of random scores restricted to tumour pixels
         scores = torch.rand(flat.shape, generator=generator, device=dev) * flat
         pick = scores.argmax(1)
-        cy, cx = pick // w, pick % w
-        ty = (cy - s_h // 2).clamp(0, h - s_h)
-        tx = (cx - s_w // 2).clamp(0, w - s_w)
-        y0 = torch.where(has, ty, y0)
-        x0 = torch.where(has, tx, x0)
+        cy = pick // w + ((u[:, 3] - 0.5) * (s_h / 2)).long()
+        cx = pick % w + ((u[:, 4] - 0.5) * (s_w / 2)).long()
+        y0 = torch.where(has, (cy - s_h // 2).clamp(0, h - s_h), y0)
+        x0 = torch.where(has, (cx - s_w // 2).clamp(0, w - s_w), x0)
+    return y0, x0
+
+
+def random_crop(
+    img: torch.Tensor,
+    seg: torch.Tensor,
+    size: int,
+    generator: torch.Generator | None = None,
+    p_tumour: float = 0.67,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop every sample of a batch to ``size`` x ``size`` without resampling (see :func:`_crop_corners`).
+
+    img (B, C, H, W), seg (B, 1, H, W) -> (B, C, s, s), (B, 1, s, s).
+    """
+    b, _, h, w = img.shape
+    s_h, s_w = min(size, h), min(size, w)
+    dev = img.device
+    y0, x0 = _crop_corners(seg, (s_h, s_w), p_tumour, generator)
     iy = y0[:, None] + torch.arange(s_h, device=dev)[None]  # (B, s_h)
     ix = x0[:, None] + torch.arange(s_w, device=dev)[None]  # (B, s_w)
     bi = torch.arange(b, device=dev)[:, None, None]
     img_c = img.permute(0, 2, 3, 1)[bi, iy[:, :, None], ix[:, None, :]].permute(0, 3, 1, 2)
     seg_c = seg.permute(0, 2, 3, 1)[bi, iy[:, :, None], ix[:, None, :]].permute(0, 3, 1, 2)
     return img_c.contiguous(), seg_c.contiguous()
+
+
+def augment_crop_batch(
+    img: torch.Tensor,
+    seg: torch.Tensor,
+    cfg: AugmentConfig,
+    size: int,
+    generator: torch.Generator | None = None,
+    p_tumour: float = 0.67,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment and crop a batch in ONE ``grid_sample`` whose output is the crop (training on crops).
+
+    The sampling grid has the crop's size, so the affine, flip and elastic work costs (s/H)² of a full
+    slice. Scale and rotation turn about the crop centre, so a tumour-centred crop keeps its tumour in view.
+    A sample with augmentation off (probability ``1 - cfg.p``) is an exact pixel crop.
+
+    Args:
+        img: (B, C, H, W) float, normalised CT (C = neighbouring slices).
+        seg: (B, 1, H, W) float or uint8 in {0, 1}.
+        cfg: the augmentation settings (as :func:`random_grid`).
+        size: crop side in pixels (clipped to H and W).
+        generator: a ``torch.Generator`` on ``img.device`` for reproducible draws.
+        p_tumour: share of crops centred near a tumour pixel (samples that have one).
+
+    Returns:
+        (img float32 (B, C, s, s), seg float32 (B, 1, s, s) in {0, 1}).
+    """
+    b, c, h, w = img.shape
+    s_h, s_w = min(size, h), min(size, w)
+    dev = img.device
+    f32 = torch.float32
+    with torch.autocast(dev.type, enabled=False):
+        y0, x0 = _crop_corners(seg, (s_h, s_w), p_tumour, generator)
+        on = (torch.rand(b, generator=generator, device=dev) < cfg.p).to(f32)
+        sc = on * _uniform(b, cfg.scale[0], cfg.scale[1], generator, dev) + (1 - on)
+        ang = _uniform(b, -cfg.rotation_deg, cfg.rotation_deg, generator, dev) * (math.pi / 180) * on
+        flip = torch.ones(b, device=dev)
+        if cfg.flip:
+            flip = torch.where((torch.rand(b, generator=generator, device=dev) < 0.5) & (on > 0), -1.0, 1.0)
+        # output pixel offsets from the crop centre (pixels), then rotate / scale / flip into the input
+        oy = (torch.arange(s_h, device=dev, dtype=f32) - (s_h - 1) / 2).view(1, s_h, 1)
+        ox = (torch.arange(s_w, device=dev, dtype=f32) - (s_w - 1) / 2).view(1, 1, s_w)
+        cos, sin = (torch.cos(ang) / sc).view(b, 1, 1), (torch.sin(ang) / sc).view(b, 1, 1)
+        px = flip.view(b, 1, 1) * (cos * ox - sin * oy)
+        py = sin * ox + cos * oy
+        if cfg.elastic_p > 0 and cfg.elastic_alpha_px > 0:
+            spacing = 3 * max(cfg.elastic_sigma_px, 1.0)
+            gh, gw = max(2, math.ceil(s_h / spacing)) + 1, max(2, math.ceil(s_w / spacing)) + 1
+            noise = torch.randn(b, 2, gh, gw, generator=generator, device=dev)
+            disp = F.interpolate(noise, size=(s_h, s_w), mode="bicubic", align_corners=True)
+            el = (torch.rand(b, generator=generator, device=dev) < cfg.elastic_p).to(f32) * on
+            disp = disp * (el * cfg.elastic_alpha_px).view(b, 1, 1, 1)
+            px, py = px + disp[:, 0], py + disp[:, 1]
+        cy = (y0.to(f32) + (s_h - 1) / 2).view(b, 1, 1)
+        cx = (x0.to(f32) + (s_w - 1) / 2).view(b, 1, 1)
+        # pixel centre i sits at (2i + 1) / n - 1 in grid_sample's align_corners=False coordinates
+        grid = torch.stack([(2 * (cx + px) + 1) / w - 1, (2 * (cy + py) + 1) / h - 1], -1)
+        out = F.grid_sample(
+            torch.cat([img.float(), seg.float()], 1), grid, mode="bilinear", padding_mode="border",
+            align_corners=False,
+        )  # fmt: skip
+        img_o, seg_o = out[:, :c], (out[:, c:] > 0.5).float()
+        if cfg.intensity_jitter > 0:
+            j = cfg.intensity_jitter
+            gain = _uniform(b, 1 - j, 1 + j, generator, dev).view(b, 1, 1, 1)
+            bias = _uniform(b, -j, j, generator, dev).view(b, 1, 1, 1)
+            img_o = torch.where(on.view(b, 1, 1, 1) > 0, img_o * gain + bias, img_o)
+    return img_o, seg_o

@@ -100,6 +100,7 @@ class TrainConfig:
     log_every_n_steps: int = 10
     val_batch_size: int = 32
     crop_size: int = 0
+    crop_tumour_fraction: float = 0.67
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -207,6 +207,11 @@ def _render_tumour(
     free = lbox & (idb == 0)
     occ = np.clip(0.5 - f / h, 0, 1) * free
     inside = (f < 0) & free
+    # A tumour is one object: spicules thinner than a voxel would leave detached label fragments that count as
+    # extra lesions. Keep the 26-connected piece that holds the most voxels (the core).
+    comp, n = ndi.label(inside, structure=np.ones((3, 3, 3), bool))
+    if n > 1:
+        inside = comp == (1 + int(np.argmax(np.bincount(comp.ravel())[1:])))
     het = smooth_noise(rng, f.shape, (3.0 / grid.dz, 3.0 / grid.dy, 3.0 / grid.dx))
     depth = -f
     if plan["kind"] == "juxtapleural":

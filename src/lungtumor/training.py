@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lungtumor.augment import augment_batch, random_crop
+from lungtumor.augment import augment_batch, augment_crop_batch, random_crop
 from lungtumor.config import (
     PrepConfig,
     RunConfig,
@@ -358,12 +358,15 @@ class SegModule(HistoryInCheckpoint, _LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         img, seg = self._fetch(batch)
-        if self.cfg.train.augment.p > 0:
-            img, seg = augment_batch(img, seg, self.cfg.train.augment, self._generator())
+        t, g = self.cfg.train, self._generator()
+        if t.crop_size > 0 and t.augment.p > 0:  # augmentation and crop in one grid_sample of crop size
+            img, seg = augment_crop_batch(img, seg, t.augment, t.crop_size, g, t.crop_tumour_fraction)
+        elif t.crop_size > 0:
+            img, seg = random_crop(img.float(), seg.float(), t.crop_size, g, t.crop_tumour_fraction)
+        elif t.augment.p > 0:
+            img, seg = augment_batch(img, seg, t.augment, g)
         else:
             img, seg = img.float(), seg.float()
-        if self.cfg.train.crop_size > 0:
-            img, seg = random_crop(img, seg, self.cfg.train.crop_size, self._generator())
         loss = self.loss_fn(self._net(img), seg)
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=img.shape[0])
         self._step_losses.append(loss.detach())
@@ -577,6 +580,8 @@ def _check_train_config(cfg: RunConfig, source: str) -> None:
     for key in ("num_workers", "max_steps_per_epoch", "weight_decay", "crop_size"):
         if getattr(t, key) < 0:
             bad(f"train.{key}", "must be >= 0")
+    if not 0 <= t.crop_tumour_fraction <= 1:
+        bad("train.crop_tumour_fraction", "must be a probability in [0, 1]")
     a = t.augment
     if not 0 < a.scale[0] <= a.scale[1]:
         bad("train.augment.scale", "needs 0 < low <= high")
