@@ -67,3 +67,32 @@ def test_predict_real_ct_keeps_its_exact_grid(demo_run, realdata, tmp_path):
     mask = read_mask(tmp_path / "lung2_image_tumour.nii.gz")
     assert mask.shape == ct.shape == (61, 512, 512)
     assert ct.grid_mismatch(mask) is None
+
+
+def test_predict_without_prob_map_gives_the_same_mask(demo_run, tmp_path):
+    """Without --save-prob the mask is thresholded chunk by chunk; it equals the --save-prob path's mask."""
+    import torch
+
+    from lungtumor.inference import predict_volume
+    from lungtumor.training import load_checkpoint
+
+    out, _ = demo_run
+    ct = sorted((out / "data" / "imagesTs").glob("*.nii.gz"))[0]
+    case = ct.name[: -len(".nii.gz")]
+    loaded = load_checkpoint(out / "run")
+    vol = read_volume(ct)
+    kw = {"device": torch.device("cpu"), "batch_size": 4}
+    prob, _ = predict_volume(loaded, vol, threshold=0.5, **kw)
+    t = float(np.sort(prob, axis=None)[int(0.9 * prob.size)])  # a threshold that splits the voxels
+    prob, mask = predict_volume(loaded, vol, threshold=t, **kw)
+    none, chunked = predict_volume(loaded, vol, threshold=t, keep_prob=False, **kw)
+    assert none is None and chunked.dtype == np.uint8 and np.array_equal(chunked, mask)
+    assert np.array_equal(mask, (prob >= t).astype(np.uint8)) and 0 < mask.sum() < mask.size
+    for n_models in (1, 2):  # one model, and an ensemble (the same model twice)
+        args = [str(ct), *["--model", str(out / "run")] * n_models, "--threshold", str(t), "-q"]
+        p, m = tmp_path / f"p{n_models}", tmp_path / f"m{n_models}"
+        assert main(["predict", *args, "--out", str(p), "--save-prob"]) == 0
+        assert main(["predict", *args, "--out", str(m)]) == 0
+        assert (p / f"{case}_prob.nii.gz").is_file() and not (m / f"{case}_prob.nii.gz").exists()
+        a = read_mask(p / f"{case}_tumour.nii.gz").array
+        assert np.array_equal(a, read_mask(m / f"{case}_tumour.nii.gz").array)

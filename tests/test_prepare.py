@@ -19,6 +19,7 @@ from lungtumor.prepare import (
     preprocess_mask,
     preprocess_volume,
     restore_geometry,
+    restore_mask,
 )
 from lungtumor.volume import Volume, write_volume
 
@@ -129,6 +130,28 @@ def test_mask_roundtrip_dice_20mm_sphere(name: str) -> None:
     seg = preprocess_mask(mask, geom)
     back = restore_geometry(seg.astype(np.float32), geom) > 0.5
     assert _dice(back, mask.astype(bool)) > 0.9
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_restore_mask_is_the_thresholded_restore(name: str) -> None:
+    """The chunked restore + threshold of predict equals thresholding the full restored map, bit for bit."""
+    chunk = prep_mod._CHUNK
+    z = 2 * chunk + 3  # two full chunks and a partial one
+    vol, _ = _ct_with_sphere(shape=(z, 90, 100), spacing=(0.8, 0.75, 2.0))
+    _, geom = preprocess_volume(vol, RECIPES[name], STATS)
+    prob = np.random.default_rng(4).random((z, *geom.size), dtype=np.float32)
+    full = restore_geometry(prob, geom)
+    t = float(np.sort(full, axis=None)[full.size // 2])  # a value that occurs: ties (>=) count
+    expect = full >= t
+    mask = restore_mask(prob, geom, t)
+    assert mask.dtype == np.uint8 and mask.shape == vol.shape
+    np.testing.assert_array_equal(mask, expect.view(np.uint8))
+    # the check can see chunking mistakes: every slice's mask differs from its neighbours', both classes
+    # occur in every slice (a chunk misplaced, dropped or left unwritten would not match)
+    assert all(not np.array_equal(expect[k], expect[k + 1]) for k in range(z - 1))
+    assert expect.any(axis=(1, 2)).all() and (~expect).any(axis=(1, 2)).all()
+    with pytest.raises(ValueError, match="prepared shape"):
+        restore_mask(prob[:-1], geom, t)
 
 
 def test_non_identity_direction_keeps_array_axes() -> None:

@@ -170,12 +170,19 @@ def load_any(path: str | os.PathLike):
 
 
 def predict_volume_3d(
-    loaded, vol: Volume, *, device: torch.device, threshold: float, tta: bool = False, precision: str = "32"
-) -> tuple[np.ndarray, np.ndarray]:
+    loaded,
+    vol: Volume,
+    *,
+    device: torch.device,
+    threshold: float,
+    tta: bool = False,
+    precision: str = "32",
+    keep_prob: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Predict one CT (HU, (z, y, x)) with a loaded 3D checkpoint.
 
     Returns:
-        (probabilities float32, mask uint8), both (z, y, x) on ``vol``'s grid.
+        (probabilities float32, or None when not ``keep_prob``; mask uint8), both (z, y, x) on ``vol``'s grid.
     """
     from lungtumor.prepare3d import preprocess_3d, restore_3d
 
@@ -197,7 +204,8 @@ def predict_volume_3d(
     )
     del x
     prob = restore_3d(prob.cpu().numpy(), vol.shape)
-    return prob, (prob >= threshold).astype(np.uint8)
+    mask = (prob >= threshold).astype(np.uint8)
+    return (prob if keep_prob else None), mask
 
 
 def predict_any(
@@ -209,17 +217,28 @@ def predict_any(
     batch_size: int = 16,
     tta: bool = False,
     precision: str = "32",
-) -> tuple[np.ndarray, np.ndarray]:
-    """``inference.predict_volume`` for 2D checkpoints, :func:`predict_volume_3d` for 3D ones."""
+    keep_prob: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """``inference.predict_volume`` for 2D checkpoints, :func:`predict_volume_3d` for 3D ones.
+
+    ``keep_prob`` False: the probabilities come back as None (the 2D path then never holds the float32 map
+    on the input grid)."""
     if is_3d(loaded.config):
         return predict_volume_3d(
-            loaded, vol, device=device, threshold=threshold, tta=tta, precision=precision
+            loaded, vol, device=device, threshold=threshold, tta=tta, precision=precision, keep_prob=keep_prob
         )
     from lungtumor.inference import predict_volume
 
     loaded.model.to(device).eval()
     return predict_volume(
-        loaded, vol, device=device, threshold=threshold, batch_size=batch_size, tta=tta, precision=precision
+        loaded,
+        vol,
+        device=device,
+        threshold=threshold,
+        batch_size=batch_size,
+        tta=tta,
+        precision=precision,
+        keep_prob=keep_prob,
     )
 
 
@@ -244,11 +263,12 @@ def predict_ensemble(
     threshold: float = 0.5,
     tta: bool = False,
     precision: str = "32",
-) -> tuple[np.ndarray, np.ndarray]:
+    keep_prob: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Average the input-grid probabilities of several loaded models (e.g. one 2D and one 3D), then threshold.
 
     Returns:
-        (probabilities float32, mask uint8), both (z, y, x) on ``vol``'s grid.
+        (probabilities float32, or None when not ``keep_prob``; mask uint8), both (z, y, x) on ``vol``'s grid.
     """
     probs = []
     for m in models:
@@ -263,4 +283,6 @@ def predict_ensemble(
         )
         probs.append(p)
     prob = ensemble_probabilities(probs)
-    return prob, (prob >= threshold).astype(np.uint8)
+    del probs
+    mask = (prob >= threshold).astype(np.uint8)
+    return (prob if keep_prob else None), mask

@@ -2,7 +2,8 @@
 
 ``predict_volume`` runs the checkpoint's own preprocessing (``prepare.preprocess_volume``), batched 2.5D
 inference, a sigmoid, ``prepare.restore_geometry`` back onto the input grid, the threshold on
-probabilities, and postprocessing. ``predict_paths`` does that for many inputs, writes masks, lesion
+probabilities (``prepare.restore_mask``: restored and thresholded chunk by chunk when the probability map is
+not wanted), and postprocessing. ``predict_paths`` does that for many inputs, writes masks, lesion
 measurements and optional reports, and reports a failing case instead of stopping the batch.
 """
 
@@ -192,17 +193,20 @@ def predict_volume(
     batch_size: int,
     tta: bool = False,
     precision: str = "32",
-) -> tuple[np.ndarray, np.ndarray]:
+    keep_prob: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Predict one CT with a loaded checkpoint.
 
     Args:
         loaded: ``training.LoadedModel`` (model, config, stats).
         vol: the CT in HU, array (z, y, x).
+        keep_prob: return the probability map; False: None instead, and the mask is thresholded chunk by
+            chunk while restoring (the same values), so the float32 map on the input grid never exists.
 
     Returns:
-        (probabilities float32, mask uint8), both (z, y, x) on ``vol``'s grid.
+        (probabilities float32 or None, mask uint8 {0, 1}), both (z, y, x) on ``vol``'s grid.
     """
-    from lungtumor.prepare import preprocess_volume, restore_geometry
+    from lungtumor.prepare import preprocess_volume, restore_geometry, restore_mask
 
     cfg = loaded.config
     x, geom = preprocess_volume(vol, cfg.prep, loaded.stats)
@@ -216,6 +220,8 @@ def predict_volume(
         tta=tta,
     )
     del x
+    if not keep_prob:
+        return None, restore_mask(prob_small, geom, threshold)
     prob = restore_geometry(prob_small, geom)
     del prob_small
     mask = (prob >= threshold).view(np.uint8)  # bool -> uint8 without a copy
@@ -304,17 +310,31 @@ def predict_paths(
         res = PredictResult(case=case, source=src)
         try:
             vol = read_volume(src)
+            # without --save-prob the float32 map on the input grid (the largest array) is never made
             if len(models) > 1:
                 prob, mask = predict_ensemble(
-                    models, vol, device=device, threshold=threshold, tta=tta, precision=precision
+                    models,
+                    vol,
+                    device=device,
+                    threshold=threshold,
+                    tta=tta,
+                    precision=precision,
+                    keep_prob=opts.save_prob,
                 )
             else:
                 prob, mask = predict_any(
-                    loaded, vol, device=device, threshold=threshold, batch_size=batch, tta=tta, precision=precision
+                    loaded,
+                    vol,
+                    device=device,
+                    threshold=threshold,
+                    batch_size=batch,
+                    tta=tta,
+                    precision=precision,
+                    keep_prob=opts.save_prob,
                 )
-            if opts.save_prob:
+            if prob is not None:
                 res.outputs.append(write_volume(vol.with_array(prob), out / f"{stem}_prob.nii.gz"))
-            del prob  # the largest array (float32, input size): free it before postprocessing allocates
+            del prob  # free it before postprocessing allocates
             if opts.postprocess:
                 mask = postprocess_mask(mask, vol, min_lesion_mm3=min_mm3, lung_gate=lung_gate)
             mask_vol = vol.with_array(mask)

@@ -250,12 +250,9 @@ def _mask_into(mask: np.ndarray, geom: PrepGeometry, out: np.ndarray) -> np.ndar
     return out
 
 
-def restore_geometry(prob: np.ndarray, geom: PrepGeometry) -> np.ndarray:
-    """Map a prepared-frame array (z, H, W) back onto the input grid: float32 (z, y, x).
-
-    Undoes the pad/crop (regions that were cropped away, i.e. outside the model's field of view, get 0),
-    then resizes back with bilinear interpolation.
-    """
+def _restored_chunks(prob: np.ndarray, geom: PrepGeometry):
+    """Yield (first slice, float32 (n, y, x)) of ``prob`` (z, H, W) mapped back onto the input grid, in
+    chunks of ``_CHUNK`` slices; each chunk is valid until the next one is asked for."""
     import torch
 
     z, y, x = geom.orig_shape
@@ -264,13 +261,32 @@ def restore_geometry(prob: np.ndarray, geom: PrepGeometry) -> np.ndarray:
     h, w = geom.resized
     rs, rd = _overlap(h, geom.size[0], geom.offset[0])
     cs, cd = _overlap(w, geom.size[1], geom.offset[1])
-    out = np.empty((z, y, x), dtype=np.float32)
     for i in range(0, z, _CHUNK):
         part = prob[i : i + _CHUNK]
         canvas = np.zeros((part.shape[0], h, w), dtype=np.float32)
         canvas[:, rs, cs] = part[:, rd, cd]
-        out[i : i + _CHUNK] = _resize(torch.from_numpy(canvas), (y, x), "bilinear").numpy()
+        yield i, _resize(torch.from_numpy(canvas), (y, x), "bilinear").numpy()
+
+
+def restore_geometry(prob: np.ndarray, geom: PrepGeometry) -> np.ndarray:
+    """Map a prepared-frame array (z, H, W) back onto the input grid: float32 (z, y, x).
+
+    Undoes the pad/crop (regions that were cropped away, i.e. outside the model's field of view, get 0),
+    then resizes back with bilinear interpolation.
+    """
+    out = np.empty(geom.orig_shape, dtype=np.float32)
+    for i, part in _restored_chunks(prob, geom):
+        out[i : i + part.shape[0]] = part
     return out
+
+
+def restore_mask(prob: np.ndarray, geom: PrepGeometry, threshold: float) -> np.ndarray:
+    """``(restore_geometry(prob, geom) >= threshold)`` as uint8 {0, 1} (z, y, x), bit for bit, without the
+    float32 map on the input grid: each chunk of slices is restored and thresholded on its own."""
+    out = np.empty(geom.orig_shape, dtype=np.bool_)
+    for i, part in _restored_chunks(prob, geom):
+        out[i : i + part.shape[0]] = part >= threshold
+    return out.view(np.uint8)
 
 
 # ----------------------------------------------------------------------------- splits
