@@ -49,7 +49,7 @@ def main() -> int:
 
     import lungtumor.inference as inf
     import lungtumor.measure as meas
-    import lungtumor.prepare as prep
+    import lungtumor.prepgeom as prep
     from lungtumor.training import load_checkpoint
     from lungtumor.volume import read_volume
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lungtumor.prepare as prep_mod
+import lungtumor.prepgeom as geom_mod
+import lungtumor.prepwrite as write_mod
 from lungtumor.config import PrepConfig, preset
 from lungtumor.errors import InputError
 from lungtumor.prepare import (
@@ -106,7 +107,7 @@ def test_restore_of_smooth_blob_is_close(name: str) -> None:
     blob = np.exp(-((yy - 70) ** 2 + (xx - 75) ** 2) / (2 * 15.0**2)).astype(np.float32)
     _, geom = preprocess_volume(vol, p, STATS)
     # resample the blob like an image (bilinear), then map it back
-    prepared = prep_mod._prepared_hu(vol.with_array(blob), PrepConfig(**{**p.__dict__, "norm": "divide"}))[0]
+    prepared = geom_mod._prepared_hu(vol.with_array(blob), PrepConfig(**{**p.__dict__, "norm": "divide"}))[0]
     prepared[prepared == -1000.0] = 0.0  # padding value of the helper
     back = restore_geometry(prepared, geom)
     inside = np.ones_like(blob, bool)
@@ -135,7 +136,7 @@ def test_mask_roundtrip_dice_20mm_sphere(name: str) -> None:
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_restore_mask_is_the_thresholded_restore(name: str) -> None:
     """The chunked restore + threshold of predict equals thresholding the full restored map, bit for bit."""
-    chunk = prep_mod._CHUNK
+    chunk = geom_mod._CHUNK
     z = 2 * chunk + 3  # two full chunks and a partial one
     vol, _ = _ct_with_sphere(shape=(z, 90, 100), spacing=(0.8, 0.75, 2.0))
     _, geom = preprocess_volume(vol, RECIPES[name], STATS)
@@ -214,7 +215,7 @@ def test_cache_format(small_ds: Path, tmp_path: Path) -> None:
     cache = json.loads((tmp_path / "c" / "cache.json").read_text())
     assert cache["version"] == 1 and cache["complete"] is True and cache["prep"]["size"] == [64, 64]
     # stats: mean/std of the clipped, resampled HU of all training cases
-    hus = [prep_mod._prepared_hu(read_volume(small_ds / f"imagesTr/case_{i}.nii.gz"), p) for i in range(4)]
+    hus = [geom_mod._prepared_hu(read_volume(small_ds / f"imagesTr/case_{i}.nii.gz"), p) for i in range(4)]
     # (a deterministic 1-in-8 subsample: even slices, rows and columns of the resized, unpadded HU)
     vals = np.concatenate(
         [
@@ -268,7 +269,7 @@ def test_resume_after_kill_is_byte_identical(small_ds: Path, tmp_path: Path, mon
 
     for kill_at in (3, 6):  # during the read pass, then during the normalise pass
         out = tmp_path / f"killed{kill_at}"
-        real_save = prep_mod._save_npy
+        real_save = write_mod._save_npy
         calls = {"n": 0}
 
         def dying_save(path, arr, calls=calls, kill_at=kill_at, real_save=real_save):
@@ -277,10 +278,10 @@ def test_resume_after_kill_is_byte_identical(small_ds: Path, tmp_path: Path, mon
                 raise KeyboardInterrupt
             real_save(path, arr)
 
-        monkeypatch.setattr(prep_mod, "_save_npy", dying_save)
+        monkeypatch.setattr(write_mod, "_save_npy", dying_save)
         with pytest.raises(KeyboardInterrupt):
             prepare_dataset(small_ds, out, p, memory_budget=0 if kill_at == 6 else 1 << 30)
-        monkeypatch.setattr(prep_mod, "_save_npy", real_save)
+        monkeypatch.setattr(write_mod, "_save_npy", real_save)
         assert not (out / "cache.json").exists()
         assert not [f for f in (out / "cases").iterdir() if f.name.startswith(".tmp")]
         summary = prepare_dataset(small_ds, out, p)
@@ -352,17 +353,17 @@ def test_kill_in_writing_pass_with_workers(small_ds: Path, tmp_path: Path, monke
 
     p = PrepConfig(size=(64, 64))
     prepare_dataset(small_ds, tmp_path / "ref", p, workers=1)
-    parent, real_finish = os.getpid(), prep_mod._Writer.finish
+    parent, real_finish = os.getpid(), write_mod._Writer.finish
 
     def dying_finish(self, case, st, stats):
         if os.getpid() == parent:
             raise KeyboardInterrupt
         return real_finish(self, case, st, stats)
 
-    monkeypatch.setattr(prep_mod._Writer, "finish", dying_finish)
+    monkeypatch.setattr(write_mod._Writer, "finish", dying_finish)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(small_ds, tmp_path / "c", p, workers=2)
-    monkeypatch.setattr(prep_mod._Writer, "finish", real_finish)
+    monkeypatch.setattr(write_mod._Writer, "finish", real_finish)
     assert not (tmp_path / "c" / "cache.json").exists()
     assert not [
         f for d in ("cases", ".state") for f in (tmp_path / "c" / d).iterdir() if f.name.startswith(".tmp")
@@ -374,7 +375,7 @@ def test_kill_in_writing_pass_with_workers(small_ds: Path, tmp_path: Path, monke
 def test_kill_while_writing_images(small_ds: Path, tmp_path: Path, monkeypatch) -> None:
     p = PrepConfig(size=(64, 64))
     prepare_dataset(small_ds, tmp_path / "ref", p)
-    real = prep_mod._save_npy_chunks
+    real = write_mod._save_npy_chunks
     calls = {"n": 0}
 
     def dying(path, shape, dtype, chunks):
@@ -384,10 +385,10 @@ def test_kill_while_writing_images(small_ds: Path, tmp_path: Path, monkeypatch) 
             raise KeyboardInterrupt
         real(path, shape, dtype, chunks)
 
-    monkeypatch.setattr(prep_mod, "_save_npy_chunks", dying)
+    monkeypatch.setattr(write_mod, "_save_npy_chunks", dying)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(small_ds, tmp_path / "c", p, workers=1)
-    monkeypatch.setattr(prep_mod, "_save_npy_chunks", real)
+    monkeypatch.setattr(write_mod, "_save_npy_chunks", real)
     assert not (tmp_path / "c" / "cache.json").exists()
     summary = prepare_dataset(small_ds, tmp_path / "c", p)
     assert "(3 read, 1 reused)" in summary  # the finished case is kept; held voxels are gone: read again

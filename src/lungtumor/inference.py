@@ -1,8 +1,8 @@
 """From CT files to tumour masks in the input's original geometry.
 
-``predict_volume`` runs the checkpoint's own preprocessing (``prepare.preprocess_volume``), batched 2.5D
-inference, a sigmoid, ``prepare.restore_geometry`` back onto the input grid, the threshold on
-probabilities (``prepare.restore_mask``: restored and thresholded chunk by chunk when the probability map is
+``predict_volume`` runs the checkpoint's own preprocessing (``prepgeom.preprocess_volume``), batched 2.5D
+inference, a sigmoid, ``prepgeom.restore_geometry`` back onto the input grid, the threshold on
+probabilities (``prepgeom.restore_mask``: restored and thresholded chunk by chunk when the probability map is
 not wanted), and postprocessing. ``predict_paths`` does that for many inputs, writes masks, lesion
 measurements and optional reports, and reports a failing case instead of stopping the batch.
 """
@@ -206,7 +206,7 @@ def predict_volume(
     Returns:
         (probabilities float32 or None, mask uint8 {0, 1}), both (z, y, x) on ``vol``'s grid.
     """
-    from lungtumor.prepare import preprocess_volume, restore_geometry, restore_mask
+    from lungtumor.prepgeom import preprocess_volume, restore_geometry, restore_mask
 
     cfg = loaded.config
     x, geom = preprocess_volume(vol, cfg.prep, loaded.stats)
