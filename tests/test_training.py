@@ -159,6 +159,32 @@ def test_sampler_tumour_fraction_matches_weights():
     assert list(s)[0] != list(EpochBatchSampler(ids, w, 50, 200, seed=1))[0]
 
 
+def test_lesion_balance_spreads_tumour_mass_over_lesions(tmp_path):
+    from lungtumor.data import PreparedCache, SliceTable, lesion_balanced_weights, oversample_weights
+
+    root = write_cache(tmp_path / "c", n_cases=3, z=30, n_val=1)
+    seg = np.load(root / "cases" / "case_000_seg.npy")
+    seg[:] = 0
+    seg[2:22, 10:20, 10:20] = 1  # a big lesion on 20 slices
+    seg[25:27, 40:43, 40:43] = 1  # a small one on 2 slices
+    np.save(root / "cases" / "case_000_seg.npy", seg)
+    meta = json.loads((root / "cache.json").read_text())
+    meta["cases"][0]["tumour_slices"] = [int(s) for s in np.flatnonzero(seg.any((1, 2)))]
+    (root / "cache.json").write_text(json.dumps(meta))
+    cache = PreparedCache.open(root)
+    table = SliceTable(cache, cache.train + cache.val)
+    ids = table.slices_of(cache.train)
+    base, _ = oversample_weights(table.tumour[ids])
+    assert np.array_equal(lesion_balanced_weights(cache, table, ids, base, 0.0), base)
+    tumour = table.tumour[ids]
+    for power in (0.5, 1.0):
+        w = lesion_balanced_weights(cache, table, ids, base, power)
+        assert w[tumour].sum() == pytest.approx(base[tumour].sum())  # batches keep their tumour fraction
+        assert np.array_equal(w[~tumour], base[~tumour])
+        big, small = w[2:22].sum(), w[25:27].sum()
+        assert big / small == pytest.approx((20 / 2) ** (1 - power), rel=1e-6)
+
+
 def test_dice_empty_cases():
     from lungtumor.losses import dice_score
 

@@ -84,6 +84,7 @@ class TrainConfig:
     loss: str = "dice_bce"
     context_slices: int = 1
     oversample: bool = True
+    lesion_balance: float = 0.0
     seed: int = 0
     precision: str = "auto"
     channels_last: bool = True

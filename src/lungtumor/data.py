@@ -193,6 +193,50 @@ def oversample_weights(tumour: np.ndarray) -> tuple[np.ndarray, float]:
     return np.where(tumour, ratio, 1.0).astype(np.float64), float(ratio)
 
 
+def lesion_balanced_weights(
+    cache: PreparedCache, table: SliceTable, ids: np.ndarray, weights: np.ndarray, power: float
+) -> np.ndarray:
+    """Re-spread the tumour slices' sampling mass over lesions, so small lesions are not starved.
+
+    With slice-uniform oversampling a 5 mm nodule on 2 slices is drawn 30x less often than a 6 cm mass on
+    60. Here each lesion (26-connected 3D component of a case's mask) on ``n`` slices gives each of its
+    slices ``n ** -power``; a slice sums over its lesions. ``power`` 0 keeps the slice-uniform weights, 1
+    gives every lesion the same mass, 0.5 (sqrt) is in between. The total mass of tumour slices is kept,
+    so the expected tumour fraction of a batch does not change.
+
+    Args:
+        ids: (N,) global slice indices that ``weights`` belongs to (the training slices).
+        weights: (N,) float64 weights from :func:`oversample_weights`.
+
+    Returns:
+        (N,) float64 weights.
+    """
+    from scipy import ndimage as ndi
+
+    if power <= 0:
+        return weights
+    tumour = table.tumour[ids]
+    if not tumour.any():
+        return weights
+    per_slice = np.zeros(len(table), dtype=np.float64)
+    for c in np.unique(table.case_of[ids]):
+        seg = np.asarray(cache.seg(table.names[c])) > 0
+        if not seg.any():
+            continue
+        lab, n = ndi.label(seg, structure=np.ones((3, 3, 3), bool))
+        for sl in ndi.find_objects(lab):
+            if sl is None:
+                continue
+            z = np.arange(sl[0].start, sl[0].stop)
+            per_slice[table.starts[c] + z] += len(z) ** -float(power)
+    w = weights.copy()
+    lw = per_slice[ids][tumour]
+    if lw.sum() <= 0:
+        return weights
+    w[tumour] = lw * (weights[tumour].sum() / lw.sum())
+    return w
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """Yields ``steps`` batches of global slice indices per epoch, drawn with replacement by ``weights``.
 

@@ -49,6 +49,7 @@ from lungtumor.data import (
     ResidentSlices,
     SliceDataset,
     SliceTable,
+    lesion_balanced_weights,
     oversample_weights,
     resident_fits,
     stack_context,
@@ -272,6 +273,10 @@ class SegModule(HistoryInCheckpoint, _LightningModule):
         self.weights, self.ratio = oversample_weights(tumour)
         if not self.cfg.train.oversample:
             self.weights = np.ones_like(self.weights)
+        elif self.cfg.train.lesion_balance > 0:
+            self.weights = lesion_balanced_weights(
+                cache, self.table, self.train_ids, self.weights, self.cfg.train.lesion_balance
+            )
         self.n_tumour_slices = int(tumour.sum())
 
     def setup(self, stage: str) -> None:
@@ -580,6 +585,8 @@ def _check_train_config(cfg: RunConfig, source: str) -> None:
     for key in ("num_workers", "max_steps_per_epoch", "weight_decay", "crop_size"):
         if getattr(t, key) < 0:
             bad(f"train.{key}", "must be >= 0")
+    if t.lesion_balance < 0:
+        bad("train.lesion_balance", "must be >= 0 (0 = slice-uniform, 1 = every lesion the same mass)")
     if not 0 <= t.crop_tumour_fraction <= 1:
         bad("train.crop_tumour_fraction", "must be a probability in [0, 1]")
     a = t.augment
