@@ -6,8 +6,8 @@ Without ``--ct`` the 300x512x512 phantom of ``benchmarks/predict_speed.py`` is w
 The steps (reading, preprocessing, the model, restoring to the input grid, postprocessing, writing, measuring)
 are wrapped; before each, the peak RSS is reset (``/proc/self/clear_refs``), after it the step's peak and the
 RSS are printed in MB above the baseline (libraries + model loaded) and as multiples of the input's float32
-size, the unit of issue #4's goal (<= 3x). Run it with a trained model: the postprocessing and measuring costs
-depend on what the model finds.
+size, the unit of issue #4's goal (<= 3x), with the step's wall time. Run it with a trained model: the
+postprocessing and measuring costs depend on what the model finds.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import functools
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     load_checkpoint(args.model)
     base = _status_mb("VmRSS")
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float, float, float]] = []
 
     def wrap(mod, name: str) -> None:
         fn = getattr(mod, name)
@@ -71,8 +72,10 @@ def main() -> int:
         @functools.wraps(fn)
         def step(*a, **k):
             _reset_peak()
+            t0 = time.perf_counter()
             out = fn(*a, **k)
-            rows.append((name, _status_mb("VmHWM") - base, _status_mb("VmRSS") - base))
+            dt = time.perf_counter() - t0
+            rows.append((name, _status_mb("VmHWM") - base, _status_mb("VmRSS") - base, dt))
             return out
 
         setattr(mod, name, step)
@@ -101,9 +104,12 @@ def main() -> int:
         f"{ct.name}: {input_mb:.0f} MB as float32; precision {args.precision}, lung gate "
         f"{'off' if args.no_lung_gate else 'checkpoint setting'}; {res.summary_line()}"
     )
-    print("\n| step | peak RSS above baseline (MB) | x float32 input | RSS after (MB) |\n|---|---|---|---|")
-    for name, peak, after in rows:
-        print(f"| {name} | {peak:.0f} | {peak / input_mb:.2f} | {after:.0f} |")
+    print(
+        "\n| step | peak RSS above baseline (MB) | x float32 input | RSS after (MB) | seconds |"
+        "\n|---|---|---|---|---|"
+    )
+    for name, peak, after, dt in rows:
+        print(f"| {name} | {peak:.0f} | {peak / input_mb:.2f} | {after:.0f} | {dt:.2f} |")
     return 0
 
 

@@ -84,6 +84,26 @@ def test_two_blobs_are_two_lesions_sorted_by_volume():
     assert (les[0].slice_first, les[0].slice_last) == (10, 17)
 
 
+def test_lesions_far_inside_a_large_volume_measure_the_same():
+    """Labels are built on the mask's bounding box only: padding the volume shifts indices and nothing else."""
+    m = np.zeros((20, 60, 60), np.uint8)
+    m[2:6, 5:15, 5:15] = 1
+    m[10:18, 30:50, 30:50] = 1
+    m[3:15, 52:58, 20:23] = 1  # a third lesion, 216 voxels
+    pad = (7, 33, 41)
+    big = np.pad(m, [(p, p + 5) for p in pad])
+    sp = (0.8, 0.9, 2.5)
+    small, large = measure_lesions(Volume(m, spacing=sp)), measure_lesions(Volume(big, spacing=sp))
+    assert [x.voxels for x in large] == [3200, 400, 216]
+    for a, b in zip(small, large, strict=True):
+        for field in ("voxels", "volume_ml", "long_axis_mm", "short_axis_mm", "diameter_3d_mm"):
+            assert getattr(b, field) == getattr(a, field)
+        assert (b.slice_first, b.slice_last, b.long_axis_slice) == tuple(
+            v + pad[0] for v in (a.slice_first, a.slice_last, a.long_axis_slice)
+        )
+        assert np.allclose(np.subtract(b.centroid_index_zyx, a.centroid_index_zyx), pad)
+
+
 def test_diagonal_touch_is_one_lesion_26_connectivity():
     m = np.zeros((4, 8, 8), np.uint8)
     m[1, 2, 2] = 1

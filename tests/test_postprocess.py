@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
-from lungtumor.postprocess import gate_to_lungs, label_components, lung_mask_from_hu, remove_small_components
+from lungtumor.postprocess import (
+    component_sizes,
+    gate_to_lungs,
+    gate_to_lungs_hu,
+    label_components,
+    label_components_in_box,
+    lung_grid_step,
+    lung_mask_from_hu,
+    remove_small_components,
+)
 
 SPACING = (0.8, 0.8, 2.5)  # (x, y, z) mm
 
@@ -70,6 +80,96 @@ def test_remove_small_components_uses_mm3_with_anisotropic_spacing():
     assert remove_small_components(m, (0.5, 0.5, 2.0), 51.0).sum() == 400  # 0.5 mm³/voxel: 25 and 200 mm³
     assert remove_small_components(m, (0.5, 0.5, 2.0), 201.0).sum() == 0
     assert remove_small_components(m, spacing, 0).dtype == np.uint8
+
+
+def _random_masks(rng, count=12):
+    for t in range(count):
+        shape = tuple(int(v) for v in rng.integers(3, 30, 3))
+        if t % 3 == 0:
+            yield (rng.random(shape) < 0.1).astype(np.uint8)
+        else:
+            yield (ndi.gaussian_filter(rng.random(shape), 1.0) > 0.56).astype(np.uint8)
+
+
+def test_box_labelling_matches_full_volume_labelling():
+    rng = np.random.default_rng(0)
+    for m in _random_masks(rng):
+        full, n_full = label_components(m)
+        box, labels, n = label_components_in_box(m)
+        assert n == n_full and labels.dtype == np.uint16
+        if n == 0:
+            continue
+        assert np.array_equal(labels, full[box]) and full.sum() == full[box].sum()
+        assert np.array_equal(component_sizes(labels, n)[1:], np.bincount(full.ravel(), minlength=n + 1)[1:])
+        for min_mm3 in (0.0, 2.0, 9.0):  # the former full-volume filter
+            keep = np.bincount(full.ravel()) * 0.5 >= min_mm3
+            keep[0] = False
+            ref = keep[full].astype(np.uint8) if min_mm3 > 0 else (full > 0).astype(np.uint8)
+            assert np.array_equal(remove_small_components(m, (0.5, 1.0, 1.0), min_mm3), ref)
+        lung = rng.random(m.shape) < 0.02
+        near = [ndi.binary_dilation(full == i, np.ones((3, 3, 3), bool)) for i in range(1, n + 1)]
+        ref = np.isin(full, [i for i, d in enumerate(near, start=1) if (d & lung).any()])
+        assert np.array_equal(gate_to_lungs(m, lung), ref.astype(np.uint8))
+
+
+def test_more_than_65535_components_use_int32_labels():
+    m = np.zeros((1, 520, 520), np.uint8)
+    m[0, ::2, ::2] = 1  # 260² isolated voxels
+    box, labels, n = label_components_in_box(m)
+    assert n == 260 * 260 and labels.dtype == np.int32
+    assert remove_small_components(m, (1.0, 1.0, 1.0), 2.0).sum() == 0
+    assert remove_small_components(m, (1.0, 1.0, 1.0), 1.0).sum() == n
+
+
+def test_lung_grid_step_is_rounded():
+    assert lung_grid_step((0.796, 0.796, 2.5)) == 2  # 1.5 // 0.796 would be 1: a full-size mask
+    assert lung_grid_step((0.7, 0.7, 1.0)) == 2
+    assert lung_grid_step((0.5, 0.6, 1.0)) == 3
+    assert lung_grid_step((1.2, 1.2, 1.0)) == 1
+    assert lung_grid_step((0.4, 0.4, 1.0), coarse_mm=0) == 1
+
+
+def test_gate_from_hu_matches_gate_with_full_size_lung_mask():
+    """The coarse-grid, lazily closed gate decides like ``gate_to_lungs`` with the full-size mask, for
+    components that touch the lungs' air, that only touch the closed mask, and that miss it."""
+    ct, tumour, outside, true_lung = synthetic_chest()
+    z, y, x = np.indices(ct.shape)
+    nodule = ((x - 90) ** 2 + (y - 50) ** 2 <= 36) & (abs(z - 12) <= 2)  # solid nodule inside the right lung
+    ct[nodule] = 30.0
+    core = ((x - 90) ** 2 + (y - 50) ** 2 <= 4) & (abs(z - 12) <= 1)  # its core only touches the closed mask
+    blobs = ndi.gaussian_filter(np.random.default_rng(1).random(ct.shape), 1.5) > 0.57
+    for m in (tumour | outside | core, (blobs | core).astype(np.uint8)):
+        ref = gate_to_lungs(m, lung_mask_from_hu(ct, SPACING))
+        assert np.array_equal(gate_to_lungs_hu(m, ct, SPACING), ref)
+    assert np.array_equal(gate_to_lungs_hu(tumour | outside | core, ct, SPACING), tumour | core)
+    assert gate_to_lungs_hu(tumour, np.random.default_rng(0).random(ct.shape), SPACING) is None  # not HU
+
+
+def test_coarse_gate_decisions_match_full_resolution_on_phantom():
+    """On a 512² phantom (0.81 mm pixels: a 1.6 mm lung grid) the gate keeps the same components as the former
+    full-resolution lung mask: every tumour, and the same random blobs except a few that lie within two coarse
+    pixels of the lung border."""
+    from lungtumor.phantom import build_case
+
+    case = build_case(0, matrix=512, slices=24)
+    ct, sp = case.image.array, case.image.spacing
+    f = lung_grid_step(sp)
+    assert f == 2
+    blobs = ndi.gaussian_filter(np.random.default_rng(2).random(ct.shape), 2.0) > 0.535
+    m = (blobs | (case.label.array > 0)).astype(np.uint8)
+    labels, n = label_components(m)
+    lung_full = lung_mask_from_hu(ct, sp, coarse_mm=0)  # the former mask for pixels < 1.5 mm
+    assert (lung_full & case.lung).sum() >= 0.97 * case.lung.sum()
+    kept_full = np.unique(labels[gate_to_lungs(m, lung_full) > 0])
+    kept_new = np.unique(labels[gate_to_lungs_hu(m, ct, sp) > 0])
+    tumours = np.unique(labels[case.label.array > 0])
+    assert np.isin(tumours, kept_full).all() and np.isin(tumours, kept_new).all()
+    differ = np.setxor1d(kept_full, kept_new)
+    assert n > 1000 and len(differ) <= 0.01 * n
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = True
+    band = ndi.binary_dilation(lung_full, plane, 2 * f) & ~ndi.binary_erosion(lung_full, plane, 2 * f)
+    assert np.isin(differ, labels[band]).all()
 
 
 def test_label_components_is_26_connected():

@@ -230,14 +230,14 @@ def predict_volume(
 
 def postprocess_mask(mask: np.ndarray, ct: Volume, *, min_lesion_mm3: float, lung_gate: bool) -> np.ndarray:
     """Drop components under ``min_lesion_mm3`` and, optionally, those away from the lungs. (z, y, x) uint8."""
-    from lungtumor.postprocess import gate_to_lungs, lung_mask_from_hu, remove_small_components
+    from lungtumor.postprocess import gate_to_lungs_hu, remove_small_components
 
     if min_lesion_mm3 > 0:
         mask = remove_small_components(mask, ct.spacing, min_lesion_mm3)
     if lung_gate and mask.any():
-        lungs = lung_mask_from_hu(ct.array, ct.spacing)
-        if lungs.any():  # no lungs found (e.g. not in HU): gating would delete every lesion, so skip it
-            mask = gate_to_lungs(mask, lungs)
+        gated = gate_to_lungs_hu(mask, ct.array, ct.spacing)  # lung mask on its coarse grid only
+        if gated is not None:  # None: no lungs found (e.g. not in HU); gating would delete every lesion
+            mask = gated
     return mask.astype(np.uint8, copy=False)
 
 

@@ -31,7 +31,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
 from lungtumor.errors import atomic_write_text, ensure_writable_dir
-from lungtumor.postprocess import label_components
+from lungtumor.postprocess import component_sizes, label_components_in_box
 from lungtumor.volume import Volume, case_name, read_mask
 
 #: Size categories by greatest dimension (mm), AJCC 8th edition lung T thresholds (upper bounds, inclusive).
@@ -190,18 +190,20 @@ def measure_lesions(mask: Volume) -> list[Lesion]:
     Returns:
         Lesions numbered 1..n by decreasing volume.
     """
-    labels, n = label_components(mask.array)
+    # labels of the mask's bounding box only (uint16 when they fit), and each lesion's work on its own box
+    box, labels, n = label_components_in_box(mask.array)
     if n == 0:
         return []
     spacing = np.asarray(mask.spacing, dtype=float)  # (x, y, z)
     sp_zyx = spacing[::-1]
-    counts = np.bincount(labels.ravel(), minlength=n + 1)
-    boxes = ndi.find_objects(labels)
+    counts = component_sizes(labels, n)
+    boxes = ndi.find_objects(labels, max_label=n)
+    origin = np.array([s.start for s in box])
     lesions: list[Lesion] = []
     for i in sorted(range(1, n + 1), key=lambda j: -counts[j]):
         sl = boxes[i - 1]
         comp = labels[sl] == i
-        offset = np.array([s.start for s in sl])
+        offset = origin + np.array([s.start for s in sl])
         idx = np.argwhere(comp)
         centroid_zyx = idx.mean(axis=0) + offset
         surface = comp & ~ndi.binary_erosion(comp, structure=np.ones((3, 3, 3), bool))
