@@ -51,7 +51,7 @@ def main() -> int:
     import lungtumor.inference as inf
     import lungtumor.measure as meas
     import lungtumor.prepgeom as prep
-    from lungtumor.training import load_checkpoint
+    from lungtumor.checkpoint import load_checkpoint
     from lungtumor.volume import read_volume
 
     tmp = Path(tempfile.mkdtemp(prefix="lt-predict-memory-"))

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 CHILD = r"""
 import json, resource, sys, time, torch
 from lungtumor.inference import PredictOptions, predict_paths
-from lungtumor.training import load_checkpoint
+from lungtumor.checkpoint import load_checkpoint
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 def rss_mb():

@@ -126,10 +126,10 @@ def tiny_dataset(tmp_path_factory):
 def test_tiny_3d_training_lowers_loss_and_predicts_on_original_grid(tiny_dataset, tmp_path):
     import csv
 
+    from lungtumor.checkpoint import _read_checkpoint
     from lungtumor.infer3d import load_any, predict_volume_3d
     from lungtumor.prepare3d import prepare_dataset_3d
     from lungtumor.train3d import train3d
-    from lungtumor.training import _read_checkpoint
     from lungtumor.volume import read_volume
 
     cfg = load_config(None, "3d")

@@ -73,8 +73,8 @@ def test_predict_without_prob_map_gives_the_same_mask(demo_run, tmp_path):
     """Without --save-prob the mask is thresholded chunk by chunk; it equals the --save-prob path's mask."""
     import torch
 
+    from lungtumor.checkpoint import load_checkpoint
     from lungtumor.inference import predict_volume
-    from lungtumor.training import load_checkpoint
 
     out, _ = demo_run
     ct = sorted((out / "data" / "imagesTs").glob("*.nii.gz"))[0]

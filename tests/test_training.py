@@ -76,7 +76,8 @@ def cache(tmp_path_factory) -> Path:
 
 
 def test_train_writes_run_and_checkpoint_loads(cache, tmp_path):
-    from lungtumor.training import load_checkpoint, train
+    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.training import train
 
     res = train(cache, tmp_path / "run", tiny_config(), progress=False)
     run = tmp_path / "run"
@@ -103,7 +104,8 @@ def test_train_writes_run_and_checkpoint_loads(cache, tmp_path):
 
 
 def test_resident_path_and_bad_checkpoints(cache, tmp_path):
-    from lungtumor.training import load_checkpoint, train
+    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.training import train
 
     train(cache, tmp_path / "run", tiny_config(epochs=1, data_on_device="always"), progress=False)
     with pytest.raises(InputError, match="already holds a training run"):
@@ -185,6 +187,18 @@ def test_lesion_balance_spreads_tumour_mass_over_lesions(tmp_path):
         assert big / small == pytest.approx((20 / 2) ** (1 - power), rel=1e-6)
 
 
+def test_names_moved_out_of_training_are_still_importable_from_it():
+    from lungtumor import checkpoint, run_artifacts, trainer_setup, training
+
+    for mod, names in (
+        (checkpoint, ("LoadedModel", "load_checkpoint")),
+        (run_artifacts, ("example_figure", "write_loss_curves")),
+        (trainer_setup, ("AtomicCheckpointIO", "HistoryInCheckpoint", "TrainResult", "warmup_cosine")),
+    ):
+        for name in names:
+            assert getattr(training, name) is getattr(mod, name), name
+
+
 def test_dice_empty_cases():
     from lungtumor.losses import dice_score
 
@@ -215,7 +229,7 @@ def _env() -> dict[str, str]:
 
 
 def test_resume_after_sigkill(cache, tmp_path):
-    from lungtumor.training import load_checkpoint
+    from lungtumor.checkpoint import load_checkpoint
 
     cfg_path, run = tmp_path / "cfg.yaml", tmp_path / "run"
     save_config(tiny_config(epochs=6), cfg_path)
@@ -277,7 +291,7 @@ def _reference_val_dice(loaded, cache_dir: Path) -> float:
 
 
 def test_ddp_two_cpu_processes(cache, tmp_path):
-    from lungtumor.training import load_checkpoint
+    from lungtumor.checkpoint import load_checkpoint
 
     cfg_path, run = tmp_path / "cfg.yaml", tmp_path / "run"
     save_config(tiny_config(epochs=2), cfg_path)

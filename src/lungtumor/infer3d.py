@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lungtumor.checkpoint import LoadedModel, _read_checkpoint, checkpoint_file, load_checkpoint
 from lungtumor.config import RunConfig, config_from_dict
 from lungtumor.errors import InputError
 from lungtumor.models.unet3d import UNet3D, make_pools
@@ -123,16 +124,12 @@ def sliding_window_probs(
 
 
 def load_checkpoint3d(path: str | os.PathLike):
-    """Load a 3D-recipe checkpoint (.ckpt or run folder) as ``training.LoadedModel`` (model in eval, CPU).
+    """Load a 3D-recipe checkpoint (.ckpt or run folder) as ``checkpoint.LoadedModel`` (model in eval, CPU).
 
     Raises:
         InputError: missing, foreign or mismatching checkpoint, or not a 3D one.
     """
-    from lungtumor.training import LoadedModel, _read_checkpoint
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / "checkpoints" / "best.ckpt" if (p / "checkpoints").is_dir() else p / "best.ckpt"
+    p = checkpoint_file(path)
     ck = _read_checkpoint(p)
     info = ck["hyper_parameters"]["lungtumor"]
     try:
@@ -151,18 +148,12 @@ def load_checkpoint3d(path: str | os.PathLike):
 
 
 def _arch_of(path: Path) -> str:
-    from lungtumor.training import _read_checkpoint
-
-    if path.is_dir():
-        path = path / "checkpoints" / "best.ckpt" if (path / "checkpoints").is_dir() else path / "best.ckpt"
-    cfg = _read_checkpoint(path)["hyper_parameters"]["lungtumor"].get("config", {})
+    cfg = _read_checkpoint(checkpoint_file(path))["hyper_parameters"]["lungtumor"].get("config", {})
     return str(cfg.get("model", {}).get("arch", "")) if isinstance(cfg, dict) else ""
 
 
 def load_any(path: str | os.PathLike):
-    """Load a 2D or 3D lungtumor checkpoint (``training.load_checkpoint`` or :func:`load_checkpoint3d`)."""
-    from lungtumor.training import load_checkpoint
-
+    """Load a 2D or 3D lungtumor checkpoint (``checkpoint.load_checkpoint`` or :func:`load_checkpoint3d`)."""
     return load_checkpoint3d(path) if _arch_of(Path(path)) == ARCH_3D else load_checkpoint(path)
 
 

@@ -13,8 +13,6 @@ the mean per-patient Dice at threshold 0.5. Single device (no DDP). Load with ``
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import os
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lungtumor.checkpoint import _read_checkpoint
 from lungtumor.config import RunConfig, save_config, to_dict, validate
 from lungtumor.data3d import (
     Cache3D,
@@ -33,21 +32,21 @@ from lungtumor.data3d import (
     plan_patch,
     plan_pools,
 )
-from lungtumor.errors import InputError, atomic_write_text, ensure_writable_dir
+from lungtumor.errors import InputError, ensure_writable_dir
 from lungtumor.infer3d import build_model3d, is_3d, sliding_window_probs
 from lungtumor.losses import dice_bce_loss, dice_score
-from lungtumor.training import (
-    AtomicCheckpointIO,
+from lungtumor.run_artifacts import write_history
+from lungtumor.trainer_setup import (
     HistoryInCheckpoint,
+    LightningModuleBase,
     TrainResult,
-    _Bar,
-    _LightningModule,
-    _quiet_lightning,
-    _read_checkpoint,
+    make_trainer,
     pl,
+    quiet_lightning,
+    refuse_existing_run,
     resolve_runtime,
+    train_result,
     warmup_cosine,
-    write_loss_curves,
 )
 
 
@@ -102,7 +101,7 @@ def resolve_plan(cfg: RunConfig, cache: Cache3D, device: torch.device) -> RunCon
     return cfg
 
 
-class Seg3DModule(HistoryInCheckpoint, _LightningModule):
+class Seg3DModule(HistoryInCheckpoint, LightningModuleBase):
     """Lightning orchestration of the 3D recipe; ``hyper_parameters["lungtumor"]`` = config, stats, prep."""
 
     def __init__(self, lungtumor: dict[str, Any]) -> None:
@@ -172,8 +171,6 @@ class Seg3DModule(HistoryInCheckpoint, _LightningModule):
         self.log("val_dice", val_dice, prog_bar=True)
         if self.trainer.sanity_checking:
             return
-        first = self.global_step - len(self._losses)
-        self.history["steps"].extend([[first + i + 1, x] for i, x in enumerate(self._losses)])
         row = {
             "epoch": self.current_epoch,
             "step": self.global_step,
@@ -184,19 +181,12 @@ class Seg3DModule(HistoryInCheckpoint, _LightningModule):
             "epoch_s": time.perf_counter() - getattr(self, "_t0", time.perf_counter()),
             "val_dice_per_case": " ".join(f"{d:.4f}" for d in self._dice),
         }
+        self.record_epoch(self.global_step, self._losses, row)
         self._losses = []
-        self.history["epochs"] = [r for r in self.history["epochs"] if r["epoch"] != row["epoch"]] + [row]
-        rows = self.history["epochs"]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
-        write_loss_curves(self.history, self.run_dir / "loss_curves.png", self.cfg.vol3d.steps_per_epoch)
+        write_history(self.history, self.run_dir, self.cfg.vol3d.steps_per_epoch)
 
     def on_train_epoch_start(self) -> None:
         self._t0 = time.perf_counter()
-
 
 
 def train3d(
@@ -239,17 +229,14 @@ def train3d(
         from lungtumor.config import config_from_dict
 
         cfg = config_from_dict(_read_checkpoint(last)["hyper_parameters"]["lungtumor"]["config"], str(last))
-    elif last.exists():
-        raise InputError(
-            run_dir,
-            "already holds a training run (checkpoints/last.ckpt); pass --resume or choose a new --out",
-        )
     else:
+        if last.exists():
+            refuse_existing_run(run_dir)
         cfg = resolve_plan(cfg, data, device)
     nbytes = sum(int(np.prod(data.shapes[n])) * 3 for n in train + val)
     if nbytes < 4 << 30:
         data.load_into_memory(train + val)
-    with _quiet_lightning():
+    with quiet_lightning():
         pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
         module = Seg3DModule(
             {
@@ -259,39 +246,11 @@ def train3d(
             }
         )
         module.attach(data, train, val, run_dir)
-        from lightning.pytorch.callbacks import ModelCheckpoint
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        best_cb = ModelCheckpoint(
-            dirpath=ckpt_dir, filename="best", monitor="val_dice", mode="max", save_top_k=1, save_last=True,
-            auto_insert_metric_name=False, enable_version_counter=False,
-        )  # fmt: skip
-        trainer = pl.Trainer(
-            accelerator=accelerator,
-            devices=1,
-            precision=precision,
-            max_epochs=cfg.train.epochs,
-            logger=TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False),
-            callbacks=[best_cb] + ([_Bar()] if progress else []),
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            check_val_every_n_epoch=cfg.train.val_every_n_epochs,
+        trainer = make_trainer(
+            run_dir, cfg, accelerator, precision,
+            progress=progress,
             log_every_n_steps=min(cfg.train.log_every_n_steps, cfg.vol3d.steps_per_epoch),
-            benchmark=device.type == "cuda",
-            default_root_dir=str(run_dir),
-            plugins=[AtomicCheckpointIO()],
-        )
+            devices=1,
+        )  # fmt: skip
         trainer.fit(module, ckpt_path=str(last) if resume else None, weights_only=True)
-    rows = module.history["epochs"]
-    best = max(rows, key=lambda r: r["val_dice"]) if rows else {"val_dice": float("nan"), "epoch": -1}
-    v = cfg.vol3d
-    return TrainResult(
-        run_dir=run_dir,
-        best_checkpoint=ckpt_dir / "best.ckpt",
-        best_dice=float(best["val_dice"]),
-        best_epoch=int(best["epoch"]),
-        epochs=int(trainer.current_epoch),
-        oversample_ratio=float(v.foreground_fraction),
-        seconds=time.perf_counter() - t0,
-    )
+    return train_result(run_dir, module.history, trainer, float(cfg.vol3d.foreground_fraction), t0)

@@ -10,21 +10,19 @@ patients is reported. A case whose ground truth and prediction are both empty sc
 tumour"); empty ground truth with any predicted voxel scores 0. (Task06 validation cases all contain tumour,
 so this choice does not change Task06 numbers.) Under DDP each rank scores its share of the patients and one
 all-reduce of a fixed-size tensor combines them on every rank (no rank-dependent collectives, no deadlock).
+
+Elsewhere: reading checkpoints (``load_checkpoint``, ``LoadedModel``) is ``checkpoint.py``; metrics.csv, loss
+curves and the example figure are ``run_artifacts.py``; the ``pl.Trainer`` set-up, callbacks, checkpoint writing
+and LR schedule shared with the 3D trainer are ``trainer_setup.py``. Those names stay importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import csv
-import io
 import logging
 import math
 import os
-import pickle
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,11 @@ import torch
 from torch import nn
 
 from lungtumor.augment import augment_batch, augment_crop_batch, random_crop
+
+# ``X as X``: names that lived here before the split, still importable from here
+from lungtumor.checkpoint import LoadedModel as LoadedModel
+from lungtumor.checkpoint import _read_checkpoint
+from lungtumor.checkpoint import load_checkpoint as load_checkpoint
 from lungtumor.config import (
     PrepConfig,
     RunConfig,
@@ -54,192 +57,36 @@ from lungtumor.data import (
     resident_fits,
     stack_context,
 )
-from lungtumor.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
+from lungtumor.errors import InputError, ensure_writable_dir
 from lungtumor.losses import make_loss
 from lungtumor.models import create_model, padded_size
+from lungtumor.run_artifacts import example_figure, write_history
+from lungtumor.run_artifacts import write_loss_curves as write_loss_curves
+from lungtumor.trainer_setup import AtomicCheckpointIO as AtomicCheckpointIO
+from lungtumor.trainer_setup import (
+    HistoryInCheckpoint,
+    LightningModuleBase,
+    TrainResult,
+    make_trainer,
+    pl,
+    quiet_lightning,
+    refuse_existing_run,
+    resolve_runtime,
+    train_result,
+    warmup_cosine,
+)
 
 log = logging.getLogger("lungtumor.training")
-
-try:  # Lightning is needed for training only; load_checkpoint works without it.
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-    _LightningModule: Any = pl.LightningModule
-except ImportError:  # pragma: no cover
-    pl = None
-    _LightningModule = nn.Module
 
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 DATA_ON_DEVICE = ("auto", "always", "never")
 SCHEDULES = ("constant", "cosine")
 
 
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced."""
-
-    run_dir: Path
-    best_checkpoint: Path
-    best_dice: float
-    best_epoch: int
-    epochs: int
-    oversample_ratio: float
-    seconds: float
-    is_global_zero: bool = True
-
-    def __str__(self) -> str:
-        return (
-            f"trained {self.epochs} epochs in {self.seconds:.0f} s; best per-patient val Dice {self.best_dice:.4f} "
-            f"(epoch {self.best_epoch}); tumour slices oversampled x{self.oversample_ratio:.2f}; "
-            f"checkpoint {self.best_checkpoint}"
-        )
-
-
-@dataclass
-class LoadedModel:
-    """A model restored from a checkpoint, ready for prediction.
-
-    Attributes:
-        model: the network in eval mode, on the CPU; input (B, C, H, W), logits (B, 1, H, W).
-        config: the resolved RunConfig of the run (``config.prep`` is the cache's preprocessing).
-        stats: intensity statistics of the training set, e.g. ``{"mean": ..., "std": ...}``.
-        prep: the cache's preprocessing parameters as a plain dict.
-        path: the checkpoint file.
-    """
-
-    model: nn.Module
-    config: RunConfig
-    stats: dict[str, float]
-    prep: dict[str, Any]
-    path: Path
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _is_pickle_or_torch_zip(path: Path) -> bool:
-    """True when the file is a torch zip archive or starts like a pickle (protocol >= 2)."""
-    import zipfile
-
-    try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-    except OSError:
-        return False
-    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise InputError(path, "checkpoint not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() and _is_pickle_or_torch_zip(path):
-            raise InputError(
-                path, "refused: the file holds pickled objects other than tensors (unsafe, not a lungtumor checkpoint)"
-            ) from None
-        raise InputError(path, "not a readable checkpoint: not a PyTorch file, or corrupt") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
-        raise InputError(path, f"not a readable checkpoint: truncated or not a PyTorch file ({first})") from None
-    except Exception as e:  # noqa: BLE001 - any other unpickling failure means a bad file
-        raise InputError(path, f"not a readable checkpoint ({type(e).__name__})") from None
-    hp = ck.get("hyper_parameters") if isinstance(ck, dict) else None
-    if not isinstance(hp, dict) or not isinstance(hp.get("lungtumor"), dict) or "state_dict" not in ck:
-        raise InputError(path, "not a lungtumor checkpoint (no hyper_parameters['lungtumor'])")
-    return ck
-
-
-def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
-    """Load a lungtumor checkpoint (a .ckpt file, or a run folder: then its checkpoints/best.ckpt).
-
-    Uses ``torch.load(weights_only=True)``: nothing but tensors and primitives is unpickled.
-
-    Raises:
-        InputError: missing, truncated or foreign file (the message names it).
-    """
-    p = Path(path)
-    if p.is_dir():
-        p = p / "checkpoints" / "best.ckpt" if (p / "checkpoints").is_dir() else p / "best.ckpt"
-    ck = _read_checkpoint(p)
-    info = ck["hyper_parameters"]["lungtumor"]
-    try:
-        cfg = config_from_dict(info["config"], source=str(p))
-        model = create_model(cfg.model)
-        state = {k[4:]: v for k, v in ck["state_dict"].items() if k.startswith("net.")}
-        model.load_state_dict(state)
-    except (KeyError, RuntimeError, TypeError) as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
-        raise InputError(p, f"checkpoint does not match its config ({detail[:160]})") from None
-    model.eval()
-    stats = {k: float(v) for k, v in dict(info.get("stats", {})).items()}
-    return LoadedModel(model, cfg, stats, dict(info.get("prep", to_dict(cfg.prep))), p)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO if pl else object):  # type: ignore[misc]
-    """Writes checkpoints to a temporary file and renames it, so a killed run never leaves a torn .ckpt."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        torch.save(checkpoint, buf)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(buf.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-
-
 # ----------------------------------------------------------------------------- the LightningModule
 
 
-def warmup_cosine(opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over min(100, 5 %) of the steps, then cosine decay to 2 % of the base learning rate."""
-    total = max(1, total_steps)
-    warm = min(100, total // 20)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def resolve_runtime(cfg: RunConfig) -> tuple[str, str]:
-    """(accelerator, precision) after resolving ``"auto"``: bf16-mixed on CUDA, 32-bit on the CPU."""
-    acc = cfg.train.accelerator
-    if acc == "auto":
-        acc = "gpu" if torch.cuda.is_available() else "cpu"
-    prec = cfg.train.precision
-    if prec == "auto":
-        prec = "bf16-mixed" if acc in ("gpu", "cuda") else "32-true"
-    elif prec == "32":
-        prec = "32-true"
-    return acc, prec
-
-
-class HistoryInCheckpoint:
-    """Mixin for our LightningModules: ``self.history`` (epoch rows, step losses) travels inside checkpoints,
-    so a resumed run's metrics.csv and loss curves continue where they stopped."""
-
-    history: dict[str, list]
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lungtumor_history"] = copy.deepcopy(self.history)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.history = copy.deepcopy(checkpoint.get("lungtumor_history", {"epochs": [], "steps": []}))
-
-
-class SegModule(HistoryInCheckpoint, _LightningModule):
+class SegModule(HistoryInCheckpoint, LightningModuleBase):
     """Orchestrates training: data fetch, batched augmentation, loss, per-patient validation, logging.
 
     ``hyper_parameters["lungtumor"]`` = {"config": to_dict(RunConfig), "stats": {...}, "prep": {...}}.
@@ -456,8 +303,6 @@ class SegModule(HistoryInCheckpoint, _LightningModule):
             return
         steps_done = self.global_step
         step_vals = local_losses.tolist()
-        first = steps_done - len(step_vals)
-        self.history["steps"].extend([[first + i + 1, v] for i, v in enumerate(step_vals)])
         self._step_losses = []
         row = {
             "epoch": self.current_epoch,
@@ -472,94 +317,20 @@ class SegModule(HistoryInCheckpoint, _LightningModule):
             "epoch_s": time.perf_counter() - getattr(self, "_epoch_t0", time.perf_counter()),
             "val_dice_per_case": " ".join(f"{d:.4f}" for d in per_case),
         }
-        self.history["epochs"] = [r for r in self.history["epochs"] if r["epoch"] != row["epoch"]] + [row]
+        self.record_epoch(steps_done, step_vals, row)
         if self.trainer.is_global_zero:
             if self.logger is not None:
                 self.logger.log_metrics({"train_loss_epoch": train_loss}, step=steps_done)
             self._write_artifacts()
 
     def _write_artifacts(self) -> None:
-        rows = self.history["epochs"]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
-        write_loss_curves(
-            self.history, self.run_dir / "loss_curves.png", self.steps_per_epoch(self.trainer.world_size)
-        )
+        write_history(self.history, self.run_dir, self.steps_per_epoch(self.trainer.world_size))
         if (
             self._example is not None
             and self.logger is not None
             and hasattr(self.logger.experiment, "add_figure")
         ):
             self.logger.experiment.add_figure("val/example", example_figure(*self._example), self.global_step)
-
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def example_figure(ct: np.ndarray, gt: np.ndarray, pred: np.ndarray):
-    """Matplotlib figure: CT slice | ground truth | prediction, each (H, W)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.2))
-    for i, (im, title) in enumerate(((ct, "CT slice"), (gt, "ground truth"), (pred, "prediction"))):
-        ax = fig.add_subplot(1, 3, i + 1)
-        ax.imshow(ct, cmap="gray")
-        if i:
-            ax.imshow(np.ma.masked_where(im < 0.5, im), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
-        ax.set_title(title)
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
-
-
-def _smooth(v: np.ndarray, n: int) -> np.ndarray:
-    if len(v) < 3:
-        return v
-    alpha = 2.0 / (max(2, n) + 1)
-    out = np.empty_like(v)
-    acc = v[0]
-    for i, x in enumerate(v):
-        acc = alpha * x + (1 - alpha) * acc
-        out[i] = acc
-    return out
-
-
-def write_loss_curves(history: dict[str, list], path: Path, steps_per_epoch: int) -> None:
-    """Write a PNG of the smoothed per-step training loss, epoch val loss and val Dice (x axis in epochs)."""
-    from matplotlib.figure import Figure
-
-    steps = np.asarray(history["steps"], dtype=np.float64).reshape(-1, 2)
-    rows = history["epochs"]
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.add_subplot(1, 1, 1)
-    spe = max(1, steps_per_epoch)
-    if len(steps):
-        ax.plot(steps[:, 0] / spe, steps[:, 1], color="tab:blue", alpha=0.2, lw=0.8)
-        ax.plot(
-            steps[:, 0] / spe,
-            _smooth(steps[:, 1], max(5, spe // 2)),
-            color="tab:blue",
-            label="train loss (smoothed)",
-        )
-    if rows:
-        ep = np.array([r["epoch"] + 1 for r in rows], dtype=float)
-        ax.plot(ep, [r["val_loss"] for r in rows], "o-", color="tab:orange", label="val loss")
-        ax2 = ax.twinx()
-        ax2.plot(ep, [r["val_dice"] for r in rows], "s--", color="tab:green", label="val Dice (per patient)")
-        ax2.set_ylim(0, 1)
-        ax2.set_ylabel("val Dice")
-        ax2.legend(loc="upper right")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend(loc="upper left")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
 
 
 # ----------------------------------------------------------------------------- train()
@@ -600,31 +371,6 @@ def _check_train_config(cfg: RunConfig, source: str) -> None:
             bad(f"train.augment.{key}", "must be >= 0")
 
 
-@contextlib.contextmanager
-def _quiet_lightning():
-    """Silence Lightning's informational prints and known-harmless warnings (library code prints nothing)."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        for pat in (
-            ".*does not have many workers.*",
-            ".*smaller than the logging interval.*",
-            ".*Checkpoint directory .* exists and is not empty.*",
-            ".*is an invalid version and will not be supported.*",
-            ".*LeafSpec.*",
-            ".*The `srun` command is available.*",
-            ".*sync_dist=True.*",
-        ):
-            warnings.filterwarnings("ignore", message=pat)
-        try:
-            yield
-        finally:
-            for lg, lv in zip(loggers, levels, strict=True):
-                lg.setLevel(lv)
-
-
 class _ValidateLastEpoch(pl.Callback if pl else object):  # type: ignore[misc]
     """Validate the final epoch even when ``val_every_n_epochs`` would skip it, so a run always ends with a
     scored model and a best.ckpt (a 1-epoch run with validation every 2 epochs would otherwise have none)."""
@@ -632,15 +378,6 @@ class _ValidateLastEpoch(pl.Callback if pl else object):  # type: ignore[misc]
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1:
             trainer.check_val_every_n_epoch = 1
-
-
-class _Bar(TQDMProgressBar if pl else object):  # type: ignore[misc]
-    """Progress bar with epoch, loss and slices/s (no logger version number)."""
-
-    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
-        items = super().get_metrics(trainer, pl_module)
-        items.pop("v_num", None)
-        return items
 
 
 def train(
@@ -687,64 +424,28 @@ def train(
                 last, "model or prep settings differ from the run being resumed; use the run's config.yaml"
             )
     elif last.exists() and not child:
-        raise InputError(
-            run_dir,
-            "already holds a training run (checkpoints/last.ckpt); pass --resume or choose a new --out",
-        )
+        refuse_existing_run(run_dir)
 
     accelerator, precision = resolve_runtime(cfg)
     n_proc = cfg.train.devices * cfg.train.num_nodes
     strategy: Any = cfg.train.strategy
     if strategy == "auto" and n_proc > 1:
         strategy = "ddp"
-    with _quiet_lightning():
+    with quiet_lightning():
         pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
         module = SegModule({"config": to_dict(cfg), "stats": dict(data.stats), "prep": dict(data.prep)})
         module.attach(data, run_dir)
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        best_cb = ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename="best",
-            monitor="val_dice",
-            mode="max",
-            save_top_k=1,
-            save_last=True,
-            auto_insert_metric_name=False,
-            enable_version_counter=False,
-        )
-        callbacks: list[Any] = [best_cb, _ValidateLastEpoch()]
-        if progress:
-            callbacks.append(_Bar())
-        trainer = pl.Trainer(
-            accelerator=accelerator,
+        trainer = make_trainer(
+            run_dir, cfg, accelerator, precision,
+            progress=progress,
+            log_every_n_steps=cfg.train.log_every_n_steps,
+            callbacks=(_ValidateLastEpoch(),),
             devices=cfg.train.devices,
             num_nodes=cfg.train.num_nodes,
             strategy=strategy,
-            precision=precision,
-            max_epochs=cfg.train.epochs,
-            logger=TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False),
-            callbacks=callbacks,
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
             use_distributed_sampler=False,
-            check_val_every_n_epoch=cfg.train.val_every_n_epochs,
-            log_every_n_steps=cfg.train.log_every_n_steps,
-            benchmark=accelerator in ("gpu", "cuda"),
-            default_root_dir=str(run_dir),
-            plugins=[AtomicCheckpointIO()],
-        )
+        )  # fmt: skip
         trainer.fit(module, ckpt_path=str(last) if resume else None, weights_only=True)
-    rows = module.history["epochs"]
-    best = max(rows, key=lambda r: r["val_dice"]) if rows else {"val_dice": float("nan"), "epoch": -1}
-    return TrainResult(
-        run_dir=run_dir,
-        best_checkpoint=ckpt_dir / "best.ckpt",
-        best_dice=float(best["val_dice"]),
-        best_epoch=int(best["epoch"]),
-        epochs=int(trainer.current_epoch),
-        oversample_ratio=module.ratio,
-        seconds=time.perf_counter() - t0,
-        is_global_zero=trainer.is_global_zero,
+    return train_result(
+        run_dir, module.history, trainer, module.ratio, t0, is_global_zero=trainer.is_global_zero
     )

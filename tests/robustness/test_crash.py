@@ -57,7 +57,7 @@ def _final_files(root: Path) -> list[Path]:
 
 def _assert_nothing_torn(root: Path) -> None:
     """Every file under a final name loads."""
-    from lungtumor.training import load_checkpoint
+    from lungtumor.checkpoint import load_checkpoint
 
     for p in _final_files(root):
         if p.suffix == ".npy":
@@ -89,7 +89,7 @@ def test_prepare_killed_then_rerun_gives_the_same_bytes(
 
 
 def test_train_killed_then_resumed_finishes_the_same_run(tmp_path, tiny_cache, tiny_config, tiny_run):
-    from lungtumor.training import load_checkpoint
+    from lungtumor.checkpoint import load_checkpoint
 
     rng = random.Random(12)
     run = tmp_path / "run"

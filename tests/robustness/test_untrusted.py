@@ -27,9 +27,9 @@ class _Evil:
 
 
 def test_load_checkpoint_uses_weights_only() -> None:
-    from lungtumor import training
+    from lungtumor import checkpoint
 
-    src = inspect.getsource(training._read_checkpoint)
+    src = inspect.getsource(checkpoint._read_checkpoint)
     assert "weights_only=True" in src
 
 
