@@ -37,7 +37,7 @@ def rss_mb():
 load_checkpoint(args["model"])  # warm the import of everything the loader needs
 base = rss_mb()
 opts = PredictOptions(device=args["device"], precision=args["precision"], threads=args["threads"],
-                      measure=True, postprocess=True)
+                      measure=True, postprocess=True, tta=args["tta"])
 if args["device"] == "cuda":  # one warm-up so CUDA context and cuDNN autotune are not timed
     predict_paths([args["ct"]], args["model"], args["out"], opts)
     torch.cuda.synchronize()
@@ -111,21 +111,23 @@ def main() -> int:
     make_ct(ct, args.matrix, args.slices)
     input_mb = args.matrix * args.matrix * args.slices * 4 / 2**20
 
-    variants: list[tuple[str, Path, str]] = []
+    # (name, checkpoint, precision, TTA: None = the checkpoint's setting)
+    variants: list[tuple[str, Path, str, bool | None]] = []
     if args.model:
         for m in args.model:
-            variants += [(m.name, m, "32"), (m.name, m, "bf16")]
+            variants += [(m.name, m, "32", None), (m.name, m, "bf16", None)]
+            variants.append((f"{m.name}, TTA off", m, "bf16", False))
     else:
         demo = untrained_checkpoint("demo", tmp / "demo.ckpt")
         default = untrained_checkpoint("default", tmp / "default.ckpt")
         variants = [
-            ("demo: UNet-16, 160², 2.5 mm", demo, "32"),
-            ("demo: UNet-16, 160², 2.5 mm", demo, "bf16"),
-            ("default: UNet-32, 256², 1.5 mm", default, "32"),
-            ("default: UNet-32, 256², 1.5 mm", default, "bf16"),
+            ("demo: UNet-16, 192², 2.0 mm", demo, "32", None),
+            ("demo: UNet-16, 192², 2.0 mm", demo, "bf16", None),
+            ("default: UNet-32, 256², 1.5 mm", default, "32", None),
+            ("default: UNet-32, 256², 1.5 mm", default, "bf16", None),
         ]
     rows = []
-    for name, model, prec in variants:
+    for name, model, prec, tta in variants:
         child = {
             "model": str(model),
             "ct": str(ct),
@@ -133,6 +135,7 @@ def main() -> int:
             "device": args.device,
             "precision": prec,
             "threads": args.threads,
+            "tta": tta,
         }
         r = subprocess.run(
             [sys.executable, "-c", CHILD, json.dumps(child)], capture_output=True, text=True, env=_env()

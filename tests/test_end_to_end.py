@@ -96,3 +96,28 @@ def test_predict_without_prob_map_gives_the_same_mask(demo_run, tmp_path):
         assert (p / f"{case}_prob.nii.gz").is_file() and not (m / f"{case}_prob.nii.gz").exists()
         a = read_mask(p / f"{case}_tumour.nii.gz").array
         assert np.array_equal(a, read_mask(m / f"{case}_tumour.nii.gz").array)
+
+
+def test_predict_tta_flag_averages_the_mirrored_prediction(demo_run, tmp_path):
+    """`predict --tta` = mean of the prediction and the mirrored prediction of the mirrored CT."""
+    import torch
+
+    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.inference import predict_volume
+
+    out, _ = demo_run
+    ct = sorted((out / "data" / "imagesTs").glob("*.nii.gz"))[0]
+    case = ct.name[: -len(".nii.gz")]
+    base = [str(ct), "--model", str(out / "run"), "--save-prob", "--threads", "1", "-q"]
+    assert main(["predict", *base, "--out", str(tmp_path / "off"), "--no-tta"]) == 0
+    assert main(["predict", *base, "--out", str(tmp_path / "on"), "--tta"]) == 0
+    off = read_volume(tmp_path / "off" / f"{case}_prob.nii.gz").array
+    on = read_volume(tmp_path / "on" / f"{case}_prob.nii.gz").array
+    assert not np.allclose(on, off, atol=1e-4)  # the flag changes something
+    from lungtumor.inference import _cpu_has_bf16
+
+    loaded = load_checkpoint(out / "run")
+    prec = "bf16" if _cpu_has_bf16() else "32"  # what predict's precision "auto" picks on this CPU
+    kw = {"device": torch.device("cpu"), "batch_size": 4, "precision": prec}
+    ref, _ = predict_volume(loaded, read_volume(ct), threshold=0.5, tta=True, **kw)
+    assert np.allclose(on, ref, atol=1e-3)

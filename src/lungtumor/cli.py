@@ -204,6 +204,13 @@ def _add_predict(sub) -> None:
     p.add_argument("--save-prob", action="store_true", help="also write the tumour probability map")
     p.add_argument("--report", action="store_true", help="also write the HTML report for each case")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average with the left-right mirrored prediction (about 2x the model time; default from the checkpoint)",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -218,6 +225,8 @@ def _cmd_predict(args) -> int:
         save_prob=args.save_prob,
         report=args.report,
         device=args.device,
+        tta=args.tta,
+        threads=args.threads,
         progress=not args.quiet,
     )
     results = predict_paths(args.inputs, args.model, args.out, opts)

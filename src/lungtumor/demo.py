@@ -1,7 +1,8 @@
 """``lungtumor demo``: the main job on the built-in phantoms.
 
 synth → prepare → train → predict held-out phantoms → evaluate → report, with the ``demo`` preset, sized to
-finish in minutes on 2 CPU cores.
+finish in minutes on 2 CPU cores. Prediction uses mirror TTA (``lungtumor predict --tta``): +0.02-0.03 held-out
+Dice and fewer false positives for about 1.7x the prediction time (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ def run_demo(
     results = step(
         "predict",
         lambda: predict_paths(
-            [data / "imagesTs"], run, pred, PredictOptions(report=True, save_prob=False, progress=progress)
+            [data / "imagesTs"],
+            run,
+            pred,
+            PredictOptions(report=True, save_prob=False, tta=True, progress=progress),
         ),
     )
     failed = [r for r in results if r.error]
