@@ -22,6 +22,44 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None, device: to
     return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
 
 
+def _draw_transform(
+    b: int, cfg: AugmentConfig, g: torch.Generator | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample draws, each (B,) float32: on (1 = augment, with probability ``cfg.p``), scale (1 when off),
+    rotation angle in radians (0 when off) and flip (-1 mirrors x, only when on and ``cfg.flip``)."""
+    on = (torch.rand(b, generator=g, device=device) < cfg.p).to(torch.float32)
+    s = _uniform(b, cfg.scale[0], cfg.scale[1], g, device)
+    s = on * s + (1 - on)
+    ang = _uniform(b, -cfg.rotation_deg, cfg.rotation_deg, g, device) * (math.pi / 180) * on
+    flip = torch.ones(b, device=device)
+    if cfg.flip:
+        flip = torch.where((torch.rand(b, generator=g, device=device) < 0.5) & (on > 0), -1.0, 1.0)
+    return on, s, ang, flip
+
+
+def _elastic_noise(
+    b: int, h: int, w: int, cfg: AugmentConfig, on: torch.Tensor, g: torch.Generator | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Unit smooth noise (B, 2, h, w) (Gaussian on control points 3 sigma apart, upsampled bicubically) and the
+    per-sample switch (B,) (1 with probability ``cfg.elastic_p`` when on); None when elastic is off.
+    Multiply by ``cfg.elastic_alpha_px`` for a displacement in pixels."""
+    if not (cfg.elastic_p > 0 and cfg.elastic_alpha_px > 0):
+        return None
+    spacing = 3 * max(cfg.elastic_sigma_px, 1.0)
+    gh, gw = max(2, math.ceil(h / spacing)) + 1, max(2, math.ceil(w / spacing)) + 1
+    noise = torch.randn(b, 2, gh, gw, generator=g, device=device)
+    disp = F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=True)
+    el = (torch.rand(b, generator=g, device=device) < cfg.elastic_p).to(torch.float32) * on
+    return disp, el
+
+
+def _jitter(b: int, j: float, g: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Intensity gain in [1-j, 1+j] and bias in [-j, j], each (B, 1, 1, 1)."""
+    gain = _uniform(b, 1 - j, 1 + j, g, device).view(b, 1, 1, 1)
+    bias = _uniform(b, -j, j, g, device).view(b, 1, 1, 1)
+    return gain, bias
+
+
 def random_grid(
     b: int, h: int, w: int, cfg: AugmentConfig, generator: torch.Generator | None, device: torch.device
 ) -> torch.Tensor:
@@ -34,13 +72,7 @@ def random_grid(
     (Gaussian noise on control points 3 sigma apart, upsampled bicubically). Rotation is done in pixel units so non-square slices are not sheared.
     """
     f32 = torch.float32
-    on = (torch.rand(b, generator=generator, device=device) < cfg.p).to(f32)
-    s = _uniform(b, cfg.scale[0], cfg.scale[1], generator, device)
-    s = on * s + (1 - on)
-    ang = _uniform(b, -cfg.rotation_deg, cfg.rotation_deg, generator, device) * (math.pi / 180) * on
-    flip = torch.ones(b, device=device)
-    if cfg.flip:
-        flip = torch.where((torch.rand(b, generator=generator, device=device) < 0.5) & (on > 0), -1.0, 1.0)
+    on, s, ang, flip = _draw_transform(b, cfg, generator, device)
     cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
     # theta maps output (x, y) to input (x, y) in normalised units: D^-1 R D / s, with D = diag(W/2, H/2),
     # then the flip multiplies the input x.
@@ -50,14 +82,9 @@ def random_grid(
     theta[:, 1, 0] = sin * (w / h)
     theta[:, 1, 1] = cos
     grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
-    if cfg.elastic_p > 0 and cfg.elastic_alpha_px > 0:
-        spacing = 3 * max(cfg.elastic_sigma_px, 1.0)
-        gh, gw = max(2, math.ceil(h / spacing)) + 1, max(2, math.ceil(w / spacing)) + 1
-        noise = torch.randn(b, 2, gh, gw, generator=generator, device=device)
-        disp = F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=True)
-        el = ((torch.rand(b, generator=generator, device=device) < cfg.elastic_p).to(f32) * on).view(
-            b, 1, 1, 1
-        )
+    elastic = _elastic_noise(b, h, w, cfg, on, generator, device)
+    if elastic is not None:
+        disp, el = elastic[0], elastic[1].view(b, 1, 1, 1)
         scale = torch.tensor([2.0 / w, 2.0 / h], device=device).view(1, 2, 1, 1) * cfg.elastic_alpha_px
         grid = grid + (disp * scale * el).permute(0, 2, 3, 1)
     return grid
@@ -90,9 +117,7 @@ def augment_batch(
         )
         img, seg = out[:, :c], (out[:, c:] > 0.5).float()
         if cfg.intensity_jitter > 0:
-            j = cfg.intensity_jitter
-            gain = _uniform(b, 1 - j, 1 + j, generator, device).view(b, 1, 1, 1)
-            bias = _uniform(b, -j, j, generator, device).view(b, 1, 1, 1)
+            gain, bias = _jitter(b, cfg.intensity_jitter, generator, device)
             img = img * gain + bias
     return img, seg
 
@@ -220,24 +245,16 @@ def augment_crop_batch(
     f32 = torch.float32
     with torch.autocast(dev.type, enabled=False):
         y0, x0 = _crop_corners(seg, (s_h, s_w), p_tumour, generator)
-        on = (torch.rand(b, generator=generator, device=dev) < cfg.p).to(f32)
-        sc = on * _uniform(b, cfg.scale[0], cfg.scale[1], generator, dev) + (1 - on)
-        ang = _uniform(b, -cfg.rotation_deg, cfg.rotation_deg, generator, dev) * (math.pi / 180) * on
-        flip = torch.ones(b, device=dev)
-        if cfg.flip:
-            flip = torch.where((torch.rand(b, generator=generator, device=dev) < 0.5) & (on > 0), -1.0, 1.0)
+        on, sc, ang, flip = _draw_transform(b, cfg, generator, dev)
         # output pixel offsets from the crop centre (pixels), then rotate / scale / flip into the input
         oy = (torch.arange(s_h, device=dev, dtype=f32) - (s_h - 1) / 2).view(1, s_h, 1)
         ox = (torch.arange(s_w, device=dev, dtype=f32) - (s_w - 1) / 2).view(1, 1, s_w)
         cos, sin = (torch.cos(ang) / sc).view(b, 1, 1), (torch.sin(ang) / sc).view(b, 1, 1)
         px = flip.view(b, 1, 1) * (cos * ox - sin * oy)
         py = sin * ox + cos * oy
-        if cfg.elastic_p > 0 and cfg.elastic_alpha_px > 0:
-            spacing = 3 * max(cfg.elastic_sigma_px, 1.0)
-            gh, gw = max(2, math.ceil(s_h / spacing)) + 1, max(2, math.ceil(s_w / spacing)) + 1
-            noise = torch.randn(b, 2, gh, gw, generator=generator, device=dev)
-            disp = F.interpolate(noise, size=(s_h, s_w), mode="bicubic", align_corners=True)
-            el = (torch.rand(b, generator=generator, device=dev) < cfg.elastic_p).to(f32) * on
+        elastic = _elastic_noise(b, s_h, s_w, cfg, on, generator, dev)
+        if elastic is not None:
+            disp, el = elastic
             disp = disp * (el * cfg.elastic_alpha_px).view(b, 1, 1, 1)
             px, py = px + disp[:, 0], py + disp[:, 1]
         cy = (y0.to(f32) + (s_h - 1) / 2).view(b, 1, 1)
@@ -250,8 +267,6 @@ def augment_crop_batch(
         )  # fmt: skip
         img_o, seg_o = out[:, :c], (out[:, c:] > 0.5).float()
         if cfg.intensity_jitter > 0:
-            j = cfg.intensity_jitter
-            gain = _uniform(b, 1 - j, 1 + j, generator, dev).view(b, 1, 1, 1)
-            bias = _uniform(b, -j, j, generator, dev).view(b, 1, 1, 1)
+            gain, bias = _jitter(b, cfg.intensity_jitter, generator, dev)
             img_o = torch.where(on.view(b, 1, 1, 1) > 0, img_o * gain + bias, img_o)
     return img_o, seg_o
