@@ -213,6 +213,8 @@ def lesion_balanced_weights(
     """
     from scipy import ndimage as ndi
 
+    from lungtumor.postprocess import label_components
+
     if power <= 0:
         return weights
     tumour = table.tumour[ids]
@@ -220,10 +222,10 @@ def lesion_balanced_weights(
         return weights
     per_slice = np.zeros(len(table), dtype=np.float64)
     for c in np.unique(table.case_of[ids]):
-        seg = np.asarray(cache.seg(table.names[c])) > 0
+        seg = np.asarray(cache.seg(table.names[c]))
         if not seg.any():
             continue
-        lab, n = ndi.label(seg, structure=np.ones((3, 3, 3), bool))
+        lab, _ = label_components(seg)
         for sl in ndi.find_objects(lab):
             if sl is None:
                 continue

@@ -36,6 +36,7 @@ from lungtumor.phantom_anatomy import (
     sample_anatomy,
     smooth_noise,
 )
+from lungtumor.postprocess import label_components
 from lungtumor.volume import Volume, write_volume
 
 #: Where a tumour sits: against the chest wall, at the hilum (vessels, mediastinum), or inside the lung.
@@ -209,7 +210,7 @@ def _render_tumour(
     inside = (f < 0) & free
     # A tumour is one object: spicules thinner than a voxel would leave detached label fragments that count as
     # extra lesions. Keep the 26-connected piece that holds the most voxels (the core).
-    comp, n = ndi.label(inside, structure=np.ones((3, 3, 3), bool))
+    comp, n = label_components(inside)
     if n > 1:
         inside = comp == (1 + int(np.argmax(np.bincount(comp.ravel())[1:])))
     het = smooth_noise(rng, f.shape, (3.0 / grid.dz, 3.0 / grid.dy, 3.0 / grid.dx))
