@@ -11,7 +11,15 @@ import pytest
 
 from lungtumor.cli import main
 from lungtumor.errors import InputError
-from lungtumor.metrics import SegmentationMetrics, dice, evaluate_dirs, hd95, lesion_detection, nsd
+from lungtumor.metrics import (
+    SegmentationMetrics,
+    dice,
+    evaluate_dirs,
+    hd95,
+    lesion_detection,
+    lesion_rows,
+    nsd,
+)
 from lungtumor.volume import Volume, write_volume
 
 SPACING_ZYX = (2.5, 0.7, 0.7)
@@ -78,6 +86,27 @@ def test_lesion_detection_missed_and_false_positive():
     assert lesion_detection(small, gt, overlap=0.001) == (2, 1, 0)
 
 
+def test_lesion_rows_volume_size_bin_and_lesion_dice():
+    """A 12 mm-radius sphere (24 mm, 20-30 mm bin) found exactly, a 3 mm-radius one missed; lesion Dice per lesion."""
+    big = sphere(r_mm=12.0)
+    small = sphere(centre=(15, 8, 8), r_mm=3.0)
+    gt = big | small
+    rows = lesion_rows(big, gt, SPACING_ZYX)
+    by_bin = {r["size_bin"]: r for r in rows}
+    assert set(by_bin) == {"20-30 mm", "<10 mm"}
+    b, s = by_bin["20-30 mm"], by_bin["<10 mm"]
+    assert b["found"] and b["dice"] == 1.0 and b["overlap"] == 1.0
+    assert not s["found"] and s["dice"] == 0.0
+    assert b["volume_ml"] == pytest.approx(4 / 3 * math.pi * 12.0**3 / 1000, rel=0.03)
+    assert b["equiv_diameter_mm"] == pytest.approx(24.0, rel=0.02)
+    # half of the big lesion predicted: Dice 2/3, still found; a blob elsewhere does not change the lesion's Dice
+    half = big.copy()
+    half[:15] = 0
+    half[0, 70:, 70:] = 1
+    r = {x["size_bin"]: x for x in lesion_rows(half, gt, SPACING_ZYX)}["20-30 mm"]
+    assert r["found"] and r["dice"] == pytest.approx(2 * half[15:].sum() / (big.sum() + half[15:].sum()))
+
+
 def test_accumulator_aggregates():
     gt = _two_lesions()
     acc = SegmentationMetrics(tolerance_mm=2.0)
@@ -128,6 +157,17 @@ def test_evaluate_cli_writes_csv_and_json(tmp_path, capsys):
     assert s["n_cases"] == 3 and s["missing_prediction"] == ["c3"] and s["no_ground_truth"] == ["extra"]
     assert s["lesions"]["n_gt"] == 6 and s["lesions"]["n_found"] == 3
     assert s["hd95_mm"]["n_undefined"] == 1  # c3: empty prediction
+    # one row per ground-truth lesion; c2 found the first lesion of each pair and missed the second
+    les = list(csv.DictReader((tmp_path / "ev" / "evaluation_lesions.csv").open()))
+    assert [(r["case"], r["found"]) for r in les if r["case"] == "c2"] == [("c2", "True"), ("c2", "False")]
+    assert len(les) == 6 and all(r["size_bin"] == "10-20 mm" for r in les)  # 500 voxels of 2 mm³ -> 12.6 mm
+    assert s["lesions_by_size"]["10-20 mm"] == {
+        "n_gt": 6,
+        "n_found": 3,
+        "recall": 0.5,
+        "lesion_dice_mean": 0.5,
+    }
+    assert "found by size  10-20 mm 3/6" in out
 
 
 def test_evaluate_grid_mismatch_exits_2(tmp_path, capsys):

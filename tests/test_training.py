@@ -207,6 +207,32 @@ def test_dice_empty_cases():
     assert dice_score(z, z) == 1.0 and dice_score(o, z) == 0.0 and dice_score(o, o) == 1.0
 
 
+def test_sample_dice_weighs_a_small_lesion_like_a_big_one():
+    """Per-sample Dice: a missed 2x2 nodule costs as much as a missed 30x30 mass; batch Dice barely sees it."""
+    from lungtumor.config import LOSS_NAMES
+    from lungtumor.losses import LOSSES, sample_dice_loss, soft_dice_loss
+
+    assert set(LOSSES) == set(LOSS_NAMES)
+    t = torch.zeros(3, 1, 40, 40)
+    t[0, 0, 5:35, 5:35] = 1  # the mass
+    t[1, 0, 10:12, 10:12] = 1  # the nodule; sample 2 holds no tumour
+    hit = t * 40 - 20  # logits: every tumour pixel found, nothing else
+    miss_small = hit.clone()
+    miss_small[1] = -20
+    assert sample_dice_loss(hit, t) < 0.01
+    # missing the nodule costs about half of the per-sample Dice (1 of 2 tumour samples) ...
+    assert 0.35 < float(sample_dice_loss(miss_small, t)) < 0.55  # (smooth 1 px: 0.4)
+    # ... and under 1 % of the batch Dice
+    assert float(soft_dice_loss(miss_small, t)) < 0.01
+    # a sample with no tumour adds nothing to the Dice term; an all-empty batch gives 0 with a gradient
+    z = torch.zeros(2, 1, 8, 8)
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    loss = sample_dice_loss(x, z)
+    loss.backward()
+    assert float(loss) == 0.0 and x.grad is not None
+    assert load_config(None, "demo").train.loss in LOSS_NAMES
+
+
 def test_seeded_runs_are_reproducible(cache, tmp_path):
     from lungtumor.training import train
 

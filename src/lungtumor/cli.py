@@ -278,7 +278,8 @@ def _add_evaluate(sub) -> None:
         description="Cases are matched by name (<case>_tumour.nii.gz or <case>.nii.gz in PRED_DIR against "
         "<case>.nii.gz in GT_DIR; also .nrrd/.mha). A ground-truth case without a prediction is reported and scored as "
         "an empty prediction; a prediction without ground truth is listed, not scored. Writes evaluation_cases.csv "
-        "and evaluation_summary.json.",
+        "(a row per case), evaluation_lesions.csv (a row per ground-truth lesion: volume, size bin, found, "
+        "lesion Dice) and evaluation_summary.json (with recall by lesion size).",
     )
     p.add_argument("pred_dir", type=Path, help="folder of predicted masks")
     p.add_argument("gt_dir", type=Path, help="folder of ground-truth masks")

@@ -16,6 +16,10 @@ from typing import Any
 
 from lungtumor.errors import InputError, atomic_write_text
 
+# The losses `lungtumor.losses.LOSSES` offers (kept here so that config needs no torch; a test checks they agree):
+# batch soft Dice + BCE, BCE alone (the seed), and per-sample soft Dice + BCE (small lesions weigh like big ones).
+LOSS_NAMES = ("bce", "dice_bce", "dice_bce_sample")
+
 
 @dataclass
 class PrepConfig:
@@ -295,7 +299,9 @@ def from_dict(cls: type, data: Any, *, source: str = "config", prefix: str = "",
         InputError: unknown keys or wrong types, naming ``source`` and the key path.
     """
     if not isinstance(data, dict):
-        raise InputError(source, f"{prefix.rstrip('.') or 'top level'}: expected a mapping, got {type(data).__name__}")
+        raise InputError(
+            source, f"{prefix.rstrip('.') or 'top level'}: expected a mapping, got {type(data).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -365,8 +371,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("train.batch_size", "must be at least 1")
     if not 0 < cfg.train.lr < 1:
         bad("train.lr", "must be in (0, 1)")
-    if cfg.train.loss not in ("bce", "dice_bce"):
-        bad("train.loss", f"{cfg.train.loss!r} is not one of bce, dice_bce")
+    if cfg.train.loss not in LOSS_NAMES:
+        bad("train.loss", f"{cfg.train.loss!r} is not one of {', '.join(LOSS_NAMES)}")
     if not 0 <= cfg.train.context_slices <= 8:
         bad("train.context_slices", "must be between 0 and 8")
     if not 0 < cfg.infer.threshold < 1:

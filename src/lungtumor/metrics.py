@@ -40,6 +40,7 @@ PRED_SUFFIX = "_tumour"
 PROB_SUFFIX = "_prob"
 CASES_CSV = "evaluation_cases.csv"
 SUMMARY_JSON = "evaluation_summary.json"
+LESIONS_CSV = "evaluation_lesions.csv"
 
 
 def _as_bool(a: np.ndarray) -> np.ndarray:
@@ -109,6 +110,45 @@ def nsd(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float], tol_mm: floa
     return float(v.item())
 
 
+#: Lesion size bins by volume-equivalent sphere diameter (mm): the T1a/T1b/T1c steps of 1, 2 and 3 cm.
+SIZE_BINS_MM: tuple[tuple[str, float, float], ...] = (
+    ("<10 mm", 0.0, 10.0),
+    ("10-20 mm", 10.0, 20.0),
+    ("20-30 mm", 20.0, 30.0),
+    (">=30 mm", 30.0, math.inf),
+)
+
+
+def size_bin(equiv_diameter_mm: float) -> str:
+    """The :data:`SIZE_BINS_MM` label of a lesion of this volume-equivalent diameter."""
+    for name, lo, hi in SIZE_BINS_MM:
+        if lo <= equiv_diameter_mm < hi:
+            return name
+    raise ValueError(f"bad diameter {equiv_diameter_mm}")
+
+
+def _match(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """26-connected components of both masks and their overlaps.
+
+    Returns (inter, gt_size, pred_size, n_pred): ``inter[g, p]`` voxels shared by ground-truth lesion g and
+    predicted component p (row/column 0 = background), and each component's voxel count.
+    """
+    lg, ng = label_components(gt)
+    lp, npred = label_components(pred)
+    both = (lg > 0) & (lp > 0)
+    pairs = np.bincount(lg[both].astype(np.int64) * (npred + 1) + lp[both], minlength=(ng + 1) * (npred + 1))
+    gt_size = np.bincount(lg.ravel(), minlength=ng + 1)
+    pred_size = np.bincount(lp.ravel(), minlength=npred + 1)
+    return pairs.reshape(ng + 1, npred + 1), gt_size, pred_size, npred
+
+
+def _detect(inter: np.ndarray, gt_size: np.ndarray, overlap: float) -> tuple[np.ndarray, int]:
+    """Which ground-truth lesions are found (bool per lesion) and how many predicted components are FPs."""
+    found = inter[1:, 1:].max(axis=1, initial=0) >= overlap * gt_size[1:]
+    fp = int(np.count_nonzero(inter[:, 1:].sum(axis=0) == 0))
+    return found, fp
+
+
 def lesion_detection(pred: np.ndarray, gt: np.ndarray, overlap: float = 0.1) -> tuple[int, int, int]:
     """Lesion-wise detection with 26-connected components.
 
@@ -118,17 +158,40 @@ def lesion_detection(pred: np.ndarray, gt: np.ndarray, overlap: float = 0.1) -> 
     Returns:
         (n_gt lesions, n_found, n_fp).
     """
-    lg, ng = label_components(gt)
-    lp, npred = label_components(pred)
-    if ng == 0 or npred == 0:
-        return ng, 0, npred
-    both = (lg > 0) & (lp > 0)
-    pairs = np.bincount(lg[both].astype(np.int64) * (npred + 1) + lp[both], minlength=(ng + 1) * (npred + 1))
-    inter = pairs.reshape(ng + 1, npred + 1)  # [gt label, pred label] -> overlapping voxels
-    gt_size = np.bincount(lg.ravel(), minlength=ng + 1)
-    found = int(np.count_nonzero(inter[1:].max(axis=1) >= overlap * gt_size[1:]))
-    fp = int(np.count_nonzero(inter[:, 1:].sum(axis=0) == 0))
-    return ng, found, fp
+    inter, gt_size, _, _ = _match(pred, gt)
+    found, fp = _detect(inter, gt_size, overlap)
+    return len(found), int(found.sum()), fp
+
+
+def lesion_rows(
+    pred: np.ndarray, gt: np.ndarray, spacing_zyx: Sequence[float], overlap: float = 0.1
+) -> list[dict]:
+    """One row per ground-truth lesion: id, volume_ml, equiv_diameter_mm, size_bin, found, overlap
+    (share of its voxels in the best predicted component) and dice (against the union of the predicted
+    components that touch it; 0 when none does). Masks (z, y, x), spacing in mm in array order.
+    """
+    inter, gt_size, pred_size, _ = _match(pred, gt)
+    found, _ = _detect(inter, gt_size, overlap)
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    rows = []
+    for g in range(1, len(gt_size)):
+        touching = np.flatnonzero(inter[g, 1:]) + 1
+        tp = int(inter[g, touching].sum())
+        denom = int(gt_size[g]) + int(pred_size[touching].sum())
+        ml = int(gt_size[g]) * voxel_ml
+        d_mm = (6.0 * ml * 1000.0 / math.pi) ** (1 / 3)
+        rows.append(
+            {
+                "lesion": g,
+                "volume_ml": ml,
+                "equiv_diameter_mm": d_mm,
+                "size_bin": size_bin(d_mm),
+                "found": bool(found[g - 1]),
+                "overlap": float(inter[g, 1:].max(initial=0)) / int(gt_size[g]),
+                "dice": 2.0 * tp / denom,
+            }
+        )
+    return rows
 
 
 @dataclass
@@ -148,6 +211,7 @@ class CaseMetrics:
     pred_ml: float = float("nan")
     pred_file: str = ""
     gt_file: str = ""
+    lesions: list[dict] = field(default_factory=list, repr=False)  # lesion_rows(); JSON and lesion CSV only
 
 
 def evaluate_case(
@@ -163,7 +227,9 @@ def evaluate_case(
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    n_gt, n_found, n_fp = lesion_detection(pred, gt, lesion_overlap)
+    inter, gt_size, _, _ = _match(pred, gt)
+    found, n_fp = _detect(inter, gt_size, lesion_overlap)
+    n_gt, n_found = len(found), int(found.sum())
     return CaseMetrics(
         case=case,
         dice=dice(pred, gt),
@@ -175,6 +241,7 @@ def evaluate_case(
         lesion_recall=n_found / n_gt if n_gt else float("nan"),
         gt_ml=int(np.count_nonzero(gt)) * voxel_ml,
         pred_ml=int(np.count_nonzero(pred)) * voxel_ml,
+        lesions=lesion_rows(pred, gt, spacing_zyx, lesion_overlap) if n_gt else [],
     )
 
 
@@ -186,6 +253,20 @@ def _stats(values: Sequence[float]) -> dict:
         "n": int(v.size),
         "n_undefined": len(values) - int(v.size),
     }
+
+
+def _by_size(rows: list[dict]) -> dict:
+    """Recall and mean lesion Dice per :data:`SIZE_BINS_MM` bin (pooled over cases)."""
+    out = {}
+    for name, _, _ in SIZE_BINS_MM:
+        r = [x for x in rows if x["size_bin"] == name]
+        out[name] = {
+            "n_gt": len(r),
+            "n_found": sum(x["found"] for x in r),
+            "recall": sum(x["found"] for x in r) / len(r) if r else None,
+            "lesion_dice_mean": float(np.mean([x["dice"] for x in r])) if r else None,
+        }
+    return out
 
 
 @dataclass
@@ -255,6 +336,7 @@ class SegmentationMetrics:
                 "n_fp": sum(c.n_fp for c in scored),
                 "recall_pooled": n_found / n_gt if n_gt else None,
             },
+            "lesions_by_size": _by_size([r for c in scored for r in c.lesions]),
         }
 
 
@@ -266,6 +348,7 @@ class EvaluationSummary:
     cases: list[CaseMetrics]
     csv_path: Path
     json_path: Path
+    lesions_csv_path: Path | None = None
 
 
 def _index(folder: Path, what: str, strip_suffix: bool) -> dict[str, Path]:
@@ -338,16 +421,28 @@ def evaluate_dirs(
         "0 when one is; NaNs are excluded from mean/median and counted in n_undefined. A missing prediction "
         "is scored as an empty mask; a prediction without ground truth is listed but not scored."
     )
-    csv_path, json_path = out / CASES_CSV, out / SUMMARY_JSON
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=[f.name for f in fields(CaseMetrics)], lineterminator="\n")
-    w.writeheader()
-    for c in acc.cases:
-        w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(c).items()})
-    atomic_write_text(csv_path, buf.getvalue())
+    csv_path, json_path, les_path = out / CASES_CSV, out / SUMMARY_JSON, out / LESIONS_CSV
+    names = [f.name for f in fields(CaseMetrics) if f.name != "lesions"]
+    atomic_write_text(csv_path, _csv(names, ({k: getattr(c, k) for k in names} for c in acc.cases)))
+    les_names = ["case", "lesion", "volume_ml", "equiv_diameter_mm", "size_bin", "found", "overlap", "dice"]
+    atomic_write_text(
+        les_path, _csv(les_names, ({"case": c.case, **r} for c in acc.cases for r in c.lesions))
+    )
     doc = {"summary": agg, "cases": [_json_safe(asdict(c)) for c in acc.cases]}
     atomic_write_text(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    return EvaluationSummary(aggregate=agg, cases=acc.cases, csv_path=csv_path, json_path=json_path)
+    return EvaluationSummary(
+        aggregate=agg, cases=acc.cases, csv_path=csv_path, json_path=json_path, lesions_csv_path=les_path
+    )
+
+
+def _csv(names: list[str], rows) -> str:
+    """CSV text of dict rows (floats rounded to 6 digits)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
 
 
 def _json_safe(d: dict) -> dict:
@@ -377,6 +472,9 @@ def format_summary(summary: EvaluationSummary) -> str:
         f"lesions        {les['n_found']}/{les['n_gt']} found (recall {recall}), {les['n_fp']} false positives, "
         f"{a['fp_per_case']['mean'] or 0:.2f} FP per case",
     ]
+    bins = [f"{k} {v['n_found']}/{v['n_gt']}" for k, v in a.get("lesions_by_size", {}).items() if v["n_gt"]]
+    if bins:
+        lines.append("found by size  " + ", ".join(bins) + " (volume-equivalent diameter)")
     if a["missing_prediction"]:
         lines.append(
             f"error: {len(a['missing_prediction'])} case(s) without prediction, scored as empty: "
@@ -387,5 +485,6 @@ def format_summary(summary: EvaluationSummary) -> str:
             f"warning: {len(a['no_ground_truth'])} prediction(s) without ground truth, not scored: "
             + ", ".join(a["no_ground_truth"])
         )
-    lines.append(f"wrote {summary.csv_path} and {summary.json_path}")
+    extra = f", {summary.lesions_csv_path.name}" if summary.lesions_csv_path else ""
+    lines.append(f"wrote {summary.csv_path}{extra} and {summary.json_path}")
     return "\n".join(lines)
