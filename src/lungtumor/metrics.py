@@ -172,7 +172,13 @@ def lesion_rows(
     """
     inter, gt_size, pred_size, _ = _match(pred, gt)
     found, _ = _detect(inter, gt_size, overlap)
-    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    return _rows(inter, gt_size, pred_size, found, float(np.prod(spacing_zyx)) / 1000.0)
+
+
+def _rows(
+    inter: np.ndarray, gt_size: np.ndarray, pred_size: np.ndarray, found: np.ndarray, voxel_ml: float
+) -> list[dict]:
+    """:func:`lesion_rows` from an already computed :func:`_match` / :func:`_detect`."""
     rows = []
     for g in range(1, len(gt_size)):
         touching = np.flatnonzero(inter[g, 1:]) + 1
@@ -227,7 +233,7 @@ def evaluate_case(
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    inter, gt_size, _, _ = _match(pred, gt)
+    inter, gt_size, pred_size, _ = _match(pred, gt)
     found, n_fp = _detect(inter, gt_size, lesion_overlap)
     n_gt, n_found = len(found), int(found.sum())
     return CaseMetrics(
@@ -241,7 +247,7 @@ def evaluate_case(
         lesion_recall=n_found / n_gt if n_gt else float("nan"),
         gt_ml=int(np.count_nonzero(gt)) * voxel_ml,
         pred_ml=int(np.count_nonzero(pred)) * voxel_ml,
-        lesions=lesion_rows(pred, gt, spacing_zyx, lesion_overlap) if n_gt else [],
+        lesions=_rows(inter, gt_size, pred_size, found, voxel_ml),
     )
 
 
