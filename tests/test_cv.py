@@ -108,6 +108,7 @@ def test_cv_end_to_end_3d_tiny(tmp_path):
     assert rc == 0
     rows = (out / "cv_cases.csv").read_text().splitlines()
     assert rows[0].startswith("fold,case,dice_raw,dice") and len(rows) == 5
+    assert "lesions" not in rows[0].split(",")  # per-lesion rows are not squeezed into a case cell
     pp = json.loads((out / "postprocessing.json").read_text())
     assert {"min_lesion_mm3", "lung_gate", "mean_dice_raw", "mean_dice_chosen"} <= set(pp)
     summary = json.loads((out / "cv_summary.json").read_text())

@@ -271,7 +271,7 @@ def run_cv(
         cm = acc.update(m, r["gt"], r["spacing"][::-1], case=r["case"])
         row = {"fold": r["fold"], "case": r["case"], "dice_raw": dice(r["pred"], r["gt"])}
         row.update(
-            {k: v for k, v in asdict(cm).items() if k not in ("case", "status", "pred_file", "gt_file")}
+            {k: v for k, v in asdict(cm).items() if k not in ("case", "status", "pred_file", "gt_file", "lesions")}
         )
         rows.append(row)
     atomic_write_text(root / "cv_cases.csv", _csv(rows))
