@@ -254,6 +254,17 @@ def _env() -> dict[str, str]:
     return env
 
 
+def test_last_checkpoint_is_every_epoch(cache, tmp_path):
+    """last.ckpt holds the final epoch even when val_dice stopped improving (what --resume continues from)."""
+    from lungtumor.training import train
+
+    train(cache, tmp_path / "run", tiny_config(epochs=6, lr=1e-3), progress=False)
+    best = torch.load(tmp_path / "run/checkpoints/best.ckpt", weights_only=True)
+    last = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
+    assert best["epoch"] < 5, "precondition: the best epoch must come before the last one"
+    assert (last["epoch"], last["global_step"]) == (5, 18)
+
+
 def test_resume_after_sigkill(cache, tmp_path):
     from lungtumor.checkpoint import load_checkpoint
 

@@ -203,8 +203,19 @@ def make_trainer(
         monitor="val_dice",
         mode="max",
         save_top_k=1,
-        save_last=True,
         auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    # last.ckpt after EVERY epoch, from its own callback: Lightning (>= 2.4) writes a save_last copy only when
+    # the monitored checkpoint was saved in that step, so after an epoch that did not improve val_dice the
+    # "last" checkpoint stayed behind and --resume lost the epochs since (test_last_checkpoint_is_every_epoch).
+    last_cb = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=1,
+        save_on_train_epoch_end=True,
         enable_version_counter=False,
     )
     return pl.Trainer(
@@ -212,7 +223,7 @@ def make_trainer(
         precision=precision,
         max_epochs=cfg.train.epochs,
         logger=TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False),
-        callbacks=[best_cb, *callbacks] + ([ProgressBar()] if progress else []),
+        callbacks=[best_cb, *callbacks, last_cb] + ([ProgressBar()] if progress else []),
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
