@@ -109,6 +109,8 @@ def test_cv_end_to_end_3d_tiny(tmp_path):
     rows = (out / "cv_cases.csv").read_text().splitlines()
     assert rows[0].startswith("fold,case,dice_raw,dice") and len(rows) == 5
     assert "lesions" not in rows[0].split(",")  # per-lesion rows are not squeezed into a case cell
+    les = (out / "cv_lesions.csv").read_text().splitlines()
+    assert les[0].startswith("fold,case,lesion,volume_ml") and len(les) > 1
     pp = json.loads((out / "postprocessing.json").read_text())
     assert {"min_lesion_mm3", "lung_gate", "mean_dice_raw", "mean_dice_chosen"} <= set(pp)
     summary = json.loads((out / "cv_summary.json").read_text())

@@ -364,7 +364,7 @@ def _add_cv(sub) -> None:
         "cv",
         help="k-fold cross-validation: train per fold, score out-of-fold cases, choose postprocessing",
         description="Prepares the recipe's cache into OUT/cache, trains one model per patient fold (OUT/fold_k/), "
-        "predicts each fold's validation cases on their original grid, writes OUT/cv_cases.csv and "
+        "predicts each fold's validation cases on their original grid, writes OUT/cv_cases.csv, OUT/cv_lesions.csv and "
         "OUT/cv_summary.json, and keeps a postprocessing (minimum lesion size, lung gating) only if it raises the "
         "mean out-of-fold Dice (OUT/postprocessing.json; also written into each fold's checkpoint).",
     )

@@ -10,8 +10,8 @@
 4. chooses postprocessing: minimum lesion size from :data:`MIN_SIZES_MM3` and lung gating on/off, kept only
    when it raises the mean OOF Dice (ties keep the simpler option), records it in ``OUT/postprocessing.json``
    and writes it into each fold checkpoint's ``infer`` section (so ``predict --model OUT/fold_k`` uses it);
-5. writes ``OUT/cv_cases.csv`` (per case: fold, raw Dice, final Dice, NSD, HD95, lesions, volumes) and
-   ``OUT/cv_summary.json``.
+5. writes ``OUT/cv_cases.csv`` (per case: fold, raw Dice, final Dice, NSD, HD95, lesions, volumes),
+   ``OUT/cv_lesions.csv`` (per ground-truth lesion: size bin, found, lesion Dice) and ``OUT/cv_summary.json``.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def run_cv(
             torch.cuda.empty_cache()
     choice = choose_postprocessing([(r["pred"], r["gt"], r["spacing"], r["lung"]) for r in records])
     acc = SegmentationMetrics()
-    rows = []
+    rows, lesion_rows = [], []
     for r in records:
         m = r["pred"]
         if choice.min_lesion_mm3 > 0:
@@ -274,7 +274,10 @@ def run_cv(
             {k: v for k, v in asdict(cm).items() if k not in ("case", "status", "pred_file", "gt_file", "lesions")}
         )
         rows.append(row)
+        lesion_rows += [{"fold": r["fold"], "case": r["case"], **les} for les in cm.lesions]
     atomic_write_text(root / "cv_cases.csv", _csv(rows))
+    if lesion_rows:  # out-of-fold detection per ground-truth lesion (size bin, found, lesion Dice)
+        atomic_write_text(root / "cv_lesions.csv", _csv(lesion_rows))
     pp = {
         "min_lesion_mm3": choice.min_lesion_mm3,
         "lung_gate": choice.lung_gate,
