@@ -274,13 +274,16 @@ def test_resume_after_sigkill(cache, tmp_path):
         _cli("train", str(cache), "--out", str(run), "--config", str(cfg_path), "-q"), env=_env()
     )
     metrics = run / "metrics.csv"
-    deadline = time.time() + 60
+    deadline = time.time() + 300  # generous: a loaded 2-core machine takes a while to import Lightning
+    two_done = False
     try:
         while time.time() < deadline and proc.poll() is None:
             if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:  # 2 epochs done
+                two_done = True
                 break
             time.sleep(0.02)
         assert proc.poll() is None, "run finished before it could be killed"
+        assert two_done, "no 2 epochs within the deadline"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(10)
@@ -361,3 +364,57 @@ def test_last_epoch_is_always_validated(cache, tmp_path):
     res = train(cache, tmp_path / "run", tiny_config(epochs=1, val_every_n_epochs=2), progress=False)
     assert res.best_epoch == 0
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_context_mm_interpolates_at_fixed_distances():
+    from lungtumor.data import stack_context
+
+    vol = torch.arange(10, dtype=torch.float32)[:, None, None].expand(10, 3, 3).contiguous()
+    z = torch.arange(10)
+    assert torch.equal(
+        stack_context(vol, z, 1, 1.0)[:, :, 0, 0], (z[:, None] + torch.tensor([-1, 0, 1])).clamp(0, 9).float()
+    )
+    # 2 slices of 2.5 mm per 5 mm step, 1.6 slices of 1.25 mm per 2 mm: channel value = clamped position
+    for step in (2.0, 1.6, 0.4):
+        got = stack_context(vol, z, 2, step)[:, :, 0, 0]
+        want = (z[:, None] + step * torch.arange(-2, 3)[None]).clamp(0, 9).float()
+        assert torch.allclose(got, want, atol=1e-5), step
+
+
+def test_context_mm_gives_the_same_batches_on_both_data_paths(tmp_path):
+    from lungtumor.data import PreparedCache, ResidentSlices, SliceDataset, SliceTable
+
+    root = write_cache(tmp_path / "c", n_cases=3, z=10, size=48, n_val=1)
+    cache = PreparedCache.open(root)
+    table = SliceTable(cache, cache.train + cache.val)
+    assert cache.cases["case_000"].dz_mm == 2.0
+    res = ResidentSlices(cache, table, torch.device("cpu"), context_mm=3.0)  # 1.5 slices per channel
+    host = SliceDataset(cache, table, 2, context_mm=3.0)
+    idx = torch.tensor([0, 4, 9, 10, 19, 25])
+    img, seg = res.gather(idx, 2)
+    for j, i in enumerate(idx.tolist()):
+        h_img, h_seg = host[i]
+        assert torch.equal(h_img, img[j]) and torch.equal(h_seg, seg[j])
+    # the centre channel is the slice itself; channel +1 lies halfway between slices z+1 and z+2
+    raw = np.load(root / "cases" / "case_000_img.npy").astype(np.float32)
+    assert np.array_equal(img[1, 2].float().numpy(), raw[4])
+    assert np.allclose(img[1, 3].float().numpy(), 0.5 * (raw[5] + raw[6]), atol=2e-3)
+
+
+def test_context_mm_is_trained_validated_and_predicted(cache, tmp_path):
+    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.inference import predict_volume
+    from lungtumor.training import train
+    from lungtumor.volume import Volume
+
+    res = train(
+        cache, tmp_path / "run", tiny_config(epochs=1, context_slices=2, context_mm=3.0), progress=False
+    )
+    assert 0 <= res.best_dice <= 1
+    loaded = load_checkpoint(tmp_path / "run")
+    assert loaded.config.train.context_mm == 3.0 and loaded.config.model.in_channels == 5
+    hu = np.full((8, 40, 40), -800, np.int16)
+    hu[3:5, 15:25, 15:25] = 40
+    _, mask = predict_volume(loaded, Volume(hu, spacing=(1.0, 1.0, 2.5)), device=torch.device("cpu"),
+                             threshold=0.5, batch_size=4)  # fmt: skip
+    assert mask.shape == hu.shape and mask.dtype == np.uint8

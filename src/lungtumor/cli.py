@@ -30,6 +30,13 @@ def _add_synth(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
     p.add_argument("--matrix", type=int, default=256, help="in-plane matrix size in pixels (default 256; real CT is 512)")
     p.add_argument("--slices", type=int, default=0, help="number of slices (default 0: random per case)")
+    p.add_argument(
+        "--train-lesions",
+        choices=("standard", "rich"),
+        default="standard",
+        help="how training cases draw tumours: standard (like the test cases) or rich (0-5 per case, more small "
+        "ones; test cases are unchanged)",
+    )
     p.set_defaults(func=_cmd_synth)
 
 
@@ -44,6 +51,7 @@ def _cmd_synth(args) -> int:
         matrix=args.matrix,
         slices=args.slices or None,
         progress=not args.quiet,
+        train_lesions=args.train_lesions,
     )
     print(summary)
     return 0

@@ -34,6 +34,8 @@ class PrepConfig:
             (resample in-plane to ``spacing_mm``, then pad/crop the centre to ``size``).
         size: in-plane output size (rows, cols) = (y, x) in pixels.
         spacing_mm: in-plane target spacing in mm for ``resize="spacing"``.
+        blob: add a 3D blobness channel (Hessian objectness of the prepared HU, see ``blobness.py``): on
+            one slice a small nodule looks like a vessel, in 3D it is a blob and a vessel a tube.
     """
 
     norm: str = "window_zscore"
@@ -42,11 +44,12 @@ class PrepConfig:
     resize: str = "spacing"
     size: tuple[int, int] = (256, 256)
     spacing_mm: float = 1.5
+    blob: bool = False
 
 
 @dataclass
 class ModelConfig:
-    """Network choice. ``in_channels`` is derived from the training context (2 * context_slices + 1).
+    """Network choice. ``in_channels`` is derived: 2 * context_slices + 1 CT slices, + 1 with ``prep.blob``.
 
     Attributes:
         arch: registry name, e.g. ``"unet2d"``.
@@ -87,6 +90,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     loss: str = "dice_bce"
     context_slices: int = 1
+    context_mm: float = 0.0
     oversample: bool = True
     lesion_balance: float = 0.0
     seed: int = 0
@@ -375,11 +379,13 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("train.loss", f"{cfg.train.loss!r} is not one of {', '.join(LOSS_NAMES)}")
     if not 0 <= cfg.train.context_slices <= 8:
         bad("train.context_slices", "must be between 0 and 8")
+    if not 0 <= cfg.train.context_mm <= 50:
+        bad("train.context_mm", "must be between 0 (adjacent slices) and 50 mm")
     if not 0 < cfg.infer.threshold < 1:
         bad("infer.threshold", "must be in (0, 1)")
     if cfg.infer.min_lesion_mm3 < 0:
         bad("infer.min_lesion_mm3", "must be >= 0")
-    cfg.model.in_channels = 2 * cfg.train.context_slices + 1
+    cfg.model.in_channels = 2 * cfg.train.context_slices + 1 + int(cfg.prep.blob)
 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:

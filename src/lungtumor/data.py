@@ -2,7 +2,9 @@
 
 Slices of all cases are indexed globally (cases concatenated along z). A batch is a list of global slice
 indices drawn by :class:`EpochBatchSampler`; the 2.5D input of slice z stacks slices z-k..z+k of the same
-case, edge slices replicated. Two data paths give identical batches:
+case, edge slices replicated, or, with ``train.context_mm`` > 0, the slices at z + j * context_mm mm
+(j = -k..k), linearly interpolated between the two nearest slices, so that the context covers the same
+distance whatever the slice thickness. Two data paths give identical batches:
 
 * resident: every case in one (Z, H, W) float16 tensor on the training device (GPU when it fits);
   the DataLoader only yields index tensors and :meth:`ResidentSlices.gather` builds the batch there.
@@ -27,12 +29,13 @@ from lungtumor.errors import InputError
 
 @dataclass
 class CaseInfo:
-    """One prepared case: name, number of slices, (H, W) and indices of slices with tumour."""
+    """One prepared case: name, number of slices, (H, W), indices of slices with tumour, slice spacing (mm)."""
 
     name: str
     n_slices: int
     shape_hw: tuple[int, int]
     tumour_slices: list[int]
+    dz_mm: float = 0.0
 
 
 @dataclass
@@ -67,8 +70,9 @@ class PreparedCache:
             cases = {}
             for c in meta["cases"]:
                 z, h, w = (int(v) for v in c["prepared_shape"])
+                dz = float(c.get("orig_spacing", [0.0, 0.0, 0.0])[2])
                 cases[c["name"]] = CaseInfo(
-                    c["name"], int(c["n_slices"]), (h, w), [int(s) for s in c["tumour_slices"]]
+                    c["name"], int(c["n_slices"]), (h, w), [int(s) for s in c["tumour_slices"]], dz
                 )
             prep, stats = dict(meta["prep"]), {k: float(v) for k, v in meta["stats"].items()}
             train, val = list(splits["train"]), list(splits["val"])
@@ -88,8 +92,9 @@ class PreparedCache:
         sizes = {c.shape_hw for c in cases.values()}
         if len(sizes) != 1:
             raise InputError(root / "cache.json", f"cases have different slice sizes {sorted(sizes)}")
+        kinds = ("img", "seg", "blob") if prep.get("blob") else ("img", "seg")
         for n in train + val:
-            for kind in ("img", "seg"):
+            for kind in kinds:
                 if not (root / "cases" / f"{n}_{kind}.npy").is_file():
                     raise InputError(root / "cases" / f"{n}_{kind}.npy", "missing; rerun `lungtumor prepare`")
         return cls(root, prep, stats, cases, train, val)
@@ -122,6 +127,15 @@ class PreparedCache:
     def seg(self, name: str) -> np.ndarray:
         """Memory-mapped uint8 (z, H, W) tumour mask of case ``name``."""
         return self._array(name, "seg")
+
+    @property
+    def has_blob(self) -> bool:
+        """Whether the recipe adds the blobness channel (``prep.blob``; see blobness.py)."""
+        return bool(self.prep.get("blob", False))
+
+    def blob(self, name: str) -> np.ndarray:
+        """Memory-mapped float16 (z, H, W) blobness channel of case ``name`` (only when :attr:`has_blob`)."""
+        return self._array(name, "blob")
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers reopen the memory maps
         state = self.__dict__.copy()
@@ -174,11 +188,67 @@ class SliceTable:
         lo, hi = self.starts[c], self.starts[c + 1] - 1
         return np.clip(idx[:, None] + np.arange(-k, k + 1)[None], lo[:, None], hi[:, None])
 
+    def steps(self, cache: PreparedCache, context_mm: float) -> np.ndarray:
+        """(n_cases,) float64 context step of each case in slices: context_mm / its slice spacing, or 1."""
+        return np.asarray(
+            [context_step(context_mm, cache.cases[n].dz_mm) for n in self.names], dtype=np.float64
+        )
 
-def stack_context(vol: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
-    """Slices z-k..z+k of one case as channels. vol (Z, H, W), z (B,) -> (B, 2k+1, H, W); edges replicated."""
-    ctx = (z[:, None] + torch.arange(-k, k + 1, device=z.device)[None]).clamp_(0, vol.shape[0] - 1)
-    return vol[ctx]
+
+def context_step(context_mm: float, dz_mm: float) -> float:
+    """Slices between context channels: ``context_mm / dz_mm`` when both are > 0, else 1 (adjacent slices)."""
+    return float(context_mm) / float(dz_mm) if context_mm > 0 and dz_mm > 0 else 1.0
+
+
+def context_index(
+    z: torch.Tensor, k: int, step: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the 2k+1 context channels of slices ``z`` lie, for linear interpolation along z.
+
+    Args:
+        z: (B,) int64 slice indices; step: (B,) float slices per channel; lo, hi: (B,) int64 first and
+            last slice of each sample's case (positions outside are clamped: edges replicated).
+
+    Returns:
+        (i0, i1, w): (B, 2k+1) int64, int64, float32; channel = (1 - w) * slice[i0] + w * slice[i1].
+        With integer steps every ``w`` is 0 and i0 is exactly z + j * step.
+    """
+    off = torch.arange(-k, k + 1, device=z.device, dtype=torch.float64)[None] * step.double()[:, None]
+    f = torch.floor(off)
+    w = off - f
+    i0 = z[:, None] + f.long()
+    lo, hi = lo[:, None].expand_as(i0), hi[:, None].expand_as(i0)
+    edge = (i0 < lo) | (i0 >= hi)
+    i0 = torch.minimum(torch.maximum(i0, lo), hi)
+    w = torch.where(edge, torch.zeros_like(w), w)
+    return i0, torch.minimum(i0 + 1, hi), w.float()
+
+
+def interp_slices(vol: torch.Tensor, i0: torch.Tensor, i1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """vol (Z, H, W) and (B, C) indices/weights from :func:`context_index` -> (B, C, H, W) in vol's dtype."""
+    if not bool((w > 0).any()):
+        return vol[i0]
+    a = vol[i0].float()
+    return torch.lerp(a, vol[i1].float(), w[:, :, None, None]).to(vol.dtype)
+
+
+def stack_context(vol: torch.Tensor, z: torch.Tensor, k: int, step: float = 1.0) -> torch.Tensor:
+    """The 2k+1 context slices of slices ``z`` of one case as channels: vol (Z, H, W), z (B,) ->
+    (B, 2k+1, H, W). ``step`` = slices between channels (1: z-k..z+k; fractional: interpolated); edges
+    replicated."""
+    if step == 1.0:
+        ctx = (z[:, None] + torch.arange(-k, k + 1, device=z.device)[None]).clamp_(0, vol.shape[0] - 1)
+        return vol[ctx]
+    b = z.shape[0]
+    zero = torch.zeros(b, dtype=torch.int64, device=z.device)
+    i0, i1, w = context_index(
+        z,
+        k,
+        torch.full((b,), float(step), device=z.device, dtype=torch.float64),
+        zero,
+        zero + vol.shape[0] - 1,
+    )
+    return interp_slices(vol, i0, i1, w)
 
 
 def oversample_weights(tumour: np.ndarray) -> tuple[np.ndarray, float]:
@@ -292,11 +362,13 @@ class IndexDataset(Dataset):
 class SliceDataset(Dataset):
     """Host path: one 2.5D sample per global index, read from memory-mapped arrays.
 
-    Item: (img float16 (2k+1, H, W), seg uint8 (1, H, W)) as tensors.
+    Item: (img float16 (C, H, W), seg uint8 (1, H, W)) as tensors; C = 2k+1 CT slices, then the blobness
+    channel of the centre slice when the cache has one.
     """
 
-    def __init__(self, cache: PreparedCache, table: SliceTable, k: int) -> None:
+    def __init__(self, cache: PreparedCache, table: SliceTable, k: int, context_mm: float = 0.0) -> None:
         self.cache, self.table, self.k = cache, table, k
+        self.step = table.steps(cache, context_mm)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -304,44 +376,61 @@ class SliceDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         c = int(self.table.case_of[i])
         name, start = self.table.names[c], int(self.table.starts[c])
-        ctx = self.table.context(np.asarray([i]), self.k)[0] - start
-        img = np.array(self.cache.image(name)[ctx], dtype=np.float16)
+        n = int(self.table.starts[c + 1]) - start
+        t = torch.tensor
+        i0, i1, w = context_index(t([i - start]), self.k, t([self.step[c]]), t([0]), t([n - 1]))
+        rows = torch.unique(torch.cat([i0[0], i1[0]]))  # sorted; read only these slices
+        vol = torch.from_numpy(np.array(self.cache.image(name)[rows.numpy()], dtype=np.float16))
+        img = interp_slices(vol, torch.searchsorted(rows, i0), torch.searchsorted(rows, i1), w)[0]
+        if self.cache.has_blob:
+            blob = torch.from_numpy(np.array(self.cache.blob(name)[i - start][None], dtype=np.float16))
+            img = torch.cat([img, blob])
         seg = np.array(self.cache.seg(name)[i - start][None], dtype=np.uint8)
-        return torch.from_numpy(img), torch.from_numpy(seg)
+        return img, torch.from_numpy(seg)
 
 
 class ResidentSlices:
     """Every case of ``table`` in one tensor on ``device``: img float16 (Z, H, W), seg uint8 (Z, H, W)."""
 
-    def __init__(self, cache: PreparedCache, table: SliceTable, device: torch.device) -> None:
+    def __init__(
+        self, cache: PreparedCache, table: SliceTable, device: torch.device, context_mm: float = 0.0
+    ) -> None:
         h, w = cache.shape_hw
         n = len(table)
         self.table, self.device = table, device
         self.img = torch.empty((n, h, w), dtype=torch.float16, device=device)
         self.seg = torch.empty((n, h, w), dtype=torch.uint8, device=device)
+        self.blob = torch.empty((n, h, w), dtype=torch.float16, device=device) if cache.has_blob else None
         for i, name in enumerate(table.names):
             a, b = int(table.starts[i]), int(table.starts[i + 1])
             self.img[a:b].copy_(torch.from_numpy(np.array(cache.image(name), dtype=np.float16)))
             self.seg[a:b].copy_(torch.from_numpy(np.array(cache.seg(name), dtype=np.uint8)))
+            if self.blob is not None:
+                self.blob[a:b].copy_(torch.from_numpy(np.array(cache.blob(name), dtype=np.float16)))
         self.lo = torch.as_tensor(table.starts[table.case_of], device=device)
         self.hi = torch.as_tensor(table.starts[table.case_of + 1] - 1, device=device)
+        steps = table.steps(cache, context_mm)[table.case_of]
+        self.step = torch.as_tensor(steps, dtype=torch.float32, device=device)  # exact for integer steps
 
     def gather(self, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) global indices on the device -> (img float16 (B, 2k+1, H, W), seg uint8 (B, 1, H, W))."""
-        ctx = idx[:, None] + torch.arange(-k, k + 1, device=idx.device)[None]
-        ctx = torch.minimum(torch.maximum(ctx, self.lo[idx][:, None]), self.hi[idx][:, None])
-        return self.img[ctx], self.seg[idx][:, None]
+        """(B,) global indices on the device -> (img float16 (B, C, H, W), seg uint8 (B, 1, H, W)); C = 2k+1
+        CT slices, + the centre slice's blobness channel when the cache has one."""
+        i0, i1, w = context_index(idx, k, self.step[idx], self.lo[idx], self.hi[idx])
+        img = interp_slices(self.img, i0, i1, w)
+        if self.blob is not None:
+            img = torch.cat([img, self.blob[idx][:, None]], 1)
+        return img, self.seg[idx][:, None]
 
-    def case(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Case number ``c`` as views: (img float16 (z, H, W), seg uint8 (z, H, W))."""
+    def case(self, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Case number ``c`` as views: (img float16 (z, H, W), seg uint8 (z, H, W), blob float16 or None)."""
         a, b = int(self.table.starts[c]), int(self.table.starts[c + 1])
-        return self.img[a:b], self.seg[a:b]
+        return self.img[a:b], self.seg[a:b], None if self.blob is None else self.blob[a:b]
 
 
 def cache_nbytes(cache: PreparedCache, names: Sequence[str]) -> int:
-    """Bytes that the resident tensors of ``names`` need (float16 image + uint8 mask)."""
+    """Bytes that the resident tensors of ``names`` need (float16 image + uint8 mask + float16 blob)."""
     h, w = cache.shape_hw
-    return sum(cache.cases[n].n_slices for n in names) * h * w * 3
+    return sum(cache.cases[n].n_slices for n in names) * h * w * (5 if cache.has_blob else 3)
 
 
 def resident_fits(

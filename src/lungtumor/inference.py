@@ -1,6 +1,6 @@
 """From CT files to tumour masks in the input's original geometry.
 
-``predict_volume`` runs the checkpoint's own preprocessing (``prepgeom.preprocess_volume``), batched 2.5D
+``predict_volume`` runs the checkpoint's own preprocessing (``prepgeom.preprocess_inputs``), batched 2.5D
 inference, a sigmoid, ``prepgeom.restore_geometry`` back onto the input grid, the threshold on
 probabilities (``prepgeom.restore_mask``: restored and thresholded chunk by chunk when the probability map is
 not wanted), and postprocessing. ``predict_paths`` does that for many inputs, writes masks, lesion
@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lungtumor.data import context_step as slice_step
+from lungtumor.data import stack_context
 from lungtumor.errors import InputError, ensure_writable_dir
 from lungtumor.volume import IMAGE_SUFFIXES, Volume, case_name, is_image_path, read_volume, write_volume
 
@@ -156,6 +158,8 @@ def predict_probabilities(
     batch_size: int = 16,
     precision: str = "32",
     tta: bool = False,
+    context_step: float = 1.0,
+    blob: np.ndarray | None = None,
 ) -> np.ndarray:
     """Tumour probabilities for every slice of a prepared volume.
 
@@ -163,6 +167,9 @@ def predict_probabilities(
         model: maps (B, 2k+1, H, W) to logits (B, 1, H, W).
         image: prepared input, (z, H, W) float32.
         context_slices: k neighbours each side (edge slices are repeated).
+        context_step: slices between context channels (1: adjacent; fractional steps interpolate, see
+            ``data.context_step``).
+        blob: (z, H, W) blobness channel (``prep.blob``), appended after the CT slices; None without.
         tta: also predict the left-right mirrored input and average the probabilities.
 
     Returns:
@@ -170,12 +177,21 @@ def predict_probabilities(
     """
     z = image.shape[0]
     vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
-    offsets = torch.arange(-context_slices, context_slices + 1, device=device)
     out = np.empty(image.shape, dtype=np.float32)
     for start in range(0, z, batch_size):
         idx = torch.arange(start, min(start + batch_size, z), device=device)
-        nb = (idx[:, None] + offsets[None]).clamp(0, z - 1)
-        x = vol[nb].contiguous(memory_format=torch.channels_last)  # (B, C, H, W); faster on CUDA and CPU
+        x = stack_context(vol, idx, context_slices, context_step)
+        if blob is not None:
+            x = torch.cat(
+                [
+                    x,
+                    torch.from_numpy(np.asarray(blob[start : start + len(idx)], np.float32))[:, None].to(
+                        device
+                    ),
+                ],
+                1,
+            )
+        x = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W); faster on CUDA and CPU
         with _autocast(device, precision):
             prob = torch.sigmoid(model(x).float())
             if tta:
@@ -206,10 +222,10 @@ def predict_volume(
     Returns:
         (probabilities float32 or None, mask uint8 {0, 1}), both (z, y, x) on ``vol``'s grid.
     """
-    from lungtumor.prepgeom import preprocess_volume, restore_geometry, restore_mask
+    from lungtumor.prepgeom import preprocess_inputs, restore_geometry, restore_mask
 
     cfg = loaded.config
-    x, geom = preprocess_volume(vol, cfg.prep, loaded.stats)
+    x, blob, geom = preprocess_inputs(vol, cfg.prep, loaded.stats)
     prob_small = predict_probabilities(
         loaded.model,
         x,
@@ -218,8 +234,10 @@ def predict_volume(
         batch_size=batch_size,
         precision=precision,
         tta=tta,
+        context_step=slice_step(cfg.train.context_mm, float(vol.spacing[2])),
+        blob=blob,
     )
-    del x
+    del x, blob
     if not keep_prob:
         return None, restore_mask(prob_small, geom, threshold)
     prob = restore_geometry(prob_small, geom)
@@ -269,7 +287,9 @@ def predict_paths(
     dup = sorted({s for s in stems if stems.count(s) > 1})
     if dup:
         raise InputError(dup[0], "two inputs have this output name; outputs would overwrite each other")
-    paths = [Path(model_path)] if isinstance(model_path, (str, os.PathLike)) else [Path(m) for m in model_path]
+    paths = (
+        [Path(model_path)] if isinstance(model_path, (str, os.PathLike)) else [Path(m) for m in model_path]
+    )
     if not paths:
         raise InputError("--model", "no model given")
     # load before the output folder exists: a bad model leaves nothing behind
@@ -290,7 +310,11 @@ def predict_paths(
         raise InputError("--min-lesion-mm3", "must be >= 0")
     lung_gate = opts.lung_gate if opts.lung_gate is not None else icfg.lung_gate
     batch = opts.batch_size or icfg.batch_size
-    tta = opts.tta if opts.tta is not None else (icfg.tta or (is_3d(loaded.config) and loaded.config.vol3d.mirror_tta))
+    tta = (
+        opts.tta
+        if opts.tta is not None
+        else (icfg.tta or (is_3d(loaded.config) and loaded.config.vol3d.mirror_tta))
+    )
     if opts.precision not in ("auto", "32", "bf16"):
         raise InputError("--precision", f"unknown precision {opts.precision!r}; use auto, 32 or bf16")
     if opts.precision != "auto":

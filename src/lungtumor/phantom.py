@@ -65,15 +65,27 @@ def _rng(rng_or_seed: np.random.Generator | int | np.random.SeedSequence) -> np.
     return np.random.default_rng(rng_or_seed)
 
 
-def sample_lesion_plan(rng: np.random.Generator) -> list[dict]:
-    """Draw how many tumours a case has (0-3; about 12 % tumour-free) and each one's size, site and texture.
+#: Training-set lesion plans: ``"standard"`` draws training phantoms like test phantoms; ``"rich"`` gives
+#: training phantoms more tumours (0-5, mean 2.7) and more small ones (40 % under 15 mm), so that a few dozen
+#: training cases show the model many more lesions. Test phantoms are always ``"standard"``.
+LESION_PLANS = ("standard", "rich")
 
-    Returns a list of {"diameter_mm", "kind", "texture", "spiculated"}, largest first.
+
+def sample_lesion_plan(rng: np.random.Generator, kind: str = "standard") -> list[dict]:
+    """Draw how many tumours a case has and each one's size, site and texture.
+
+    ``kind="standard"``: 0-3 tumours (about 12 % tumour-free), 30 % of them 5-15 mm, the rest 15-70 mm
+    (log-uniform). ``kind="rich"`` (training phantoms only): 0-5 tumours (5 % tumour-free), 40 % small.
+    Sites and textures are drawn the same way in both. Returns a list of {"diameter_mm", "kind", "texture",
+    "spiculated"}, largest first.
     """
-    n = int(rng.choice(4, p=[0.12, 0.53, 0.25, 0.10]))
+    if kind == "rich":
+        n, p_small = int(rng.choice(6, p=[0.05, 0.1, 0.25, 0.3, 0.2, 0.1])), 0.4
+    else:
+        n, p_small = int(rng.choice(4, p=[0.12, 0.53, 0.25, 0.10])), 0.3
     plan = []
     for _ in range(n):
-        if rng.random() < 0.3:
+        if rng.random() < p_small:
             d = float(np.exp(rng.uniform(np.log(5.0), np.log(15.0))))
         else:
             d = float(np.exp(rng.uniform(np.log(15.0), np.log(70.0))))
@@ -248,6 +260,7 @@ def build_case(
     matrix: int = 256,
     slices: int | None = None,
     plan: list[dict] | None = None,
+    lesion_plan: str = "standard",
 ) -> PhantomCase:
     """Build one phantom in memory.
 
@@ -256,12 +269,13 @@ def build_case(
         matrix: in-plane size in pixels (spacing scales so the body fits: 0.6-0.95 mm at 512).
         slices: number of slices (None: random, 32-128 at matrix <= 256).
         plan: tumours to draw (as from :func:`sample_lesion_plan`); None draws them.
+        lesion_plan: how to draw them when ``plan`` is None (:data:`LESION_PLANS`).
     """
     rng = _rng(rng_or_seed)
     an = sample_anatomy(rng)
     grid = _sample_grid(rng, an, matrix, slices)
     if plan is None:
-        plan = sample_lesion_plan(rng)
+        plan = sample_lesion_plan(rng, lesion_plan)
     step = 5.0
     tex = smooth_noise(rng, grid.shape, (step / grid.dz, step / grid.dy, step / grid.dx))
     img, masks = render_anatomy(an, grid, tex, rng, table=bool(rng.random() < 0.75))
@@ -407,8 +421,8 @@ def _case_seed(seed: int, split: int, i: int) -> np.random.SeedSequence:
 
 
 def _write_case(job: tuple) -> dict:
-    out, name, split, seed_seq, matrix, slices = job
-    case = build_case(np.random.default_rng(seed_seq), matrix, slices)
+    out, name, split, seed_seq, matrix, slices, lesion_plan = job
+    case = build_case(np.random.default_rng(seed_seq), matrix, slices, lesion_plan=lesion_plan)
     img_dir, lab_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
     write_volume(case.image, Path(out) / img_dir / f"{name}.nii.gz")
     write_volume(case.label, Path(out) / lab_dir / f"{name}.nii.gz")
@@ -432,11 +446,13 @@ def synth_dataset(
     slices: int | None = None,
     progress: bool = False,
     workers: int | None = None,
+    train_lesions: str = "standard",
 ) -> str:
     """Write a Task06-style phantom dataset into ``out`` (see the module docstring); return a summary line.
 
     ``workers`` processes build cases in parallel (default: up to the CPU count); the output does not depend
-    on it.
+    on it. ``train_lesions`` (:data:`LESION_PLANS`) sets how training cases draw their tumours; test cases
+    always draw them the standard way, and do not depend on it.
 
     Raises:
         InputError: negative or zero case counts, a matrix or slice count out of range, a negative seed, or an
@@ -454,15 +470,18 @@ def synth_dataset(
         raise InputError("--slices", f"must be between 4 and 1000 (got {slices})")
     if seed < 0:
         raise InputError("--seed", f"must be >= 0 (got {seed})")
+    if train_lesions not in LESION_PLANS:
+        raise InputError("--train-lesions", f"unknown plan {train_lesions!r}; valid: {', '.join(LESION_PLANS)}")
     t0 = time.perf_counter()
     root = ensure_writable_dir(out)
     for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         ensure_writable_dir(root / d)
     jobs = [
-        (str(root), f"lung_{i:03d}", "train", _case_seed(seed, 0, i), matrix, slices) for i in range(n_train)
+        (str(root), f"lung_{i:03d}", "train", _case_seed(seed, 0, i), matrix, slices, train_lesions)
+        for i in range(n_train)
     ]
     jobs += [
-        (str(root), f"lung_{n_train + i:03d}", "test", _case_seed(seed, 1, i), matrix, slices)
+        (str(root), f"lung_{n_train + i:03d}", "test", _case_seed(seed, 1, i), matrix, slices, "standard")
         for i in range(n_test)
     ]
     nw = min(len(jobs), workers if workers is not None else min(os.cpu_count() or 1, 8))
@@ -501,7 +520,7 @@ def synth_dataset(
         "test": [r["image"] for r in test],
     }
     atomic_write_text(root / "dataset.json", json.dumps(ds, indent=2) + "\n")
-    les = {"version": 1, "seed": seed, "matrix": matrix, "cases": records}
+    les = {"version": 1, "seed": seed, "matrix": matrix, "train_lesions": train_lesions, "cases": records}
     atomic_write_text(root / "lesions.json", json.dumps(les, indent=1) + "\n")
     n_les = sum(len(r["lesions"]) for r in records)
     free = sum(1 for r in records if not r["lesions"])

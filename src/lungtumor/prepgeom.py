@@ -210,6 +210,29 @@ def preprocess_volume(
     return _normalise(hu, prep, stats), geom
 
 
+def frame_spacing(geom: PrepGeometry, spacing_xyz: tuple[float, ...]) -> tuple[float, float, float]:
+    """Voxel size (z, y, x) in mm of the prepared frame of an input with spacing (x, y, z) mm."""
+    z, y, x = geom.orig_shape
+    h, w = geom.resized
+    return float(spacing_xyz[2]), float(spacing_xyz[1]) * y / h, float(spacing_xyz[0]) * x / w
+
+
+def prepared_blob(hu: np.ndarray, geom: PrepGeometry, spacing_xyz: tuple[float, ...]) -> np.ndarray:
+    """The blobness channel (``prep.blob``) of prepared HU (z, H, W) → float16 (z, H, W); see blobness.py."""
+    from lungtumor.blobness import blobness
+
+    return blobness(hu, frame_spacing(geom, spacing_xyz))
+
+
+def preprocess_inputs(
+    vol: Volume, prep: PrepConfig, stats: Mapping[str, float] | None = None
+) -> tuple[np.ndarray, np.ndarray | None, PrepGeometry]:
+    """:func:`preprocess_volume`, plus the blobness channel float16 (z, H, W) when ``prep.blob`` (else None)."""
+    hu, geom = _prepared_hu(vol, prep)
+    blob = prepared_blob(hu, geom, vol.spacing) if prep.blob else None
+    return _normalise(hu, prep, stats), blob, geom
+
+
 def preprocess_mask(mask: np.ndarray, geom: PrepGeometry) -> np.ndarray:
     """A {0, 1} mask (z, y, x) on the input grid → uint8 (z, H, W), nearest neighbour, padding = 0.
 

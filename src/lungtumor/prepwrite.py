@@ -21,7 +21,7 @@ import numpy as np
 
 from lungtumor.config import PrepConfig, to_dict
 from lungtumor.errors import InputError, atomic_path
-from lungtumor.prepgeom import _CHUNK, PrepGeometry, _geometry, _mask_into, _normalise, _Slices
+from lungtumor.prepgeom import _CHUNK, PrepGeometry, _geometry, _mask_into, _normalise, _Slices, prepared_blob
 from lungtumor.volume import read_mask, read_volume
 
 _STATE_VERSION = 2  # per-case state format (2: the spill file holds the input voxels)
@@ -111,6 +111,9 @@ class _Writer:
 
     def img(self, name: str) -> Path:
         return self.cases_dir / f"{name}_img.npy"
+
+    def blob(self, name: str) -> Path:
+        return self.cases_dir / f"{name}_blob.npy"
 
     def seg(self, name: str) -> Path:
         return self.cases_dir / f"{name}_seg.npy"
@@ -214,6 +217,12 @@ class _Writer:
         if tuple(raw.shape) != tuple(geom.orig_shape):
             raise ValueError(f"{name}: held voxels {raw.shape} differ from {geom.orig_shape}")
         s = _Slices(raw, self.prep, geom)
+        if self.prep.blob:  # written before the image, so a complete image implies a complete blob map
+            hu = np.empty((z, *geom.size), np.float32)
+            for i, part in s.chunks():
+                hu[i : i + part.shape[0]] = part
+            _save_npy(self.blob(name), prepared_blob(hu, geom, st["entry"]["orig_spacing"]))
+            del hu
         f32 = np.empty((min(_CHUNK, z), *geom.size), np.float32)
         f16 = np.empty(f32.shape, np.float16)
 

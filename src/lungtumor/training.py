@@ -52,6 +52,7 @@ from lungtumor.data import (
     ResidentSlices,
     SliceDataset,
     SliceTable,
+    context_step,
     lesion_balanced_weights,
     oversample_weights,
     resident_fits,
@@ -131,7 +132,7 @@ class SegModule(HistoryInCheckpoint, LightningModuleBase):
         mode = self.cfg.train.data_on_device
         names = self.table.names
         if mode == "always" or (mode == "auto" and resident_fits(self.cache, names, device)):
-            self.resident = ResidentSlices(self.cache, self.table, device)
+            self.resident = ResidentSlices(self.cache, self.table, device, self.cfg.train.context_mm)
         if self.cfg.train.compile and not self._compiled:
             self._compiled.append(torch.compile(self.net))
 
@@ -151,7 +152,7 @@ class SegModule(HistoryInCheckpoint, LightningModuleBase):
             return torch.utils.data.DataLoader(IndexDataset(len(self.table)), batch_sampler=sampler)
         nw = self.cfg.train.num_workers
         return torch.utils.data.DataLoader(
-            SliceDataset(self.cache, self.table, self.k),
+            SliceDataset(self.cache, self.table, self.k, self.cfg.train.context_mm),
             batch_sampler=sampler,
             num_workers=nw,
             persistent_workers=nw > 0,
@@ -170,14 +171,18 @@ class SegModule(HistoryInCheckpoint, LightningModuleBase):
             return self.resident.gather(batch, self.k)
         return batch[0], batch[1]
 
-    def _case(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validation case ``c``: (img float16 (z, H, W), seg uint8 (z, H, W)) on this device."""
+    def _case(self, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Validation case ``c``: (img float16 (z, H, W), seg uint8 (z, H, W), blob float16 (z, H, W) or
+        None) on this device."""
         name = self.cache.val[c]
         if self.resident is not None:
             return self.resident.case(self.table.names.index(name))
         img = torch.from_numpy(np.array(self.cache.image(name), dtype=np.float16))
         seg = torch.from_numpy(np.array(self.cache.seg(name), dtype=np.uint8))
-        return img.to(self.device), seg.to(self.device)
+        blob = None
+        if self.cache.has_blob:
+            blob = torch.from_numpy(np.array(self.cache.blob(name), dtype=np.float16)).to(self.device)
+        return img.to(self.device), seg.to(self.device), blob
 
     def _net(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.train.channels_last:
@@ -242,7 +247,10 @@ class SegModule(HistoryInCheckpoint, LightningModuleBase):
         if t.lr_schedule == "constant":
             return opt
         total = t.epochs * self.steps_per_epoch(self.trainer.world_size)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup_cosine(opt, total), "interval": "step"}}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": warmup_cosine(opt, total), "interval": "step"},
+        }
 
     # -- validation: per patient volume
     def on_validation_epoch_start(self) -> None:
@@ -254,15 +262,18 @@ class SegModule(HistoryInCheckpoint, LightningModuleBase):
         c = int(batch)
         if c < 0:
             return
-        img, seg = self._case(c)
+        img, seg, blob = self._case(c)
         z = img.shape[0]
+        step = context_step(self.cfg.train.context_mm, self.cache.cases[self.cache.val[c]].dz_mm)
         inter = psum = tsum = 0
         loss_sum = 0.0
         show = int(seg.flatten(1).sum(1).argmax()) if c == 0 else -1
         bs = max(1, self.cfg.train.val_batch_size)
         for a in range(0, z, bs):
             zi = torch.arange(a, min(z, a + bs), device=img.device)
-            x = stack_context(img, zi, self.k).float()
+            x = stack_context(img, zi, self.k, step).float()
+            if blob is not None:
+                x = torch.cat([x, blob[zi][:, None].float()], 1)
             t = seg[zi][:, None].float()
             logits = self._net(x).float()
             loss_sum += float(self.loss_fn(logits, t)) * len(zi)
