@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from lungtumor.config import RunConfig, load_config, save_config, to_dict
+from lungtumor.config import RunConfig, load_config, save_config, to_dict, validate
 from lungtumor.errors import InputError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -65,8 +65,11 @@ def tiny_config(epochs: int = 2, **train) -> RunConfig:
     cfg.model.base_channels, cfg.model.depth = 4, 2
     cfg.train.epochs, cfg.train.batch_size, cfg.train.max_steps_per_epoch = epochs, 4, 3
     cfg.train.accelerator, cfg.train.log_every_n_steps, cfg.train.val_every_n_epochs = "cpu", 1, 1
+    cfg.train.context_slices, cfg.train.context_mm = 1, 0.0  # 3 adjacent slices (the tests' 3-channel inputs)
     for k, v in train.items():
         setattr(cfg.train, k, v)
+    cfg.prep.blob = False  # training replaces prep with the cache's anyway
+    validate(cfg)  # derives model.in_channels
     return cfg
 
 

@@ -353,13 +353,28 @@ def _add_demo(sub) -> None:
     p.add_argument("--test-cases", type=int, default=8, help="held-out phantoms to predict and score (default 8)")
     p.add_argument("--epochs", type=int, default=None, help="override the demo preset's epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--train-lesions",
+        choices=("standard", "rich"),
+        default="rich",
+        help="how the training phantoms draw tumours (default rich: 0-5 per case, more small ones); the held-out "
+        "phantoms are always standard",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args) -> int:
     from lungtumor.demo import run_demo
 
-    result = run_demo(args.out, cases=args.cases, test_cases=args.test_cases, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    result = run_demo(
+        args.out,
+        cases=args.cases,
+        test_cases=args.test_cases,
+        epochs=args.epochs,
+        seed=args.seed,
+        progress=not args.quiet,
+        train_lesions=args.train_lesions,
+    )
     print(result)
     return 0
 

@@ -47,11 +47,14 @@ def run_demo(
     config=None,
     matrix: int = 256,
     slices: int | None = None,
+    train_lesions: str = "rich",
 ) -> DemoResult:
     """Run the whole pipeline into ``out`` and return paths, timings and the held-out summary.
 
     ``config`` (a RunConfig) replaces the ``demo`` preset; ``matrix``/``slices`` size the phantoms (tests use
-    tiny ones).
+    tiny ones). ``train_lesions`` is how the training phantoms draw their tumours (``synth
+    --train-lesions``): ``"rich"`` (more, and more small, tumours per training case) by default; the held-out
+    phantoms are always drawn the standard way.
     """
     from lungtumor.config import load_config
     from lungtumor.inference import PredictOptions, predict_paths
@@ -75,7 +78,8 @@ def run_demo(
 
     data, cache, run, pred = root / "data", root / "cache", root / "run", root / "predictions"
     step("synth", lambda: synth_dataset(
-            data, n_train=cases, n_test=test_cases, seed=seed, matrix=matrix, slices=slices, progress=progress
+            data, n_train=cases, n_test=test_cases, seed=seed, matrix=matrix, slices=slices, progress=progress,
+            train_lesions=train_lesions,
         ))
     step("prepare", lambda: prepare_dataset(data, cache, cfg.prep, folds=5, seed=seed, progress=progress))
     step("train", lambda: train(cache, run, cfg, resume=False, progress=progress))
