@@ -329,8 +329,9 @@ def _reference_val_dice(loaded, cache_dir: Path) -> float:
             prob = torch.sigmoid(loaded.model(stack_context(img, torch.arange(len(img)), k)))[:, 0]
         pred = prob >= 0.5
         denom = int(pred.sum() + seg.sum())
-        dices.append(1.0 if denom == 0 else 2 * int((pred & seg).sum()) / denom)
-    return float(np.mean(dices))
+        if denom:  # tumour-free and predicted empty: no Dice (NaN, excluded)
+            dices.append(2 * int((pred & seg).sum()) / denom)
+    return float(np.mean(dices)) if dices else 1.0
 
 
 def test_ddp_two_cpu_processes(cache, tmp_path):
@@ -421,3 +422,16 @@ def test_context_mm_is_trained_validated_and_predicted(cache, tmp_path):
     _, mask = predict_volume(loaded, Volume(hu, spacing=(1.0, 1.0, 2.5)), device=torch.device("cpu"),
                              threshold=0.5, batch_size=4)  # fmt: skip
     assert mask.shape == hu.shape and mask.dtype == np.uint8
+
+
+def test_validation_dice_leaves_out_tumour_free_patients_predicted_empty():
+    from lungtumor.training import patient_dice
+
+    sums, counts = (
+        torch.tensor([0.8, 0.0, 0.0], dtype=torch.float64),
+        torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64),
+    )
+    per_case, mean = patient_dice(sums, counts)
+    assert per_case[0] == pytest.approx(0.8) and np.isnan(per_case[1]) and per_case[2] == 0.0
+    assert mean == pytest.approx(0.4)  # (0.8 + 0) / 2: the empty tumour-free patient does not count
+    assert patient_dice(torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))[1] == 1.0

@@ -79,6 +79,21 @@ from lungtumor.trainer_setup import (
 
 log = logging.getLogger("lungtumor.training")
 
+
+def patient_dice(sums: torch.Tensor, counts: torch.Tensor) -> tuple[list[float], float]:
+    """Per-patient validation Dice and their mean, from (n,) Dice sums and (n,) counts (0 = no Dice).
+
+    A tumour-free patient predicted empty has no Dice (NaN, excluded from the mean, as ``evaluate`` and
+    nnU-Net do); predicted with any tumour it scores 0. The mean is 1 when no patient has a Dice (all
+    tumour-free, all predicted empty).
+    """
+    per_case = torch.where(
+        counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan"))
+    ).tolist()
+    total = float(counts.sum())
+    return per_case, float(sums.sum()) / total if total > 0 else 1.0
+
+
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 DATA_ON_DEVICE = ("auto", "always", "never")
 SCHEDULES = ("constant", "cosine")
@@ -289,10 +304,10 @@ class SegModule(HistoryInCheckpoint, LightningModuleBase):
                     t[j, 0].cpu().numpy(),
                     pred[j, 0].float().cpu().numpy(),
                 )
-        dice = 1.0 if psum + tsum == 0 else 2.0 * inter / (psum + tsum)
         n = len(self.cache.val)
-        self._vacc[c] += dice
-        self._vacc[n + c] += 1
+        if psum + tsum > 0:  # a tumour-free patient with an empty prediction has no Dice (NaN, as evaluate)
+            self._vacc[c] += 2.0 * inter / (psum + tsum)
+            self._vacc[n + c] += 1
         self._vacc[2 * n] += loss_sum
         self._vacc[2 * n + 1] += z
 
@@ -304,8 +319,7 @@ class SegModule(HistoryInCheckpoint, LightningModuleBase):
         )
         acc = self.trainer.strategy.reduce(torch.cat([self._vacc, tl]), reduce_op="sum")
         acc = acc.cpu().double()
-        per_case = (acc[:n] / acc[n : 2 * n].clamp(min=1)).tolist()
-        val_dice = float(acc[:n].sum() / max(1.0, float(acc[n : 2 * n].sum())))
+        per_case, val_dice = patient_dice(acc[:n], acc[n : 2 * n])
         val_loss = float(acc[2 * n] / max(1.0, float(acc[2 * n + 1])))
         train_loss = float(acc[2 * n + 2] / acc[2 * n + 3]) if acc[2 * n + 3] > 0 else float("nan")
         self.log("val_dice", val_dice, prog_bar=True, sync_dist=False)
