@@ -435,3 +435,21 @@ def test_validation_dice_leaves_out_tumour_free_patients_predicted_empty():
     assert per_case[0] == pytest.approx(0.8) and np.isnan(per_case[1]) and per_case[2] == 0.0
     assert mean == pytest.approx(0.4)  # (0.8 + 0) / 2: the empty tumour-free patient does not count
     assert patient_dice(torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))[1] == 1.0
+
+
+def test_a_checkpoint_from_before_an_option_loads_with_it_off(cache, tmp_path):
+    """A checkpoint saved before prep.blob / train.context_mm existed keeps its 3 channels, although the
+    demo preset it names has them on now."""
+    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.training import train
+
+    train(cache, tmp_path / "run", tiny_config(epochs=1), progress=False)
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ck = torch.load(path, weights_only=True)
+    conf = ck["hyper_parameters"]["lungtumor"]["config"]
+    assert conf["preset"] == "demo"
+    del conf["prep"]["blob"], conf["train"]["context_mm"]
+    torch.save(ck, tmp_path / "old.ckpt")
+    loaded = load_checkpoint(tmp_path / "old.ckpt")
+    assert not loaded.config.prep.blob and loaded.config.train.context_mm == 0.0
+    assert loaded.model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)

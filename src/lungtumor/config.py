@@ -398,8 +398,11 @@ def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
 
 
 def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> RunConfig:
-    """Rebuild a RunConfig from :func:`to_dict` output (as stored in checkpoints)."""
-    base = preset(data.get("preset", "default")) if isinstance(data.get("preset"), str) else RunConfig()
-    cfg = from_dict(RunConfig, data, source=source, base=base)
+    """Rebuild a RunConfig from :func:`to_dict` output (as stored in checkpoints).
+
+    Keys missing from ``data`` take the dataclass defaults, not the named preset's current values: a key is
+    missing only when the checkpoint predates the option, and the defaults are the option switched off (a
+    preset that later turned ``prep.blob`` on must not add a channel to an older model)."""
+    cfg = from_dict(RunConfig, data, source=source, base=RunConfig())
     validate(cfg, source)
     return cfg
