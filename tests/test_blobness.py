@@ -104,3 +104,13 @@ def test_a_cache_without_its_blob_files_is_refused(tmp_path: Path):
     (tmp_path / "c" / "cases" / "case_1_blob.npy").unlink()
     with pytest.raises(InputError, match="case_1_blob.npy"):
         PreparedCache.open(tmp_path / "c")
+
+
+def test_slabs_match_the_whole_volume():
+    """The measure runs in slabs of slices with margins; a long volume gives what one slab would."""
+    import lungtumor.blobness as bm
+
+    hu, _, _, _ = _lung_with_sphere_and_tube((2.0, 1.0, 1.0), shape_mm=(200, 60, 80))
+    whole = bm._measure(np.clip(hu, *bm.BLOB_HU), (1.0, 1.0, 2.0))
+    slabs = bm.blobness(hu, (2.0, 1.0, 1.0)).astype(np.float32)
+    np.testing.assert_allclose(slabs, np.clip(whole, 0, 3), atol=2e-3)

@@ -27,6 +27,7 @@ BLOB_UNIT = 10.0
 BLOB_MIN_DZ_MM = 2.0
 
 _MIN_SIDE = 4  # ITK's recursive Gaussian needs at least 4 pixels along every axis
+_SLAB = 32  # slices per slab (plus margins)
 
 
 def _resample_z(a: np.ndarray, n: int) -> np.ndarray:
@@ -38,6 +39,21 @@ def _resample_z(a: np.ndarray, n: int) -> np.ndarray:
         t, size=(n, a.shape[1], a.shape[2]), mode="trilinear", align_corners=True
     )
     return out[0, 0].numpy()
+
+
+def _measure(a: np.ndarray, spacing_xyz: tuple[float, float, float]) -> np.ndarray:
+    """Max over scales of sigma² x objectness / BLOB_UNIT of clipped HU (z, y, x) float32 -> float32."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(a)
+    img.SetSpacing(spacing_xyz)
+    best = None
+    for s in BLOB_SCALES_MM:
+        smooth = sitk.SmoothingRecursiveGaussian(img, s)
+        o = sitk.ObjectnessMeasure(smooth, objectDimension=0, brightObject=True, scaleObjectnessMeasure=False)
+        m = sitk.GetArrayViewFromImage(o) * np.float32(s * s / BLOB_UNIT)
+        best = m.copy() if best is None else np.maximum(best, m, out=best)
+    return best
 
 
 def blobness(hu: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
@@ -52,8 +68,6 @@ def blobness(hu: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndar
         solid nodule in the lung (max over :data:`BLOB_SCALES_MM` of sigma² x objectness / :data:`BLOB_UNIT`,
         clipped to [0, 3]).
     """
-    import SimpleITK as sitk
-
     a = np.clip(np.asarray(hu, dtype=np.float32), *BLOB_HU)
     dz = float(spacing_zyx[0])
     z_in = a.shape[0]
@@ -64,14 +78,17 @@ def blobness(hu: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndar
     pad = [(0, max(0, _MIN_SIDE - n)) for n in a.shape]
     if any(p[1] for p in pad):
         a = np.pad(a, pad, mode="edge")
-    img = sitk.GetImageFromArray(a)
-    img.SetSpacing((float(spacing_zyx[2]), float(spacing_zyx[1]), dz))
-    best = None
-    for s in BLOB_SCALES_MM:
-        smooth = sitk.SmoothingRecursiveGaussian(img, s)
-        o = sitk.ObjectnessMeasure(smooth, objectDimension=0, brightObject=True, scaleObjectnessMeasure=False)
-        m = sitk.GetArrayViewFromImage(o) * np.float32(s * s / BLOB_UNIT)
-        best = m.copy() if best is None else np.maximum(best, m, out=best)
+    spacing = (float(spacing_zyx[2]), float(spacing_zyx[1]), dz)
+    # in slabs of _SLAB slices plus a margin of 3 sigma of the largest scale on each side: ITK's Hessian image
+    # is 6 float64 per voxel, so a whole 300-slice CT at once would cost ~12x its float32 size
+    margin = int(np.ceil(3 * max(BLOB_SCALES_MM) / dz)) + 1
+    best = np.empty(a.shape, np.float32)
+    for z0 in range(0, a.shape[0], _SLAB):
+        z1 = min(a.shape[0], z0 + _SLAB)
+        lo, hi = max(0, z0 - margin), min(a.shape[0], z1 + margin)
+        if hi - lo < _MIN_SIDE:  # a short last slab: widen it downwards
+            lo = max(0, hi - _MIN_SIDE)
+        best[z0:z1] = _measure(a[lo:hi], spacing)[z0 - lo : z1 - lo]
     z, y, x = a.shape[0] - pad[0][1], hu.shape[1], hu.shape[2]
     best = best[:z, :y, :x]
     if z != z_in:
