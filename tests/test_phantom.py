@@ -113,6 +113,12 @@ def test_train_lesions_changes_training_cases_only(tmp_path: Path):
     assert json.loads((b / "lesions.json").read_text())["train_lesions"] == "rich"
     with pytest.raises(InputError, match="unknown plan"):
         synth_dataset(tmp_path / "bad", train_lesions="lots", **kw)
+    from lungtumor.cli import build_parser
+    from lungtumor.phantom import LESION_PLANS
+
+    for cmd in ("synth", "demo"):
+        sub = next(a for a in build_parser()._actions if a.dest == "command").choices[cmd]
+        assert tuple(next(a for a in sub._actions if a.dest == "train_lesions").choices) == LESION_PLANS
 
 
 def test_synth_dataset_writes_a_valid_task06_dataset(tmp_path: Path):

@@ -28,16 +28,22 @@ def _add_synth(sub) -> None:
     p.add_argument("--cases", type=int, default=20, help="number of labelled training cases (default 20)")
     p.add_argument("--test-cases", type=int, default=4, help="number of test cases in imagesTs (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
-    p.add_argument("--matrix", type=int, default=256, help="in-plane matrix size in pixels (default 256; real CT is 512)")
+    p.add_argument(
+        "--matrix", type=int, default=256, help="in-plane matrix size in pixels (default 256; real CT is 512)"
+    )
     p.add_argument("--slices", type=int, default=0, help="number of slices (default 0: random per case)")
+    _add_train_lesions(p, "standard")
+    p.set_defaults(func=_cmd_synth)
+
+
+def _add_train_lesions(p, default: str) -> None:
     p.add_argument(
         "--train-lesions",
-        choices=("standard", "rich"),
-        default="standard",
-        help="how training cases draw tumours: standard (like the test cases) or rich (0-5 per case, more small "
-        "ones; test cases are unchanged)",
+        choices=("standard", "rich"),  # phantom.LESION_PLANS, not imported here: the CLI starts fast
+        default=default,
+        help=f"how the training phantoms draw tumours (default {default}): standard (like the test phantoms) or "
+        "rich (0-5 per case, more small ones); the test phantoms are always standard",
     )
-    p.set_defaults(func=_cmd_synth)
 
 
 def _cmd_synth(args) -> int:
@@ -93,9 +99,15 @@ def _add_prepare(sub) -> None:
     )
     p.add_argument("dataset", type=Path, help="dataset folder (dataset.json or imagesTr/labelsTr)")
     p.add_argument("out", type=Path, help="cache folder to write")
-    p.add_argument("--preset", default=None, help="preparation preset: default, seed2d, demo (default: the config's, or default)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="preparation preset: default, seed2d, demo (default: the config's, or default)",
+    )
     p.add_argument("--config", type=Path, help="YAML config; its prep section overrides the preset")
-    p.add_argument("--val-cases", type=int, default=0, help="validation patients (default: about 10%%, the seed's 58/6)")
+    p.add_argument(
+        "--val-cases", type=int, default=0, help="validation patients (default: about 10%%, the seed's 58/6)"
+    )
     p.add_argument("--folds", type=int, default=5, help="also write k patient-level folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.set_defaults(func=_cmd_prepare)
@@ -348,18 +360,16 @@ def _add_demo(sub) -> None:
         "demo",
         help="the whole pipeline on built-in phantoms: synth, prepare, train, predict, evaluate, report",
     )
-    p.add_argument("--out", type=Path, default=Path("lungtumor_demo"), help="output folder (default ./lungtumor_demo)")
+    p.add_argument(
+        "--out", type=Path, default=Path("lungtumor_demo"), help="output folder (default ./lungtumor_demo)"
+    )
     p.add_argument("--cases", type=int, default=32, help="training phantoms (default 32)")
-    p.add_argument("--test-cases", type=int, default=8, help="held-out phantoms to predict and score (default 8)")
+    p.add_argument(
+        "--test-cases", type=int, default=8, help="held-out phantoms to predict and score (default 8)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="override the demo preset's epochs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--train-lesions",
-        choices=("standard", "rich"),
-        default="rich",
-        help="how the training phantoms draw tumours (default rich: 0-5 per case, more small ones); the held-out "
-        "phantoms are always standard",
-    )
+    _add_train_lesions(p, "rich")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -417,7 +427,9 @@ def _add_benchmark_msd(sub) -> None:
         help="5-fold CV of a recipe on an MSD Task06 folder, compared with nnU-Net's 0.72 mean per-case Dice",
     )
     p.add_argument("task_dir", type=Path, help="the Task06_Lung folder (dataset.json, imagesTr, labelsTr)")
-    p.add_argument("--out", type=Path, default=Path("benchmark_msd"), help="output folder (default ./benchmark_msd)")
+    p.add_argument(
+        "--out", type=Path, default=Path("benchmark_msd"), help="output folder (default ./benchmark_msd)"
+    )
     p.add_argument("--preset", default="default", help="recipe (default: default)")
     p.add_argument("--config", type=Path, help="YAML config overriding the preset")
     p.add_argument("--folds", type=int, default=5, help="folds (default 5, as nnU-Net)")
@@ -442,7 +454,17 @@ def _cmd_benchmark_msd(args) -> int:
 
 # ----------------------------------------------------------------------------- main
 
-_COMMANDS = (_add_synth, _add_check, _add_prepare, _add_train, _add_predict, _add_measure, _add_evaluate, _add_report, _add_demo)
+_COMMANDS = (
+    _add_synth,
+    _add_check,
+    _add_prepare,
+    _add_train,
+    _add_predict,
+    _add_measure,
+    _add_evaluate,
+    _add_report,
+    _add_demo,
+)
 _COMMANDS += (_add_cv, _add_benchmark_msd)
 
 
@@ -514,7 +536,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"error: internal error: {type(e).__name__}: {msg} (rerun with --debug for details)", file=sys.stderr)
+        print(
+            f"error: internal error: {type(e).__name__}: {msg} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
         return 1
     finally:
         if rc != 0 and new_out:
