@@ -182,12 +182,6 @@ class SliceTable:
         pos = {n: i for i, n in enumerate(self.names)}
         return np.concatenate([np.arange(self.starts[pos[n]], self.starts[pos[n] + 1]) for n in names])
 
-    def context(self, idx: np.ndarray, k: int) -> np.ndarray:
-        """(N,) global indices -> (N, 2k+1) indices of the neighbours z-k..z+k, clamped inside each case."""
-        c = self.case_of[idx]
-        lo, hi = self.starts[c], self.starts[c + 1] - 1
-        return np.clip(idx[:, None] + np.arange(-k, k + 1)[None], lo[:, None], hi[:, None])
-
     def steps(self, cache: PreparedCache, context_mm: float) -> np.ndarray:
         """(n_cases,) float64 context step of each case in slices: context_mm / its slice spacing, or 1."""
         return np.asarray(
@@ -236,9 +230,6 @@ def stack_context(vol: torch.Tensor, z: torch.Tensor, k: int, step: float = 1.0)
     """The 2k+1 context slices of slices ``z`` of one case as channels: vol (Z, H, W), z (B,) ->
     (B, 2k+1, H, W). ``step`` = slices between channels (1: z-k..z+k; fractional: interpolated); edges
     replicated."""
-    if step == 1.0:
-        ctx = (z[:, None] + torch.arange(-k, k + 1, device=z.device)[None]).clamp_(0, vol.shape[0] - 1)
-        return vol[ctx]
     b = z.shape[0]
     zero = torch.zeros(b, dtype=torch.int64, device=z.device)
     i0, i1, w = context_index(
