@@ -36,7 +36,7 @@ W=/tmp/lt_gpu
 rm -rf "$W"
 mkdir -p "$W"
 if [ "$QUICK" = 1 ]; then
-  DEMO=(--cases 4 --test-cases 1 --epochs 1)
+  DEMO=(--cases 4 --val-cases 1 --test-cases 1 --epochs 1)
   SPEED=(--matrix 128 --slices 24)
   CMP=(--quick)
   SYN=(--cases 4 --test-cases 1 --matrix 96 --slices 24)

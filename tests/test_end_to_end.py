@@ -25,7 +25,17 @@ def _tiny_cfg():
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    res = run_demo(out, cases=3, test_cases=2, seed=3, progress=False, config=_tiny_cfg(), matrix=64, slices=16)
+    res = run_demo(
+        out,
+        cases=3,
+        val_cases=1,
+        test_cases=2,
+        seed=3,
+        progress=False,
+        config=_tiny_cfg(),
+        matrix=64,
+        slices=16,
+    )
     return out, res
 
 

@@ -363,7 +363,8 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--out", type=Path, default=Path("lungtumor_demo"), help="output folder (default ./lungtumor_demo)"
     )
-    p.add_argument("--cases", type=int, default=32, help="training phantoms (default 32)")
+    p.add_argument("--cases", type=int, default=35, help="labelled phantoms, training + validation (default 35)")
+    p.add_argument("--val-cases", type=int, default=6, help="of those, validation phantoms (default 6)")
     p.add_argument(
         "--test-cases", type=int, default=8, help="held-out phantoms to predict and score (default 8)"
     )
@@ -379,6 +380,7 @@ def _cmd_demo(args) -> int:
     result = run_demo(
         args.out,
         cases=args.cases,
+        val_cases=args.val_cases,
         test_cases=args.test_cases,
         epochs=args.epochs,
         seed=args.seed,

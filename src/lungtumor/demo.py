@@ -39,7 +39,8 @@ class DemoResult:
 def run_demo(
     out: str | os.PathLike,
     *,
-    cases: int = 32,
+    cases: int = 35,
+    val_cases: int | None = 6,
     test_cases: int = 8,
     epochs: int | None = None,
     seed: int = 0,
@@ -52,7 +53,8 @@ def run_demo(
     """Run the whole pipeline into ``out`` and return paths, timings and the held-out summary.
 
     ``config`` (a RunConfig) replaces the ``demo`` preset; ``matrix``/``slices`` size the phantoms (tests use
-    tiny ones). ``train_lesions`` is how the training phantoms draw their tumours (``synth
+    tiny ones). ``val_cases`` of the ``cases`` labelled phantoms validate (6 of 35: 3 were too few to choose a
+    checkpoint, BENCHMARKS.md "Session 4"; None = prepare's default). ``train_lesions`` is how the training phantoms draw their tumours (``synth
     --train-lesions``): ``"rich"`` (more, and more small, tumours per training case) by default; the held-out
     phantoms are always drawn the standard way.
     """
@@ -77,11 +79,25 @@ def run_demo(
         return value
 
     data, cache, run, pred = root / "data", root / "cache", root / "run", root / "predictions"
-    step("synth", lambda: synth_dataset(
-            data, n_train=cases, n_test=test_cases, seed=seed, matrix=matrix, slices=slices, progress=progress,
+    step(
+        "synth",
+        lambda: synth_dataset(
+            data,
+            n_train=cases,
+            n_test=test_cases,
+            seed=seed,
+            matrix=matrix,
+            slices=slices,
+            progress=progress,
             train_lesions=train_lesions,
-        ))
-    step("prepare", lambda: prepare_dataset(data, cache, cfg.prep, folds=5, seed=seed, progress=progress))
+        ),
+    )
+    step(
+        "prepare",
+        lambda: prepare_dataset(
+            data, cache, cfg.prep, val_cases=val_cases, folds=5, seed=seed, progress=progress
+        ),
+    )
     step("train", lambda: train(cache, run, cfg, resume=False, progress=progress))
     results = step(
         "predict",
