@@ -226,6 +226,12 @@ def interp_slices(vol: torch.Tensor, i0: torch.Tensor, i1: torch.Tensor, w: torc
     return torch.lerp(a, vol[i1].float(), w[:, :, None, None]).to(vol.dtype)
 
 
+def append_blob(x: torch.Tensor, blob: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+    """x (B, C, H, W) context slices of slices ``z`` -> (B, C + 1, H, W) with their blobness channel
+    ``blob[z]`` (blob (Z, H, W), cast to x's dtype) appended; x unchanged when ``blob`` is None."""
+    return x if blob is None else torch.cat([x, blob[z][:, None].to(x.dtype)], 1)
+
+
 def stack_context(vol: torch.Tensor, z: torch.Tensor, k: int, step: float = 1.0) -> torch.Tensor:
     """The 2k+1 context slices of slices ``z`` of one case as channels: vol (Z, H, W), z (B,) ->
     (B, 2k+1, H, W). ``step`` = slices between channels (1: z-k..z+k; fractional: interpolated); edges
@@ -407,10 +413,7 @@ class ResidentSlices:
         """(B,) global indices on the device -> (img float16 (B, C, H, W), seg uint8 (B, 1, H, W)); C = 2k+1
         CT slices, + the centre slice's blobness channel when the cache has one."""
         i0, i1, w = context_index(idx, k, self.step[idx], self.lo[idx], self.hi[idx])
-        img = interp_slices(self.img, i0, i1, w)
-        if self.blob is not None:
-            img = torch.cat([img, self.blob[idx][:, None]], 1)
-        return img, self.seg[idx][:, None]
+        return append_blob(interp_slices(self.img, i0, i1, w), self.blob, idx), self.seg[idx][:, None]
 
     def case(self, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Case number ``c`` as views: (img float16 (z, H, W), seg uint8 (z, H, W), blob float16 or None)."""

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lungtumor.data import append_blob, stack_context
 from lungtumor.data import context_step as slice_step
-from lungtumor.data import stack_context
 from lungtumor.errors import InputError, ensure_writable_dir
 from lungtumor.volume import IMAGE_SUFFIXES, Volume, case_name, is_image_path, read_volume, write_volume
 
@@ -177,20 +177,11 @@ def predict_probabilities(
     """
     z = image.shape[0]
     vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
+    blob_t = None if blob is None else torch.from_numpy(np.ascontiguousarray(blob)).to(device)
     out = np.empty(image.shape, dtype=np.float32)
     for start in range(0, z, batch_size):
         idx = torch.arange(start, min(start + batch_size, z), device=device)
-        x = stack_context(vol, idx, context_slices, context_step)
-        if blob is not None:
-            x = torch.cat(
-                [
-                    x,
-                    torch.from_numpy(np.asarray(blob[start : start + len(idx)], np.float32))[:, None].to(
-                        device
-                    ),
-                ],
-                1,
-            )
+        x = append_blob(stack_context(vol, idx, context_slices, context_step), blob_t, idx)
         x = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W); faster on CUDA and CPU
         with _autocast(device, precision):
             prob = torch.sigmoid(model(x).float())

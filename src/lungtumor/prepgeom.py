@@ -154,6 +154,13 @@ class _Slices:
         for i in range(0, self.a.shape[0], _CHUNK):
             yield i, self.framed(self.resized(self.a[i : i + _CHUNK]))
 
+    def whole(self) -> np.ndarray:
+        """The prepared HU of the whole volume, float32 (z, H, W)."""
+        out = np.empty((self.a.shape[0], *self.geom.size), np.float32)
+        for i, part in self.chunks():
+            out[i : i + part.shape[0]] = part
+        return out
+
     def accumulate(self, acc: list[float]) -> None:
         """Add the statistics of the resized HU (before padding) on a deterministic 1-in-8 subsample
         (even slices, rows and columns) to ``acc`` = [n, sum, sum of squares]; resizes even slices only."""
@@ -174,11 +181,8 @@ def _prepared_hu(
     deterministic 1-in-8 subsample (every other slice, row and column).
     """
     geom = _geometry(vol, prep)
-    z = geom.orig_shape[0]
     s = _Slices(vol.array, prep, geom)
-    out = np.empty((z, *geom.size), np.float32)
-    for i, part in s.chunks():
-        out[i : i + part.shape[0]] = part
+    out = s.whole()
     if acc is not None:
         s.accumulate(acc)
     return out, geom

@@ -218,11 +218,7 @@ class _Writer:
             raise ValueError(f"{name}: held voxels {raw.shape} differ from {geom.orig_shape}")
         s = _Slices(raw, self.prep, geom)
         if self.prep.blob:  # written before the image, so a complete image implies a complete blob map
-            hu = np.empty((z, *geom.size), np.float32)
-            for i, part in s.chunks():
-                hu[i : i + part.shape[0]] = part
-            _save_npy(self.blob(name), prepared_blob(hu, geom, st["entry"]["orig_spacing"]))
-            del hu
+            _save_npy(self.blob(name), prepared_blob(s.whole(), geom, st["entry"]["orig_spacing"]))
         f32 = np.empty((min(_CHUNK, z), *geom.size), np.float32)
         f16 = np.empty(f32.shape, np.float16)
 

@@ -52,6 +52,7 @@ from lungtumor.data import (
     ResidentSlices,
     SliceDataset,
     SliceTable,
+    append_blob,
     context_step,
     lesion_balanced_weights,
     oversample_weights,
@@ -286,9 +287,7 @@ class SegModule(HistoryInCheckpoint, LightningModuleBase):
         bs = max(1, self.cfg.train.val_batch_size)
         for a in range(0, z, bs):
             zi = torch.arange(a, min(z, a + bs), device=img.device)
-            x = stack_context(img, zi, self.k, step).float()
-            if blob is not None:
-                x = torch.cat([x, blob[zi][:, None].float()], 1)
+            x = append_blob(stack_context(img, zi, self.k, step).float(), blob, zi)
             t = seg[zi][:, None].float()
             logits = self._net(x).float()
             loss_sum += float(self.loss_fn(logits, t)) * len(zi)
