@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU session: every check that needs a GPU, in one device call of about 9 minutes.
+# The prepared GPU session: every check that needs a GPU, in one device call of about 8 minutes (7 files back).
 #
 # Run it once, by the lead only (helpers must not use the device), on a lent H100/H200:
 #   device run: command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=560
@@ -7,20 +7,31 @@
 #   pip download --no-deps -d .whl SimpleITK monai      (about 54 MB; the tree limit is 64 MB)
 # Everything lands in $OUT (the device tool's folder; /tmp/gpu_out elsewhere); copy the tables into
 # BENCHMARKS.md with the device named. QUICK=1 DEV=cpu runs tiny versions of each step (a CPU smoke test).
+#
+# Steps (session 5):
+#  1. One training set (35 rich phantoms, seed 0, 6 of them validate) and 16 standard held-out phantoms
+#     (seed 11, the CPU sessions' second held-out set). Caches for the 2D default, the demo and the 3D preset.
+#  2. Side by side on the one GPU, each with a fixed number of steps and a hard time limit: the 2D default
+#     (UNet-32 depth 4), its width/depth sweep (UNet-16/64 depth 4, UNet-32 depth 3) and lr 1e-3, the demo
+#     preset, and the 3D preset (#3 width/depth evidence, #6 3D vs 2D).
+#  3. predict_speed with the trained default and demo models on a 512x512x300 CT (#4: <= 1 s on an H100).
+#  4. Every run (its best checkpoint) and the 2D+3D ensemble scored on the held-out phantoms (results.jsonl).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 PY=${PY:-python3}
 QUICK=${QUICK:-0}
 DEV=${DEV:-cuda}
+TRAIN_LIMIT=${TRAIN_LIMIT:-280}
 mkdir -p "$OUT"
 SUM="$OUT/summary.txt"
 : >"$SUM"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1 && ! $PY -c "import SimpleITK, monai" 2>/dev/null; then
-  $PY -m pip install -q --no-deps --target /tmp/lt_site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/lt_site"
+  $PY -m pip install -q --no-deps --no-compile --target /tmp/lt_site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/lt_site"
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi") >"$OUT/gpu.txt" 2>&1
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" >>"$OUT/gpu.txt" 2>&1
+nproc >>"$OUT/gpu.txt"
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its log, record its exit status
   local name=$1 limit=$2
@@ -34,25 +45,88 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its log, r
 
 W=/tmp/lt_gpu
 rm -rf "$W"
-mkdir -p "$W"
+mkdir -p "$W/logs"
+S=(--threads 2 --device "$DEV" --out "$W/sweep")
 if [ "$QUICK" = 1 ]; then
-  DEMO=(--cases 4 --val-cases 1 --test-cases 1 --epochs 1)
   SPEED=(--matrix 128 --slices 24)
-  CMP=(--quick)
-  SYN=(--cases 4 --test-cases 1 --matrix 96 --slices 24)
+  TR=(--cases 8 --matrix 96 --slices 32)
+  HO=(--test-cases 2 --matrix 96 --slices 32)
+  VAL=2
+  E2=(--set train.epochs=1 --set train.max_steps_per_epoch=2 --set train.val_every_n_epochs=1)
+  E3=(--set train.epochs=1 --set vol3d.steps_per_epoch=2 --set model.base_channels=8 --set model.depth=3
+    --set vol3d.memory_budget_gb=0.1 --set train.val_every_n_epochs=1)
+  EDEMO=("${E2[@]}")
 else
-  DEMO=()
   SPEED=()
-  CMP=(--epochs2d 30 --epochs3d 60)
-  SYN=(--cases 40 --test-cases 8)
+  TR=(--cases 35)
+  HO=(--test-cases 16)
+  VAL=6
+  E2=(--set train.epochs=15 --set train.max_steps_per_epoch=200 --set train.val_every_n_epochs=3)
+  E3=(--set train.epochs=16 --set vol3d.steps_per_epoch=100 --set train.val_every_n_epochs=4
+    --set vol3d.memory_budget_gb=8)
+  EDEMO=()
 fi
 
-# 1. The demo on the GPU: its time, its held-out Dice, and a trained model for step 2.
-step demo 150 $PY -m lungtumor demo --out "$W/demo" -q "${DEMO[@]}"
-# 2. predict on a 512x512x300 CT with that model (goal <= 1 s on an H100), TTA on and off.
-step predict_speed 90 $PY benchmarks/predict_speed.py --device "$DEV" --model "$W/demo/run/checkpoints/best.ckpt" \
-  --out "$OUT/predict_speed" "${SPEED[@]}"
-# 3. 3D preset vs 2D default on the same held-out phantoms (#6), with budgets a GPU allows.
-step synth 60 $PY -m lungtumor synth "$W/ph" --seed 5 "${SYN[@]}"
-step compare_3d_2d 240 $PY benchmarks/compare_3d_2d.py "$W/ph" "$W/cmp" "${CMP[@]}"
+# 1. data and caches
+step synth 90 bash -c "$PY -m lungtumor synth $W/tr ${TR[*]} --test-cases 0 --seed 0 --train-lesions rich -q &
+  $PY -m lungtumor synth $W/ho --cases 0 ${HO[*]} --seed 11 -q & wait"
+step prepare 120 bash -c "$PY -m lungtumor prepare $W/tr $W/c2 --preset default --val-cases $VAL -q &
+  $PY -m lungtumor prepare $W/tr $W/cdemo --preset demo --val-cases $VAL -q &
+  $PY -m lungtumor prepare $W/tr $W/c3 --preset 3d --val-cases $VAL -q & wait"
+
+# 2. training, side by side on the one GPU
+train() {  # train NAME CACHE PRESET OVERRIDES...
+  local name=$1 cache=$2 preset=$3
+  shift 3
+  timeout "$TRAIN_LIMIT" $PY benchmarks/preset_sweep.py "$name" --cache "$cache" --preset "$preset" \
+    --test "$W/ho" "${S[@]}" --train-only "$@" >"$W/logs/train_$name.log" 2>&1
+  echo "train $name rc=$?" >>"$SUM"
+}
+t0=$SECONDS
+train d2_u32d4 "$W/c2" default "${E2[@]}" &
+train d2_u16d4 "$W/c2" default "${E2[@]}" --set model.base_channels=16 &
+train d2_u64d4 "$W/c2" default "${E2[@]}" --set model.base_channels=64 &
+train d2_u32d3 "$W/c2" default "${E2[@]}" --set model.depth=3 &
+train d2_u32d4_lr1e3 "$W/c2" default "${E2[@]}" --set train.lr=1e-3 &
+train demo "$W/cdemo" demo "${EDEMO[@]}" &
+train d3 "$W/c3" 3d "${E3[@]}" &
+wait
+echo "training took=$((SECONDS - t0))s" | tee -a "$SUM"
+
+# 3. predict time on a 512x512x300 CT with the trained default and demo models, on a quiet machine
+#    (an untrained net marks noise, which makes postprocessing and measuring unrepresentative).
+M=()
+for n in d2_u32d4 demo; do
+  ck="$W/sweep/$n/run/checkpoints/best.ckpt"
+  [ -f "$ck" ] || ck="$W/sweep/$n/run/checkpoints/last.ckpt"
+  mkdir -p "$W/speed/$n" && cp "$ck" "$W/speed/$n/$n.ckpt" && M+=(--model "$W/speed/$n/$n.ckpt")
+done
+step predict_speed 120 $PY benchmarks/predict_speed.py --device "$DEV" "${M[@]}" "${SPEED[@]}"
+
+# 4. scoring, side by side (the best checkpoint of each run; the last one where a killed run has no best)
+score() {  # score NAME [--model RUN ...]
+  local name=$1
+  shift
+  local extra=("$@")
+  if [ ${#extra[@]} -eq 0 ] && [ ! -f "$W/sweep/$name/run/checkpoints/best.ckpt" ]; then
+    extra=(--model "$W/sweep/$name/run/checkpoints/last.ckpt")
+  fi
+  timeout 150 $PY benchmarks/preset_sweep.py "$name" --cache "$W/c2" --test "$W/ho" "${S[@]}" --score-only \
+    "${extra[@]}" >"$W/logs/score_$name.log" 2>&1
+  echo "score $name rc=$?" >>"$SUM"
+}
+t0=$SECONDS
+for n in d2_u32d4 d2_u16d4 d2_u64d4 d2_u32d3 d2_u32d4_lr1e3 demo d3; do score $n & done
+score ens_d2_d3 --model "$W/sweep/d2_u32d4/run" --model "$W/sweep/d3/run" &
+score ens_lr1e3_d3 --model "$W/sweep/d2_u32d4_lr1e3/run" --model "$W/sweep/d3/run" &
+wait
+echo "scoring took=$((SECONDS - t0))s" | tee -a "$SUM"
+
+cp "$W/sweep/results.jsonl" "$OUT/results.jsonl" 2>/dev/null
+{  # one details file (the device returns at most 8 files): configs of 3D runs, metrics per epoch, log tails
+  for f in "$W"/sweep/*/run/config.yaml; do echo "== $f"; grep -A14 "^vol3d:" "$f"; done
+  for f in "$W"/sweep/*/run/metrics.csv; do echo "== $f"; cat "$f"; done
+  tail -n 8 "$W"/logs/*.log
+} >"$OUT/details.txt" 2>&1
 cat "$SUM"
+grep -h '^|' "$W"/logs/score_*.log

@@ -1,7 +1,13 @@
 """What one config change does to held-out Dice: train a preset with overrides, then predict and score test sets.
 
     python benchmarks/preset_sweep.py NAME --cache CACHE --test DIR [--test DIR ...] --out OUT
-        [--preset demo] [--set train.lr=1e-3 ...] [--threads N] [--tta]
+        [--preset demo] [--set train.lr=1e-3 ...] [--threads N] [--tta] [--device cuda]
+        [--train-only | --score-only [--model RUN ...]]
+
+A 3D preset (`--preset 3d`, model.arch unet3d) trains with the 3D trainer on a 3D cache
+(`lungtumor prepare DIR CACHE --preset 3d`). `--train-only` trains and writes OUT/NAME/train.json (several runs can
+then train side by side, e.g. on one GPU); `--score-only` scores OUT/NAME/run, or the `--model` runs averaged as
+an ensemble, without training.
 
 CACHE is a `lungtumor prepare` cache (the training and validation cases); each DIR is a `lungtumor synth` folder
 whose imagesTs/labelsTs are scored (images in DIR/img and labels in DIR/gt work too). Each run trains with the
@@ -40,17 +46,30 @@ def apply_override(cfg: object, key: str, value: str) -> None:
         obj = getattr(obj, p)
     if not dataclasses.is_dataclass(obj) or not hasattr(obj, last):
         raise SystemExit(f"--set {key}: no such config key")
-    v = yaml.safe_load(value)
-    setattr(obj, last, tuple(v) if isinstance(getattr(obj, last), tuple) else v)
+    v, cur = yaml.safe_load(value), getattr(obj, last)
+    if isinstance(cur, float) and isinstance(v, (int, str)):
+        v = float(v)  # YAML 1.1 reads "1e-3" as a string
+    setattr(obj, last, tuple(v) if isinstance(cur, tuple) else v)
 
 
-def score(run: Path, test: Path, out: Path, tta: bool) -> dict:
-    """Predict and evaluate one test folder; returns the summary numbers of the row."""
+def score(run: Path | list[Path], test: Path, out: Path, tta: bool, device: str = "auto") -> dict:
+    """Predict and evaluate one test folder (several runs: their averaged probabilities); the row's numbers."""
     from lungtumor.inference import PredictOptions, predict_paths
     from lungtumor.metrics import evaluate_dirs
 
-    img, gt = (test / "imagesTs", test / "labelsTs") if (test / "imagesTs").is_dir() else (test / "img", test / "gt")
-    predict_paths([img], run, out, PredictOptions(progress=False, measure=False, tta=tta))
+    img, gt = (
+        (test / "imagesTs", test / "labelsTs")
+        if (test / "imagesTs").is_dir()
+        else (test / "img", test / "gt")
+    )
+    t0 = time.perf_counter()
+    res = predict_paths(
+        [img], run, out, PredictOptions(progress=False, measure=False, tta=tta, device=device)
+    )
+    sec = (time.perf_counter() - t0) / max(len(res), 1)
+    bad = [r.error for r in res if r.error]
+    if bad:
+        raise SystemExit(f"predict failed on {len(bad)} case(s): {bad[0]}")
     a = evaluate_dirs(out, gt, out_dir=out).aggregate
     return {
         "dice": round(a["dice"]["mean"], 3),
@@ -58,6 +77,7 @@ def score(run: Path, test: Path, out: Path, tta: bool) -> dict:
         "found": f"{a['lesions']['n_found']}/{a['lesions']['n_gt']}",
         "fp_per_case": round(a["fp_per_case"]["mean"], 2),
         "by_size": {k: f"{v['n_found']}/{v['n_gt']}" for k, v in a["lesions_by_size"].items() if v["n_gt"]},
+        "predict_s_per_case": round(sec, 2),
     }
 
 
@@ -71,23 +91,33 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--tta", action="store_true", help="mirror TTA at predict")
+    ap.add_argument("--device", default="auto", help="predict device: auto, cpu, cuda")
+    ap.add_argument(
+        "--train-only", action="store_true", help="train, write OUT/NAME/train.json, do not score"
+    )
+    ap.add_argument("--score-only", action="store_true", help="score OUT/NAME/run (or the --model runs)")
+    ap.add_argument(
+        "--model", type=Path, action="append", default=[], help="run(s) to score; several = ensemble"
+    )
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    from lungtumor.config import load_config
-    from lungtumor.training import train
-
-    cfg = load_config(None, a.preset)
-    for kv in a.set:
-        key, _, value = kv.partition("=")
-        apply_override(cfg, key, value)
     out = a.out / a.name
-    t0 = time.perf_counter()
-    train(a.cache, out / "run", cfg, resume=False, progress=False)
-    res = {"name": a.name, "preset": a.preset, "set": a.set, "train_s": round(time.perf_counter() - t0)}
+    res = {"name": a.name, "preset": a.preset, "set": a.set}
+    if not a.score_only:
+        res.update(train_one(a.cache, out, a.preset, a.set))
+        (out / "train.json").write_text(json.dumps(res))
+        if a.train_only:
+            print(json.dumps(res), flush=True)
+            return
+    elif (out / "train.json").is_file():
+        res.update(json.loads((out / "train.json").read_text()))
+    runs = a.model or [out / "run"]
+    if a.model:
+        res["models"] = [str(m) for m in a.model]
     for i, test in enumerate(a.test):
-        res[test.name or f"test{i}"] = score(out / "run", test, out / f"pred_{i}", a.tta)
+        res[test.name or f"test{i}"] = score(runs, test, out / f"pred_{i}", a.tta, a.device)
     with (a.out / "results.jsonl").open("a") as f:
         f.write(json.dumps(res) + "\n")
     cells = [
@@ -95,7 +125,32 @@ def main() -> None:
         + " ".join(f"{k} {v}" for k, v in r["by_size"].items())
         for r in (res[t.name or f"test{i}"] for i, t in enumerate(a.test))
     ]
-    print(f"| {a.name} | {' '.join(a.set) or '-'} | {res['train_s']} | " + " | ".join(cells) + " |")
+    print(
+        f"| {a.name} | {' '.join(res['set']) or '-'} | {res.get('train_s', '?')} | "
+        + " | ".join(cells)
+        + " |"
+    )
+
+
+def train_one(cache: Path, out: Path, preset_name: str, overrides: list[str]) -> dict:
+    """Train ``preset_name`` + ``overrides`` on ``cache`` into ``out/run`` (2D or 3D trainer by model.arch)."""
+    from lungtumor.config import load_config
+
+    cfg = load_config(None, preset_name)
+    for kv in overrides:
+        key, _, value = kv.partition("=")
+        apply_override(cfg, key, value)
+    t0 = time.perf_counter()
+    if cfg.model.arch == "unet3d":
+        from lungtumor.train3d import train3d
+
+        r = train3d(cache, out / "run", cfg, resume=False, progress=False)
+    else:
+        from lungtumor.training import train
+
+        r = train(cache, out / "run", cfg, resume=False, progress=False)
+    return {"train_s": round(time.perf_counter() - t0), "val_dice": round(r.best_dice, 3),
+            "best_epoch": r.best_epoch, "epochs": r.epochs}  # fmt: skip
 
 
 if __name__ == "__main__":
