@@ -22,6 +22,12 @@ PY=${PY:-python3}
 QUICK=${QUICK:-0}
 DEV=${DEV:-cuda}
 TRAIN_LIMIT=${TRAIN_LIMIT:-280}
+DATA_SEED=${DATA_SEED:-0}  # training phantoms (rich) and the training seed
+HO_SEED=${HO_SEED:-11}     # held-out phantoms (standard)
+# SWEEP=1: the 2D width/depth/lr sweep too; SPEED=1: predict_speed (call 1 of session 5 ran with both;
+# call 2, a replicate on new seeds, ran SWEEP=0 SPEED=0 DATA_SEED=1 HO_SEED=12 TRAIN_LIMIT=230)
+SWEEP=${SWEEP:-1}
+SPEED=${SPEED:-1}
 mkdir -p "$OUT"
 SUM="$OUT/summary.txt"
 : >"$SUM"
@@ -48,7 +54,7 @@ rm -rf "$W"
 mkdir -p "$W/logs"
 S=(--threads 2 --device "$DEV" --out "$W/sweep")
 if [ "$QUICK" = 1 ]; then
-  SPEED=(--matrix 128 --slices 24)
+  SPEED_ARGS=(--matrix 128 --slices 24)
   TR=(--cases 8 --matrix 96 --slices 32)
   HO=(--test-cases 2 --matrix 96 --slices 32)
   VAL=2
@@ -57,7 +63,7 @@ if [ "$QUICK" = 1 ]; then
     --set vol3d.memory_budget_gb=0.1 --set train.val_every_n_epochs=1)
   EDEMO=("${E2[@]}")
 else
-  SPEED=()
+  SPEED_ARGS=()
   TR=(--cases 35)
   HO=(--test-cases 16)
   VAL=6
@@ -68,8 +74,8 @@ else
 fi
 
 # 1. data and caches
-step synth 90 bash -c "$PY -m lungtumor synth $W/tr ${TR[*]} --test-cases 0 --seed 0 --train-lesions rich -q &
-  $PY -m lungtumor synth $W/ho --cases 0 ${HO[*]} --seed 11 -q & wait"
+step synth 90 bash -c "$PY -m lungtumor synth $W/tr ${TR[*]} --test-cases 0 --seed $DATA_SEED --train-lesions rich -q &
+  $PY -m lungtumor synth $W/ho --cases 0 ${HO[*]} --seed $HO_SEED -q & wait"
 step prepare 120 bash -c "$PY -m lungtumor prepare $W/tr $W/c2 --preset default --val-cases $VAL -q &
   $PY -m lungtumor prepare $W/tr $W/cdemo --preset demo --val-cases $VAL -q &
   $PY -m lungtumor prepare $W/tr $W/c3 --preset 3d --val-cases $VAL -q & wait"
@@ -79,29 +85,33 @@ train() {  # train NAME CACHE PRESET OVERRIDES...
   local name=$1 cache=$2 preset=$3
   shift 3
   timeout "$TRAIN_LIMIT" $PY benchmarks/preset_sweep.py "$name" --cache "$cache" --preset "$preset" \
-    --test "$W/ho" "${S[@]}" --train-only "$@" >"$W/logs/train_$name.log" 2>&1
+    --test "$W/ho" "${S[@]}" --train-only --set train.seed="$DATA_SEED" "$@" >"$W/logs/train_$name.log" 2>&1
   echo "train $name rc=$?" >>"$SUM"
 }
 t0=$SECONDS
+RUNS=(d2_u32d4 demo d3)
 train d2_u32d4 "$W/c2" default "${E2[@]}" &
-train d2_u16d4 "$W/c2" default "${E2[@]}" --set model.base_channels=16 &
-train d2_u64d4 "$W/c2" default "${E2[@]}" --set model.base_channels=64 &
-train d2_u32d3 "$W/c2" default "${E2[@]}" --set model.depth=3 &
-train d2_u32d4_lr1e3 "$W/c2" default "${E2[@]}" --set train.lr=1e-3 &
 train demo "$W/cdemo" demo "${EDEMO[@]}" &
 train d3 "$W/c3" 3d "${E3[@]}" &
+if [ "$SWEEP" = 1 ]; then
+  RUNS+=(d2_u16d4 d2_u64d4 d2_u32d3 d2_u32d4_lr1e3)
+  train d2_u16d4 "$W/c2" default "${E2[@]}" --set model.base_channels=16 &
+  train d2_u64d4 "$W/c2" default "${E2[@]}" --set model.base_channels=64 &
+  train d2_u32d3 "$W/c2" default "${E2[@]}" --set model.depth=3 &
+  train d2_u32d4_lr1e3 "$W/c2" default "${E2[@]}" --set train.lr=1e-3 &
+fi
 wait
 echo "training took=$((SECONDS - t0))s" | tee -a "$SUM"
 
 # 3. predict time on a 512x512x300 CT with the trained default and demo models, on a quiet machine
 #    (an untrained net marks noise, which makes postprocessing and measuring unrepresentative).
 M=()
-for n in d2_u32d4 demo; do
+[ "$SPEED" = 1 ] && for n in d2_u32d4 demo; do
   ck="$W/sweep/$n/run/checkpoints/best.ckpt"
   [ -f "$ck" ] || ck="$W/sweep/$n/run/checkpoints/last.ckpt"
   mkdir -p "$W/speed/$n" && cp "$ck" "$W/speed/$n/$n.ckpt" && M+=(--model "$W/speed/$n/$n.ckpt")
 done
-step predict_speed 120 $PY benchmarks/predict_speed.py --device "$DEV" "${M[@]}" "${SPEED[@]}"
+[ "$SPEED" = 1 ] && step predict_speed 120 $PY benchmarks/predict_speed.py --device "$DEV" "${M[@]}" "${SPEED_ARGS[@]}"
 
 # 4. scoring, side by side (the best checkpoint of each run; the last one where a killed run has no best)
 score() {  # score NAME [--model RUN ...]
@@ -116,9 +126,9 @@ score() {  # score NAME [--model RUN ...]
   echo "score $name rc=$?" >>"$SUM"
 }
 t0=$SECONDS
-for n in d2_u32d4 d2_u16d4 d2_u64d4 d2_u32d3 d2_u32d4_lr1e3 demo d3; do score $n & done
+for n in "${RUNS[@]}"; do score $n & done
 score ens_d2_d3 --model "$W/sweep/d2_u32d4/run" --model "$W/sweep/d3/run" &
-score ens_lr1e3_d3 --model "$W/sweep/d2_u32d4_lr1e3/run" --model "$W/sweep/d3/run" &
+[ "$SWEEP" = 1 ] && score ens_lr1e3_d3 --model "$W/sweep/d2_u32d4_lr1e3/run" --model "$W/sweep/d3/run" &
 wait
 echo "scoring took=$((SECONDS - t0))s" | tee -a "$SUM"
 
@@ -128,5 +138,6 @@ cp "$W/sweep/results.jsonl" "$OUT/results.jsonl" 2>/dev/null
   for f in "$W"/sweep/*/run/metrics.csv; do echo "== $f"; cat "$f"; done
   tail -n 8 "$W"/logs/*.log
 } >"$OUT/details.txt" 2>&1
+for f in "$W"/sweep/*/pred_0/evaluation_cases.csv; do echo "== $f"; cat "$f"; done >"$OUT/cases.txt" 2>&1
 cat "$SUM"
 grep -h '^|' "$W"/logs/score_*.log
