@@ -151,7 +151,7 @@ def _autocast(device: torch.device, precision: str):
 @torch.inference_mode()
 def predict_probabilities(
     model: torch.nn.Module,
-    image: np.ndarray,
+    image: np.ndarray | torch.Tensor,
     context_slices: int,
     *,
     device: torch.device,
@@ -165,7 +165,8 @@ def predict_probabilities(
 
     Args:
         model: maps (B, 2k+1, H, W) to logits (B, 1, H, W).
-        image: prepared input, (z, H, W) float32.
+        image: prepared input, (z, H, W) float32; a tensor (already on ``device``) gives a tensor back, on
+            ``device`` (``infer_device``), a numpy array a numpy array.
         context_slices: k neighbours each side (edge slices are repeated).
         context_step: slices between context channels (1: adjacent; fractional steps interpolate, see
             ``data.context_step``).
@@ -176,9 +177,14 @@ def predict_probabilities(
         (z, H, W) float32 probabilities in [0, 1].
     """
     z = image.shape[0]
-    vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
+    as_tensor = torch.is_tensor(image)
+    if as_tensor:
+        vol = image.to(device=device, dtype=torch.float32)
+        out: np.ndarray | torch.Tensor = torch.empty(vol.shape, dtype=torch.float32, device=device)
+    else:
+        vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
+        out = np.empty(image.shape, dtype=np.float32)
     blob_t = None if blob is None else torch.from_numpy(np.ascontiguousarray(blob)).to(device)
-    out = np.empty(image.shape, dtype=np.float32)
     for start in range(0, z, batch_size):
         idx = torch.arange(start, min(start + batch_size, z), device=device)
         x = append_blob(stack_context(vol, idx, context_slices, context_step), blob_t, idx)
@@ -187,7 +193,7 @@ def predict_probabilities(
             prob = torch.sigmoid(model(x).float())
             if tta:
                 prob = 0.5 * (prob + torch.sigmoid(model(x.flip(-1)).float()).flip(-1))
-        out[start : start + len(idx)] = prob[:, 0].cpu().numpy()
+        out[start : start + len(idx)] = prob[:, 0] if as_tensor else prob[:, 0].cpu().numpy()
     return out
 
 
@@ -216,6 +222,13 @@ def predict_volume(
     from lungtumor.prepgeom import preprocess_inputs, restore_geometry, restore_mask
 
     cfg = loaded.config
+    if device.type != "cpu" and not cfg.prep.blob:  # a GPU: resample and restore there (infer_device)
+        from lungtumor.infer_device import predict_volume_on_device
+
+        return predict_volume_on_device(
+            loaded, vol, device=device, threshold=threshold, batch_size=batch_size, tta=tta,
+            precision=precision, keep_prob=keep_prob,
+        )  # fmt: skip
     x, blob, geom = preprocess_inputs(vol, cfg.prep, loaded.stats)
     prob_small = predict_probabilities(
         loaded.model,
