@@ -121,6 +121,32 @@ def test_train_lesions_changes_training_cases_only(tmp_path: Path):
         assert tuple(next(a for a in sub._actions if a.dest == "train_lesions").choices) == LESION_PLANS
 
 
+def test_val_cases_are_drawn_like_the_test_cases_and_listed(tmp_path: Path):
+    kw = dict(n_train=3, n_test=0, seed=5, matrix=64, slices=12, workers=1)
+    synth_dataset(tmp_path / "std", **kw)
+    synth_dataset(tmp_path / "rich", train_lesions="rich", **kw)
+    summary = synth_dataset(tmp_path / "v", train_lesions="rich", val_cases=1, **kw)
+    assert "1 of them fixed for validation" in summary
+    std, rich, v = tmp_path / "std", tmp_path / "rich", tmp_path / "v"
+    for rel in ("imagesTr/lung_000.nii.gz", "labelsTr/lung_001.nii.gz"):  # training cases: rich, unchanged
+        assert (v / rel).read_bytes() == (rich / rel).read_bytes()
+    for rel in ("imagesTr/lung_002.nii.gz", "labelsTr/lung_002.nii.gz"):  # the validation case: standard
+        assert (v / rel).read_bytes() == (std / rel).read_bytes()
+        assert (v / rel).read_bytes() != (rich / rel).read_bytes()
+    assert json.loads((v / "dataset.json").read_text())["validation"] == ["lung_002"]
+    assert "validation" not in json.loads((rich / "dataset.json").read_text())
+    from lungtumor.dataset import load_dataset
+
+    assert load_dataset(v).validation == ["lung_002"]
+    from lungtumor.config import PrepConfig
+    from lungtumor.prepare import prepare_dataset
+
+    prepare_dataset(v, tmp_path / "cache", PrepConfig(size=(64, 64), spacing_mm=3.0), folds=0, workers=1)
+    assert json.loads((tmp_path / "cache" / "splits.json").read_text())["val"] == ["lung_002"]
+    with pytest.raises(InputError, match="--val-cases"):
+        synth_dataset(tmp_path / "bad", val_cases=3, **kw)
+
+
 def test_synth_dataset_writes_a_valid_task06_dataset(tmp_path: Path):
     out = tmp_path / "ds"
     summary = synth_dataset(out, n_train=2, n_test=1, seed=4, matrix=64, slices=16, workers=1)

@@ -393,3 +393,31 @@ def test_kill_while_writing_images(small_ds: Path, tmp_path: Path, monkeypatch) 
     summary = prepare_dataset(small_ds, tmp_path / "c", p)
     assert "(3 read, 1 reused)" in summary  # the finished case is kept; held voxels are gone: read again
     assert _snapshot(tmp_path / "c") == _snapshot(tmp_path / "ref")
+
+
+def test_dataset_json_validation_fixes_the_split(tmp_path):
+    names = [f"c{i:02d}" for i in range(10)]
+    free = make_splits(names, folds=5, seed=7)
+    fixed = make_splits(names, folds=5, seed=7, fixed_val=["c09", "c03"])
+    assert fixed["val"] == ["c03", "c09"] and set(fixed["train"]) == set(names) - {"c03", "c09"}
+    assert fixed["folds"] == free["folds"]  # cross-validation folds are drawn as always
+    assert make_splits(names, 2, fixed_val=["c09", "c03"])["val"] == ["c03", "c09"]
+    with pytest.raises(InputError, match="fixes 2 validation cases"):
+        make_splits(names, 3, fixed_val=["c09", "c03"])
+
+    from lungtumor.dataset import load_dataset
+
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for n in ("a", "b", "c"):
+        for d in ("imagesTr", "labelsTr"):
+            (root / d / f"{n}.nii.gz").write_bytes(b"")
+    train = [{"image": f"imagesTr/{n}.nii.gz", "label": f"labelsTr/{n}.nii.gz"} for n in ("a", "b", "c")]
+    for val, msg in ((["z"], "'z', which is not a training case"), (["a", "a"], "distinct"),
+                     (["a", "b", "c"], "at least one for training"), ("a", "list of training case names")):  # fmt: skip
+        (root / "dataset.json").write_text(json.dumps({"training": train, "validation": val}))
+        with pytest.raises(InputError, match=msg):
+            load_dataset(root)
+    (root / "dataset.json").write_text(json.dumps({"training": train, "validation": ["c"]}))
+    assert load_dataset(root).validation == ["c"]

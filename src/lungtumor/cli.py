@@ -32,6 +32,13 @@ def _add_synth(sub) -> None:
         "--matrix", type=int, default=256, help="in-plane matrix size in pixels (default 256; real CT is 512)"
     )
     p.add_argument("--slices", type=int, default=0, help="number of slices (default 0: random per case)")
+    p.add_argument(
+        "--val-cases",
+        type=int,
+        default=0,
+        help="fix the last N labelled cases as validation patients, drawn like the test phantoms "
+        "(dataset.json 'validation'; prepare then validates on them); default 0: prepare draws them",
+    )
     _add_train_lesions(p, "standard")
     p.set_defaults(func=_cmd_synth)
 
@@ -58,6 +65,7 @@ def _cmd_synth(args) -> int:
         slices=args.slices or None,
         progress=not args.quiet,
         train_lesions=args.train_lesions,
+        val_cases=args.val_cases,
     )
     print(summary)
     return 0

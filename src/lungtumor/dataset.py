@@ -35,12 +35,14 @@ class Case:
 
 @dataclass
 class Dataset:
-    """A dataset: its resolved ``root``, labelled ``cases`` (sorted by name) and unlabelled ``test`` images."""
+    """A dataset: its resolved ``root``, labelled ``cases`` (sorted by name), unlabelled ``test`` images, and
+    ``validation``: case names that dataset.json fixes as the validation patients (empty: prepare draws them)."""
 
     root: Path
     cases: list[Case]
     test: list[Path] = field(default_factory=list)
     source: str = "folders"  # "dataset.json" or "folders"
+    validation: list[str] = field(default_factory=list)
 
 
 def _inside(root: Path, rel: str | os.PathLike, where: str) -> Path:
@@ -117,7 +119,16 @@ def _load_json(root: Path, jpath: Path) -> Dataset:
         if isinstance(t, dict) and "image" in t:  # some tools write [{"image": ...}]
             t = t["image"]
         test.append(_inside(root, t, f"{jpath}: test[{i}]"))
-    return Dataset(root, cases, test, source="dataset.json")
+    val = data.get("validation", [])
+    names = {c.name for c in cases}
+    if not isinstance(val, list) or not all(isinstance(v, str) for v in val):
+        raise InputError(jpath, "'validation' must be a list of training case names")
+    unknown = [v for v in val if v not in names]
+    if unknown:
+        raise InputError(jpath, f"'validation' names {unknown[0]!r}, which is not a training case")
+    if len(set(val)) != len(val) or (val and len(val) >= len(cases)):
+        raise InputError(jpath, "'validation' must name distinct cases and leave at least one for training")
+    return Dataset(root, cases, test, source="dataset.json", validation=sorted(val))
 
 
 def _load_folders(root: Path) -> Dataset:

@@ -447,12 +447,16 @@ def synth_dataset(
     progress: bool = False,
     workers: int | None = None,
     train_lesions: str = "standard",
+    val_cases: int = 0,
 ) -> str:
     """Write a Task06-style phantom dataset into ``out`` (see the module docstring); return a summary line.
 
     ``workers`` processes build cases in parallel (default: up to the CPU count); the output does not depend
     on it. ``train_lesions`` (:data:`LESION_PLANS`) sets how training cases draw their tumours; test cases
-    always draw them the standard way, and do not depend on it.
+    always draw them the standard way, and do not depend on it. ``val_cases`` > 0: the last ``val_cases``
+    labelled cases are drawn the standard way too (like the test cases) and dataset.json lists them under
+    ``validation``, so that ``prepare`` validates on them and validation Dice means what held-out Dice means;
+    the other labelled cases are the same bytes as without it.
 
     Raises:
         InputError: negative or zero case counts, a matrix or slice count out of range, a negative seed, or an
@@ -470,16 +474,21 @@ def synth_dataset(
         raise InputError("--slices", f"must be between 4 and 1000 (got {slices})")
     if seed < 0:
         raise InputError("--seed", f"must be >= 0 (got {seed})")
+    if not 0 <= val_cases < max(n_train, 1):
+        raise InputError("--val-cases", f"must be between 0 and {max(n_train - 1, 0)} for {n_train} cases, got {val_cases}")
     if train_lesions not in LESION_PLANS:
         raise InputError("--train-lesions", f"unknown plan {train_lesions!r}; valid: {', '.join(LESION_PLANS)}")
     t0 = time.perf_counter()
     root = ensure_writable_dir(out)
     for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         ensure_writable_dir(root / d)
+    first_val = n_train - val_cases
     jobs = [
-        (str(root), f"lung_{i:03d}", "train", _case_seed(seed, 0, i), matrix, slices, train_lesions)
+        (str(root), f"lung_{i:03d}", "train", _case_seed(seed, 0, i), matrix, slices,
+         "standard" if i >= first_val else train_lesions)
         for i in range(n_train)
-    ]
+    ]  # fmt: skip
+    val_names = [f"lung_{i:03d}" for i in range(first_val, n_train)]
     jobs += [
         (str(root), f"lung_{n_train + i:03d}", "test", _case_seed(seed, 1, i), matrix, slices, "standard")
         for i in range(n_test)
@@ -519,13 +528,18 @@ def synth_dataset(
         "training": [{"image": r["image"], "label": r["label"]} for r in train],
         "test": [r["image"] for r in test],
     }
+    if val_names:
+        ds["validation"] = val_names
     atomic_write_text(root / "dataset.json", json.dumps(ds, indent=2) + "\n")
     les = {"version": 1, "seed": seed, "matrix": matrix, "train_lesions": train_lesions, "cases": records}
+    if val_names:
+        les["validation"] = val_names  # drawn the standard way
     atomic_write_text(root / "lesions.json", json.dumps(les, indent=1) + "\n")
     n_les = sum(len(r["lesions"]) for r in records)
     free = sum(1 for r in records if not r["lesions"])
     dt = time.perf_counter() - t0
+    of_which = f" ({len(val_names)} of them fixed for validation, drawn like the test ones)" if val_names else ""
     return (
-        f"wrote {len(train)} training + {len(test)} test phantoms ({n_les} lesions, {free} tumour-free) "
+        f"wrote {len(train)} training{of_which} + {len(test)} test phantoms ({n_les} lesions, {free} tumour-free) "
         f"to {root} in {dt:.1f} s"
     )

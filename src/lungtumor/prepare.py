@@ -44,9 +44,16 @@ def default_val_cases(n: int) -> int:
 
 
 def make_splits(
-    names: list[str], val_cases: int | None = None, folds: int = 5, seed: int = 0
+    names: list[str],
+    val_cases: int | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    fixed_val: list[str] | None = None,
 ) -> dict[str, Any]:
     """Patient-level split and k folds (k capped at the number of patients; no folds when k < 2).
+
+    ``fixed_val`` (dataset.json ``validation``) names the validation patients instead of drawing them; the
+    folds are drawn as always.
 
     Returns:
         {"seed", "train", "val", "folds": [{"train", "val"}, ...]}; each name is in exactly one fold's val.
@@ -55,14 +62,18 @@ def make_splits(
     n = len(names)
     if n < 2:
         raise InputError(None, f"a patient-level split needs at least 2 labelled cases, the dataset has {n}")
-    n_val = default_val_cases(n) if val_cases is None else int(val_cases)
+    if fixed_val and val_cases is not None and int(val_cases) != len(fixed_val):
+        raise InputError(
+            "--val-cases", f"the dataset fixes {len(fixed_val)} validation cases (dataset.json 'validation'), got {val_cases}"
+        )
+    n_val = len(fixed_val) if fixed_val else default_val_cases(n) if val_cases is None else int(val_cases)
     if not 1 <= n_val < n:
         raise InputError("--val-cases", f"must be between 1 and {n - 1} for {n} cases, got {n_val}")
     if folds < 0:
         raise InputError("--folds", f"must be >= 0, got {folds}")
     rng = np.random.default_rng(seed)
     perm = [names[i] for i in rng.permutation(n)]
-    val = sorted(perm[:n_val])
+    val = sorted(fixed_val) if fixed_val else sorted(perm[:n_val])
     k = min(folds, n)
     fold_list = []
     if k >= 2:
@@ -142,7 +153,7 @@ def prepare_dataset(
     from lungtumor.dataset import load_dataset
 
     ds = load_dataset(dataset)
-    splits = make_splits([c.name for c in ds.cases], val_cases, folds, seed)
+    splits = make_splits([c.name for c in ds.cases], val_cases, folds, seed, ds.validation)
     _preflight(ds.cases)
     out = Path(out)
     created = not out.exists()

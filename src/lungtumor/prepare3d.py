@@ -187,7 +187,7 @@ def prepare_dataset_3d(
     from lungtumor.dataset import load_dataset
 
     ds = load_dataset(dataset)
-    splits = make_splits([c.name for c in ds.cases], val_cases, folds, seed)
+    splits = make_splits([c.name for c in ds.cases], val_cases, folds, seed, ds.validation)
     _preflight(ds.cases)
     lo, hi = cfg.clip_percentiles
     if not 0 <= lo < hi <= 100:
