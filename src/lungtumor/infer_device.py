@@ -16,20 +16,20 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lungtumor.config import PrepConfig
-from lungtumor.prepgeom import PrepGeometry, _geometry, _overlap, _pad_hu
+from lungtumor.prepgeom import (
+    PrepGeometry,
+    _geometry,
+    _normalise,
+    _overlap,
+    _pad_hu,
+    _resize,
+    restored_chunks,
+)
 from lungtumor.volume import Volume
 
 _RESTORE_CHUNK = 32  # slices restored at a time: bounds the float32 map on the input grid held on the device
-
-
-def _resize(t: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(n, y, x) float32 → (n, h, w), bilinear, ``align_corners=False`` (as ``prepgeom._resize``)."""
-    if tuple(t.shape[-2:]) == tuple(hw):
-        return t
-    return F.interpolate(t[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0]
 
 
 def prepare_on_device(
@@ -51,13 +51,7 @@ def prepare_on_device(
         frame = torch.full((x.shape[0], H, W), _pad_hu(prep), dtype=torch.float32, device=x.device)
         frame[:, rd, cd] = x[:, rs, cs]
         x = frame
-    if prep.norm == "divide":
-        return x.div_(float(np.float32(prep.hu_divisor)))
-    if prep.norm != "window_zscore":
-        raise ValueError(f"unknown norm {prep.norm!r}")
-    if not stats or "mean" not in stats or "std" not in stats:
-        raise ValueError("norm='window_zscore' needs stats {'mean', 'std'} from the prepared cache")
-    return x.sub_(float(np.float32(stats["mean"]))).div_(float(np.float32(stats["std"])))
+    return _normalise(x, prep, stats)  # in place; the same arithmetic on a tensor
 
 
 def restore_on_device(
@@ -65,20 +59,12 @@ def restore_on_device(
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Prepared-frame probabilities (z, H, W) on the device → (float32 map or None, uint8 mask) on the input
     grid (z, y, x), as numpy arrays; the same values as ``prepgeom.restore_geometry`` / ``restore_mask``."""
-    z, y, x = geom.orig_shape
-    h, w = geom.resized
-    rs, rd = _overlap(h, geom.size[0], geom.offset[0])
-    cs, cd = _overlap(w, geom.size[1], geom.offset[1])
-    mask = torch.empty((z, y, x), dtype=torch.bool, device=prob.device)
-    full = np.empty((z, y, x), np.float32) if keep_prob else None
-    for i in range(0, z, _RESTORE_CHUNK):
-        part = prob[i : i + _RESTORE_CHUNK]
-        canvas = torch.zeros((part.shape[0], h, w), dtype=torch.float32, device=prob.device)
-        canvas[:, rs, cs] = part[:, rd, cd]
-        back = _resize(canvas, (y, x))
-        torch.ge(back, threshold, out=mask[i : i + part.shape[0]])
+    mask = torch.empty(geom.orig_shape, dtype=torch.bool, device=prob.device)
+    full = np.empty(geom.orig_shape, np.float32) if keep_prob else None
+    for i, back in restored_chunks(prob, geom, _RESTORE_CHUNK):
+        torch.ge(back, threshold, out=mask[i : i + back.shape[0]])
         if full is not None:
-            full[i : i + part.shape[0]] = back.cpu().numpy()
+            full[i : i + back.shape[0]] = back.cpu().numpy()
     return full, mask.cpu().numpy().view(np.uint8)
 
 

@@ -260,22 +260,24 @@ def _mask_into(mask: np.ndarray, geom: PrepGeometry, out: np.ndarray) -> np.ndar
     return out
 
 
-def _restored_chunks(prob: np.ndarray, geom: PrepGeometry):
-    """Yield (first slice, float32 (n, y, x)) of ``prob`` (z, H, W) mapped back onto the input grid, in
-    chunks of ``_CHUNK`` slices; each chunk is valid until the next one is asked for."""
+def restored_chunks(prob, geom: PrepGeometry, chunk: int = _CHUNK):
+    """Yield (first slice, float32 torch tensor (n, y, x)) of ``prob`` (z, H, W; numpy, or a torch tensor on
+    any device: the chunks are on that device) mapped back onto the input grid, ``chunk`` slices at a time;
+    each chunk is valid until the next one is asked for."""
     import torch
 
     z, y, x = geom.orig_shape
     if tuple(prob.shape) != (z, *geom.size):
         raise ValueError(f"array shape {prob.shape} differs from the prepared shape {(z, *geom.size)}")
+    t = prob if torch.is_tensor(prob) else torch.from_numpy(prob)
     h, w = geom.resized
     rs, rd = _overlap(h, geom.size[0], geom.offset[0])
     cs, cd = _overlap(w, geom.size[1], geom.offset[1])
-    for i in range(0, z, _CHUNK):
-        part = prob[i : i + _CHUNK]
-        canvas = np.zeros((part.shape[0], h, w), dtype=np.float32)
+    for i in range(0, z, chunk):
+        part = t[i : i + chunk]
+        canvas = torch.zeros((part.shape[0], h, w), dtype=torch.float32, device=t.device)
         canvas[:, rs, cs] = part[:, rd, cd]
-        yield i, _resize(torch.from_numpy(canvas), (y, x), "bilinear").numpy()
+        yield i, _resize(canvas, (y, x), "bilinear")
 
 
 def restore_geometry(prob: np.ndarray, geom: PrepGeometry) -> np.ndarray:
@@ -285,8 +287,8 @@ def restore_geometry(prob: np.ndarray, geom: PrepGeometry) -> np.ndarray:
     then resizes back with bilinear interpolation.
     """
     out = np.empty(geom.orig_shape, dtype=np.float32)
-    for i, part in _restored_chunks(prob, geom):
-        out[i : i + part.shape[0]] = part
+    for i, part in restored_chunks(prob, geom):
+        out[i : i + part.shape[0]] = part.numpy()
     return out
 
 
@@ -294,6 +296,6 @@ def restore_mask(prob: np.ndarray, geom: PrepGeometry, threshold: float) -> np.n
     """``(restore_geometry(prob, geom) >= threshold)`` as uint8 {0, 1} (z, y, x), bit for bit, without the
     float32 map on the input grid: each chunk of slices is restored and thresholded on its own."""
     out = np.empty(geom.orig_shape, dtype=np.bool_)
-    for i, part in _restored_chunks(prob, geom):
-        out[i : i + part.shape[0]] = part >= threshold
+    for i, part in restored_chunks(prob, geom):
+        out[i : i + part.shape[0]] = (part >= threshold).numpy()
     return out.view(np.uint8)
