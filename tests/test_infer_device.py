@@ -42,6 +42,10 @@ def test_prepare_and_restore_match_the_cpu_path(name):
     got = prepare_on_device(torch.from_numpy(vol.array), prep, STATS, _geometry(vol, prep))
     assert got.shape == ref.shape
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-5)
+    hu32 = vol.array.astype(np.float32)
+    got32 = prepare_on_device(torch.from_numpy(hu32), prep, STATS, _geometry(vol, prep))
+    np.testing.assert_allclose(got32.numpy(), ref, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(hu32, vol.array)  # the caller's float32 HU are not changed in place
 
     prob = torch.rand(ref.shape, generator=torch.Generator().manual_seed(1))
     full, mask = restore_on_device(prob, geom, 0.5, keep_prob=True)

@@ -40,7 +40,7 @@ def prepare_on_device(
     Same values as ``prepgeom.preprocess_volume`` (clip for ``window_zscore``, bilinear resize, pad/crop to
     the frame with air, then ``(HU - mean) / std`` or ``HU / hu_divisor``).
     """
-    x = hu.float()
+    x = hu.to(torch.float32, copy=True)  # a float32 input must not be clipped and normalised in place
     if prep.norm == "window_zscore":
         x = x.clamp_(float(prep.window_hu[0]), float(prep.window_hu[1]))
     x = _resize(x, geom.resized)
