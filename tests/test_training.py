@@ -453,3 +453,20 @@ def test_a_checkpoint_from_before_an_option_loads_with_it_off(cache, tmp_path):
     loaded = load_checkpoint(tmp_path / "old.ckpt")
     assert not loaded.config.prep.blob and loaded.config.train.context_mm == 0.0
     assert loaded.model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_ema_weights_are_what_validation_scored_and_predict_loads(cache, tmp_path):
+    """``train.ema_decay``: the checkpoint holds the moving average (not the raw weights), validation scored
+    exactly those weights, and predict's loader takes them."""
+    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.training import train
+
+    res = train(cache, tmp_path / "run", tiny_config(epochs=2, ema_decay=0.5), progress=False)
+    ck = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
+    avg, raw = ck["state_dict"], ck["current_model_state"]
+    assert avg.keys() == raw.keys()
+    assert any(not torch.equal(avg[k], raw[k]) for k in avg if avg[k].is_floating_point())
+    loaded = load_checkpoint(tmp_path / "run/checkpoints/best.ckpt")
+    assert _reference_val_dice(loaded, cache) == pytest.approx(res.best_dice, abs=1e-4)
+    with pytest.raises(InputError, match="ema_decay"):
+        train(cache, tmp_path / "bad", tiny_config(epochs=1, ema_decay=1.0), progress=False)

@@ -82,7 +82,12 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and runtime settings."""
+    """Optimisation and runtime settings.
+
+    ``ema_decay`` > 0 keeps an exponential moving average of the weights (decay per optimiser step, e.g.
+    0.995 averages over about 200 steps); validation, the checkpoints and so prediction use the average.
+    0 = off.
+    """
 
     epochs: int = 30
     batch_size: int = 8
@@ -110,6 +115,7 @@ class TrainConfig:
     val_batch_size: int = 32
     crop_size: int = 0
     crop_tumour_fraction: float = 0.67
+    ema_decay: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

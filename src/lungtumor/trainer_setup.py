@@ -234,3 +234,16 @@ def make_trainer(
         plugins=[AtomicCheckpointIO()],
         **trainer_kw,
     )
+
+
+def ema_callbacks(decay: float) -> tuple[Any, ...]:
+    """Callbacks for ``train.ema_decay``: none when it is 0, else Lightning's ``WeightAveraging`` keeping an
+    exponential moving average of the weights and buffers (decay per optimiser step). Lightning then validates
+    and checkpoints the average (``state_dict``; the raw weights go to ``current_model_state`` for resuming),
+    so prediction uses it with no change."""
+    if decay <= 0:
+        return ()
+    from lightning.pytorch.callbacks import WeightAveraging
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    return (WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(decay)),)

@@ -6,10 +6,11 @@
 
 Validation Dice is per patient volume: every slice of each validation case is predicted (batched), the
 sigmoid probabilities are thresholded at 0.5, Dice is computed on the whole volume, and the mean over
-patients is reported. A case whose ground truth and prediction are both empty scores 1 (a correct "no
-tumour"); empty ground truth with any predicted voxel scores 0. (Task06 validation cases all contain tumour,
-so this choice does not change Task06 numbers.) Under DDP each rank scores its share of the patients and one
-all-reduce of a fixed-size tensor combines them on every rank (no rank-dependent collectives, no deadlock).
+patients is reported. A case whose ground truth and prediction are both empty has no Dice (NaN, left out of
+the mean, as ``evaluate`` and nnU-Net do); empty ground truth with any predicted voxel scores 0. (Task06
+validation cases all contain tumour, so this choice does not change Task06 numbers.) Under DDP each rank
+scores its share of the patients and one all-reduce of a fixed-size tensor combines them on every rank (no
+rank-dependent collectives, no deadlock).
 
 Elsewhere: reading checkpoints (``load_checkpoint``, ``LoadedModel``) is ``checkpoint.py``; metrics.csv, loss
 curves and the example figure are ``run_artifacts.py``; the ``pl.Trainer`` set-up, callbacks, checkpoint writing
@@ -69,6 +70,7 @@ from lungtumor.trainer_setup import (
     HistoryInCheckpoint,
     LightningModuleBase,
     TrainResult,
+    ema_callbacks,
     make_trainer,
     pl,
     quiet_lightning,
@@ -382,6 +384,8 @@ def _check_train_config(cfg: RunConfig, source: str) -> None:
             bad(f"train.{key}", "must be >= 0")
     if t.lesion_balance < 0:
         bad("train.lesion_balance", "must be >= 0 (0 = slice-uniform, 1 = every lesion the same mass)")
+    if not 0 <= t.ema_decay < 1:
+        bad("train.ema_decay", "must be in [0, 1) (0 = off; e.g. 0.995 averages over about 200 steps)")
     if not 0 <= t.crop_tumour_fraction <= 1:
         bad("train.crop_tumour_fraction", "must be a probability in [0, 1]")
     a = t.augment
@@ -463,7 +467,7 @@ def train(
             run_dir, cfg, accelerator, precision,
             progress=progress,
             log_every_n_steps=cfg.train.log_every_n_steps,
-            callbacks=(_ValidateLastEpoch(),),
+            callbacks=(_ValidateLastEpoch(), *ema_callbacks(cfg.train.ema_decay)),
             devices=cfg.train.devices,
             num_nodes=cfg.train.num_nodes,
             strategy=strategy,
