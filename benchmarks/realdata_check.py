@@ -41,6 +41,9 @@ def main() -> int:
     ap.add_argument("--realdata", type=Path, default=ROOT.parent / "shared" / "realdata")
     ap.add_argument("--out", type=Path, help="folder for masks and results (default: a temp folder)")
     ap.add_argument("--lung-gate", action="store_true", help="keep only lesions touching the lungs")
+    ap.add_argument(
+        "--min-z-extent-ratio", type=float, help="override the checkpoint's flat-component filter (0 = off)"
+    )
     args = ap.parse_args()
     if not args.realdata.is_dir():
         print(f"error: {args.realdata}: real data folder not found", file=sys.stderr)
@@ -51,7 +54,12 @@ def main() -> int:
         img_p, lab_p = args.realdata / img_rel, args.realdata / lab_rel
         t0 = time.perf_counter()
         res = predict_paths(
-            [img_p], args.model, out / "pred", PredictOptions(lung_gate=args.lung_gate or None, measure=False)
+            [img_p],
+            args.model,
+            out / "pred",
+            PredictOptions(
+                lung_gate=args.lung_gate or None, min_z_extent_ratio=args.min_z_extent_ratio, measure=False
+            ),
         )[0]
         if res.error:
             rows.append({"case": name, "error": res.error})

@@ -14,6 +14,7 @@ from lungtumor.postprocess import (
     label_components_in_box,
     lung_grid_step,
     lung_mask_from_hu,
+    remove_flat_components,
     remove_small_components,
 )
 
@@ -189,3 +190,70 @@ def test_real_tumour_inside_or_touching_lung_mask(realdata):
     assert kept.sum() >= 0.95 * lab.array.sum()
     litres = lung.sum() * np.prod(img.spacing) / 1e6
     assert 1.5 < litres < 10  # plausible adult lung volume
+
+
+def _ball(shape, centre_zyx, radii_mm, spacing_xyz):
+    z, y, x = np.indices(shape, dtype=float)
+    sx, sy, sz = spacing_xyz
+    cz, cy, cx = centre_zyx
+    rx, ry, rz = radii_mm
+    return ((x - cx) * sx / rx) ** 2 + ((y - cy) * sy / ry) ** 2 + ((z - cz) * sz / rz) ** 2 <= 1
+
+
+def test_flat_components_go_and_round_ones_stay():
+    spacing = (0.8, 0.8, 1.0)
+    sphere = _ball((40, 64, 64), (15, 20, 20), (6, 6, 6), spacing)  # 12 mm ball: depth / width 1
+    disc = np.zeros_like(sphere)
+    disc[30] = _ball((1, 64, 64), (0, 44, 44), (6, 6, 6), spacing)[0]  # 12 mm wide, one 1 mm slice
+    out = remove_flat_components(sphere | disc, spacing, 0.4)
+    assert out.dtype == np.uint8
+    assert np.array_equal(out.astype(bool), sphere)
+    assert np.array_equal(remove_flat_components(sphere | disc, spacing, 0), (sphere | disc).astype(np.uint8))
+    # on 5 mm slices an 8 mm nodule on one slice is as deep as the slice: kept; a 30 mm one-slice plate is not
+    thick = (0.8, 0.8, 5.0)
+    nodule = np.zeros((10, 64, 64), bool)
+    nodule[3] = _ball((1, 64, 64), (0, 16, 16), (4, 4, 4), thick)[0]
+    plate = np.zeros_like(nodule)
+    plate[7] = _ball((1, 64, 64), (0, 40, 40), (15, 15, 15), thick)[0]
+    assert np.array_equal(remove_flat_components(nodule | plate, thick, 0.4).astype(bool), nodule)
+    assert not remove_flat_components(np.zeros((4, 8, 8), np.uint8), spacing, 0.4).any()
+
+
+def test_real_lesions_pass_the_flat_filter_of_the_demo_preset(realdata):
+    """Every labelled real lesion (the 4 tumour CTs and the 24 LIDC nodules) is at least as deep as the
+    demo preset's ratio asks: the filter removes model artefacts, not tumours."""
+    import SimpleITK as sitk
+
+    from lungtumor.config import load_config
+
+    ratio = load_config(None, "demo").infer.min_z_extent_ratio
+    assert ratio > 0
+    labels = [
+        realdata / "pyradiomics/lung1_label.nrrd",
+        realdata / "pyradiomics/lung2_label.nrrd",
+        realdata / "nsclc_radiomics_lung1_001/LUNG1-001_gtv1_crop.nii.gz",
+        realdata / "ibsi_ct_phantom/mask.nii.gz",
+        *sorted((realdata / "lidc_nodule_vois/nodule_mask").glob("*.nii.gz")),
+    ]
+    assert len(labels) == 28
+    for path in labels:
+        img = sitk.ReadImage(str(path))
+        mask = remove_small_components(sitk.GetArrayFromImage(img) > 0, img.GetSpacing(), 20.0).astype(bool)
+        kept = remove_flat_components(mask, img.GetSpacing(), ratio)
+        assert np.array_equal(kept.astype(bool), mask), path.name
+
+
+def test_predict_postprocessing_applies_the_flat_filter():
+    from lungtumor.inference import postprocess_mask
+    from lungtumor.volume import Volume
+
+    spacing = (0.8, 0.8, 1.0)
+    sphere = _ball((40, 64, 64), (15, 20, 20), (6, 6, 6), spacing)
+    disc = np.zeros_like(sphere)
+    disc[30] = _ball((1, 64, 64), (0, 44, 44), (6, 6, 6), spacing)[0]
+    ct = Volume(np.full(sphere.shape, -800, np.int16), spacing=spacing)
+    mask = (sphere | disc).astype(np.uint8)
+    out = postprocess_mask(mask, ct, min_lesion_mm3=20.0, lung_gate=False, min_z_extent_ratio=0.4)
+    assert np.array_equal(out.astype(bool), sphere)
+    kept = postprocess_mask(mask, ct, min_lesion_mm3=20.0, lung_gate=False)
+    assert np.array_equal(kept, mask)

@@ -227,6 +227,12 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--threshold", type=float, help="probability threshold (default from the checkpoint, 0.5)")
     p.add_argument("--min-lesion-mm3", type=float, help="drop components smaller than this (mm³)")
+    p.add_argument(
+        "--min-z-extent-ratio",
+        type=float,
+        help="drop components whose z extent (mm) is under this fraction of their axial diameter "
+        "(one-slice false positives; 0 = off; default from the checkpoint)",
+    )
     p.add_argument("--no-postprocess", action="store_true", help="keep every component")
     p.add_argument("--lung-gate", action="store_true", help="keep only lesions inside or touching the lungs")
     p.add_argument("--save-prob", action="store_true", help="also write the tumour probability map")
@@ -248,6 +254,7 @@ def _cmd_predict(args) -> int:
     opts = PredictOptions(
         threshold=args.threshold,
         min_lesion_mm3=args.min_lesion_mm3,
+        min_z_extent_ratio=args.min_z_extent_ratio,
         postprocess=not args.no_postprocess,
         lung_gate=args.lung_gate or None,
         save_prob=args.save_prob,

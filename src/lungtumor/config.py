@@ -121,10 +121,15 @@ class TrainConfig:
 
 @dataclass
 class InferConfig:
-    """Prediction settings."""
+    """Prediction settings.
+
+    ``min_z_extent_ratio`` > 0 drops components whose z extent (mm) is under that fraction of their largest
+    axial diameter (``postprocess.remove_flat_components``: the one-slice false positives of a 2D model).
+    """
 
     threshold: float = 0.5
     min_lesion_mm3: float = 20.0
+    min_z_extent_ratio: float = 0.0
     lung_gate: bool = False
     batch_size: int = 16
     tta: bool = False
@@ -226,7 +231,9 @@ def _demo() -> RunConfig:
         val_every_n_epochs=3,
         crop_size=96,
     )
-    c.infer = InferConfig(lung_gate=True)  # `demo` predicts with --tta (BENCHMARKS.md: +0.03 Dice, 1.7x time)
+    # `demo` predicts with --tta (BENCHMARKS.md: +0.03 Dice, 1.7x time). Flat components out: BENCHMARKS.md
+    # "Session 6" (false positives -44 %, every real lesion is deeper than 0.44 x its width)
+    c.infer = InferConfig(lung_gate=True, min_z_extent_ratio=0.4)
     return c
 
 
@@ -395,6 +402,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("infer.threshold", "must be in (0, 1)")
     if cfg.infer.min_lesion_mm3 < 0:
         bad("infer.min_lesion_mm3", "must be >= 0")
+    if cfg.infer.min_z_extent_ratio < 0:
+        bad("infer.min_z_extent_ratio", "must be >= 0 (0 = off)")
     cfg.model.in_channels = 2 * cfg.train.context_slices + 1 + int(cfg.prep.blob)
 
 

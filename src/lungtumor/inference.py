@@ -32,6 +32,7 @@ class PredictOptions:
 
     threshold: float | None = None
     min_lesion_mm3: float | None = None
+    min_z_extent_ratio: float | None = None
     postprocess: bool = True
     lung_gate: bool | None = None
     save_prob: bool = False
@@ -250,12 +251,17 @@ def predict_volume(
     return prob, mask
 
 
-def postprocess_mask(mask: np.ndarray, ct: Volume, *, min_lesion_mm3: float, lung_gate: bool) -> np.ndarray:
-    """Drop components under ``min_lesion_mm3`` and, optionally, those away from the lungs. (z, y, x) uint8."""
-    from lungtumor.postprocess import gate_to_lungs_hu, remove_small_components
+def postprocess_mask(
+    mask: np.ndarray, ct: Volume, *, min_lesion_mm3: float, lung_gate: bool, min_z_extent_ratio: float = 0.0
+) -> np.ndarray:
+    """Drop components under ``min_lesion_mm3``, those flatter along z than ``min_z_extent_ratio`` allows
+    (``postprocess.remove_flat_components``) and, optionally, those away from the lungs. (z, y, x) uint8."""
+    from lungtumor.postprocess import gate_to_lungs_hu, remove_flat_components, remove_small_components
 
     if min_lesion_mm3 > 0:
         mask = remove_small_components(mask, ct.spacing, min_lesion_mm3)
+    if min_z_extent_ratio > 0:
+        mask = remove_flat_components(mask, ct.spacing, min_z_extent_ratio)
     if lung_gate and mask.any():
         gated = gate_to_lungs_hu(mask, ct.array, ct.spacing)  # lung mask on its coarse grid only
         if gated is not None:  # None: no lungs found (e.g. not in HU); gating would delete every lesion
@@ -312,6 +318,9 @@ def predict_paths(
     min_mm3 = opts.min_lesion_mm3 if opts.min_lesion_mm3 is not None else icfg.min_lesion_mm3
     if min_mm3 < 0:
         raise InputError("--min-lesion-mm3", "must be >= 0")
+    z_ratio = opts.min_z_extent_ratio if opts.min_z_extent_ratio is not None else icfg.min_z_extent_ratio
+    if z_ratio < 0:
+        raise InputError("--min-z-extent-ratio", "must be >= 0 (0 = off)")
     lung_gate = opts.lung_gate if opts.lung_gate is not None else icfg.lung_gate
     batch = opts.batch_size or icfg.batch_size
     tta = (
@@ -364,7 +373,9 @@ def predict_paths(
                 res.outputs.append(write_volume(vol.with_array(prob), out / f"{stem}_prob.nii.gz"))
             del prob  # free it before postprocessing allocates
             if opts.postprocess:
-                mask = postprocess_mask(mask, vol, min_lesion_mm3=min_mm3, lung_gate=lung_gate)
+                mask = postprocess_mask(
+                    mask, vol, min_lesion_mm3=min_mm3, lung_gate=lung_gate, min_z_extent_ratio=z_ratio
+                )
             mask_vol = vol.with_array(mask)
             res.mask_path = write_volume(mask_vol, out / f"{stem}_tumour.nii.gz")
             res.outputs.append(res.mask_path)
