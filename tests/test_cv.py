@@ -121,3 +121,15 @@ def test_cv_end_to_end_3d_tiny(tmp_path):
     assert loaded.config.infer.min_lesion_mm3 == pp["min_lesion_mm3"]
     for k in (0, 1):
         assert (out / f"fold_{k}" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_flat_filter_chosen_when_only_it_removes_a_one_slice_false_positive():
+    sp = (1.0, 1.0, 1.0)
+    gt = _ball((40, 40, 40), (10, 10, 10), 5)  # 515 voxels
+    disc = np.zeros_like(gt)
+    disc[30] = _ball((40, 40, 40), (20, 26, 20), 14)[20]  # one slice, 28 mm wide: more voxels than the tumour
+    assert disc.sum() > gt.sum()
+    ch = choose_postprocessing([((gt | disc).astype(np.uint8), gt, sp, None)])
+    assert ch.min_z_extent_ratio > 0 and ch.min_lesion_mm3 == 0 and ch.dice_chosen == 1.0
+    ch2 = choose_postprocessing([(gt.astype(np.uint8), gt, sp, None)])
+    assert ch2.min_z_extent_ratio == 0

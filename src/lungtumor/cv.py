@@ -30,6 +30,8 @@ import numpy as np
 from lungtumor.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
 
 MIN_SIZES_MM3: tuple[float, ...] = (0.0, 10.0, 50.0, 100.0, 250.0, 500.0)
+#: Candidate ``infer.min_z_extent_ratio`` values (0 = off; 0.4 keeps every real lesion, BENCHMARKS.md "Session 6").
+Z_RATIOS: tuple[float, ...] = (0.0, 0.4)
 _EPS = 1e-4  # a postprocessing must raise the mean Dice by more than this to be chosen
 
 
@@ -42,47 +44,68 @@ class PostChoice:
     dice_raw: float
     dice_chosen: float
     candidates: list[dict[str, Any]]
+    min_z_extent_ratio: float = 0.0
 
 
 def choose_postprocessing(
     cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float], np.ndarray | None]],
     min_sizes: tuple[float, ...] = MIN_SIZES_MM3,
+    z_ratios: tuple[float, ...] = Z_RATIOS,
 ) -> PostChoice:
-    """Pick min lesion size and lung gating that maximise the mean Dice over OOF cases.
+    """Pick min lesion size, the flat-component filter and lung gating that maximise the mean OOF Dice.
 
     Args:
         cases: per case (pred (z, y, x) {0, 1}, gt (z, y, x), spacing (x, y, z) mm, lung mask (z, y, x) bool
             or None when gating is not to be tried for it).
 
     Returns:
-        The best candidate when it beats no postprocessing by more than 1e-4 mean Dice, else (0, False).
+        The best candidate when it beats no postprocessing by more than 1e-4 mean Dice, else (0, False, 0).
     """
     from lungtumor.metrics import dice
-    from lungtumor.postprocess import gate_to_lungs, remove_small_components
 
     gates = (False, True) if any(c[3] is not None for c in cases) else (False,)
     cands = []
     for gate in gates:
-        for ms in sorted(min_sizes):
-            ds = []
-            for pred, gt, sp, lung in cases:
-                m = remove_small_components(pred, sp, ms) if ms > 0 else pred
-                if gate and lung is not None and lung.any() and m.any():
-                    m = gate_to_lungs(m, lung)
-                ds.append(dice(m, gt))
-            v = np.asarray(ds, dtype=float)  # NaN (both empty) is left out, as in lungtumor.metrics
-            mean = float(np.nanmean(v)) if np.isfinite(v).any() else 1.0
-            cands.append({"min_lesion_mm3": float(ms), "lung_gate": gate, "mean_dice": mean})
-    raw = (
-        next(c for c in cands if c["min_lesion_mm3"] == 0 and not c["lung_gate"])
-        if 0.0 in min_sizes
-        else cands[0]
+        for zr in sorted(z_ratios):
+            for ms in sorted(min_sizes):
+                ds = [dice(apply_postprocessing(pred, sp, lung, ms, gate, zr), gt) for pred, gt, sp, lung in cases]
+                v = np.asarray(ds, dtype=float)  # NaN (both empty) is left out, as in lungtumor.metrics
+                mean = float(np.nanmean(v)) if np.isfinite(v).any() else 1.0
+                cands.append(
+                    {"min_lesion_mm3": float(ms), "lung_gate": gate, "min_z_extent_ratio": float(zr), "mean_dice": mean}
+                )
+    raw = next(
+        (c for c in cands if c["min_lesion_mm3"] == 0 and not c["lung_gate"] and c["min_z_extent_ratio"] == 0),
+        cands[0],
     )
     best = raw
-    for c in cands:  # in order of simplicity: no gate first, smaller sizes first
+    for c in cands:  # in order of simplicity: no gate first, no flat filter first, smaller sizes first
         if c["mean_dice"] > best["mean_dice"] + _EPS:
             best = c
-    return PostChoice(best["min_lesion_mm3"], best["lung_gate"], raw["mean_dice"], best["mean_dice"], cands)
+    return PostChoice(
+        best["min_lesion_mm3"], best["lung_gate"], raw["mean_dice"], best["mean_dice"], cands,
+        min_z_extent_ratio=best["min_z_extent_ratio"],
+    )  # fmt: skip
+
+
+def apply_postprocessing(
+    pred: np.ndarray,
+    spacing: tuple[float, float, float],
+    lung: np.ndarray | None,
+    min_mm3: float,
+    gate: bool,
+    z_ratio: float,
+) -> np.ndarray:
+    """``pred`` (z, y, x) {0, 1} after the size filter, the flat-component filter and the lung gate, in the
+    order ``predict`` applies them."""
+    from lungtumor.postprocess import gate_to_lungs, remove_flat_components, remove_small_components
+
+    m = remove_small_components(pred, spacing, min_mm3) if min_mm3 > 0 else pred
+    if z_ratio > 0:
+        m = remove_flat_components(m, spacing, z_ratio)
+    if gate and lung is not None and lung.any() and m.any():
+        m = gate_to_lungs(m, lung)
+    return m
 
 
 def _nanmean(v: list[float]) -> float:
@@ -129,6 +152,7 @@ def _set_infer(run_dir: Path, choice: PostChoice) -> None:
         infer = ck["hyper_parameters"]["lungtumor"]["config"].setdefault("infer", {})
         infer["min_lesion_mm3"] = float(choice.min_lesion_mm3)
         infer["lung_gate"] = bool(choice.lung_gate)
+        infer["min_z_extent_ratio"] = float(choice.min_z_extent_ratio)
         buf = io.BytesIO()
         torch.save(ck, buf)
         with atomic_path(p) as tmp:
@@ -175,7 +199,7 @@ def run_cv(
     from lungtumor.infer3d import is_3d, load_any, predict_any
     from lungtumor.inference import resolve_device
     from lungtumor.metrics import SegmentationMetrics, dice
-    from lungtumor.postprocess import gate_to_lungs, lung_mask_from_hu, remove_small_components
+    from lungtumor.postprocess import lung_mask_from_hu
     from lungtumor.volume import read_mask, read_volume, write_volume
 
     t0 = time.perf_counter()
@@ -263,11 +287,9 @@ def run_cv(
     acc = SegmentationMetrics()
     rows, lesion_rows = [], []
     for r in records:
-        m = r["pred"]
-        if choice.min_lesion_mm3 > 0:
-            m = remove_small_components(m, r["spacing"], choice.min_lesion_mm3)
-        if choice.lung_gate and r["lung"].any() and m.any():
-            m = gate_to_lungs(m, r["lung"])
+        m = apply_postprocessing(
+            r["pred"], r["spacing"], r["lung"], choice.min_lesion_mm3, choice.lung_gate, choice.min_z_extent_ratio
+        )
         cm = acc.update(m, r["gt"], r["spacing"][::-1], case=r["case"])
         row = {"fold": r["fold"], "case": r["case"], "dice_raw": dice(r["pred"], r["gt"])}
         row.update(
@@ -281,6 +303,7 @@ def run_cv(
     pp = {
         "min_lesion_mm3": choice.min_lesion_mm3,
         "lung_gate": choice.lung_gate,
+        "min_z_extent_ratio": choice.min_z_extent_ratio,
         "mean_dice_raw": choice.dice_raw,
         "mean_dice_chosen": choice.dice_chosen,
         "candidates": choice.candidates,
@@ -299,7 +322,11 @@ def run_cv(
         "mean_dice": agg["dice"]["mean"],
         "mean_dice_raw": choice.dice_raw,
         "per_fold_mean_dice": per_fold,
-        "postprocessing": {"min_lesion_mm3": choice.min_lesion_mm3, "lung_gate": choice.lung_gate},
+        "postprocessing": {
+            "min_lesion_mm3": choice.min_lesion_mm3,
+            "lung_gate": choice.lung_gate,
+            "min_z_extent_ratio": choice.min_z_extent_ratio,
+        },
         "metrics": agg,
         "seconds": time.perf_counter() - t0,
     }
@@ -313,7 +340,8 @@ def format_cv_summary(s: dict[str, Any]) -> str:
     return (
         f"{s['folds']}-fold CV of preset {s['preset']} on {s['n_cases']} cases: mean per-case Dice "
         f"{s['mean_dice']:.4f} (raw {s['mean_dice_raw']:.4f}); postprocessing: min lesion "
-        f"{pp['min_lesion_mm3']:g} mm3, lung gate {'on' if pp['lung_gate'] else 'off'}; "
+        f"{pp['min_lesion_mm3']:g} mm3, lung gate {'on' if pp['lung_gate'] else 'off'}, flat filter "
+        f"{pp.get('min_z_extent_ratio', 0):g}; "
         + ", ".join(f"fold {k} {v:.3f}" for k, v in s["per_fold_mean_dice"].items())
         + f"; {s['seconds']:.0f} s"
     )
