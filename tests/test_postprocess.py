@@ -8,6 +8,7 @@ from scipy import ndimage as ndi
 
 from lungtumor.postprocess import (
     component_sizes,
+    filter_components,
     gate_to_lungs,
     gate_to_lungs_hu,
     label_components,
@@ -257,3 +258,15 @@ def test_predict_postprocessing_applies_the_flat_filter():
     assert np.array_equal(out.astype(bool), sphere)
     kept = postprocess_mask(mask, ct, min_lesion_mm3=20.0, lung_gate=False)
     assert np.array_equal(kept, mask)
+
+
+def test_both_filters_in_one_pass_equal_one_after_the_other():
+    sp = (0.7, 0.7, 2.5)
+    m = _ball((30, 64, 64), (10, 16, 16), (6, 6, 6), sp)  # kept by both
+    m[25, 50:54, 50:54] = True  # 4x4 one-slice speck: 19.6 mm3, too small
+    m[20, 5:25, 40:60] = True  # 14 mm wide on one 2.5 mm slice: too flat
+    m[3:6, 40:43, 10:13] = True  # 3 slices of 2.1 mm: deep enough, 33 mm3
+    both = filter_components(m, sp, min_mm3=5.0, min_z_ratio=0.4)
+    seq = remove_flat_components(remove_small_components(m, sp, 5.0), sp, 0.4)
+    assert 0 < both.sum() < m.sum()
+    assert np.array_equal(both, seq)

@@ -232,7 +232,7 @@ def _demo() -> RunConfig:
         crop_size=96,
     )
     # `demo` predicts with --tta (BENCHMARKS.md: +0.03 Dice, 1.7x time). Flat components out: BENCHMARKS.md
-    # "Session 6" (false positives -44 %, every real lesion is deeper than 0.44 x its width)
+    # "Session 6" (false positives about halved, every real lesion is deeper than 0.44 x its width)
     c.infer = InferConfig(lung_gate=True, min_z_extent_ratio=0.4)
     return c
 

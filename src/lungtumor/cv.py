@@ -68,14 +68,26 @@ def choose_postprocessing(
     for gate in gates:
         for zr in sorted(z_ratios):
             for ms in sorted(min_sizes):
-                ds = [dice(apply_postprocessing(pred, sp, lung, ms, gate, zr), gt) for pred, gt, sp, lung in cases]
+                ds = [
+                    dice(apply_postprocessing(pred, sp, lung, ms, gate, zr), gt)
+                    for pred, gt, sp, lung in cases
+                ]
                 v = np.asarray(ds, dtype=float)  # NaN (both empty) is left out, as in lungtumor.metrics
                 mean = float(np.nanmean(v)) if np.isfinite(v).any() else 1.0
                 cands.append(
-                    {"min_lesion_mm3": float(ms), "lung_gate": gate, "min_z_extent_ratio": float(zr), "mean_dice": mean}
+                    {
+                        "min_lesion_mm3": float(ms),
+                        "lung_gate": gate,
+                        "min_z_extent_ratio": float(zr),
+                        "mean_dice": mean,
+                    }
                 )
     raw = next(
-        (c for c in cands if c["min_lesion_mm3"] == 0 and not c["lung_gate"] and c["min_z_extent_ratio"] == 0),
+        (
+            c
+            for c in cands
+            if c["min_lesion_mm3"] == 0 and not c["lung_gate"] and c["min_z_extent_ratio"] == 0
+        ),
         cands[0],
     )
     best = raw
@@ -98,11 +110,13 @@ def apply_postprocessing(
 ) -> np.ndarray:
     """``pred`` (z, y, x) {0, 1} after the size filter, the flat-component filter and the lung gate, in the
     order ``predict`` applies them."""
-    from lungtumor.postprocess import gate_to_lungs, remove_flat_components, remove_small_components
+    from lungtumor.postprocess import filter_components, gate_to_lungs
 
-    m = remove_small_components(pred, spacing, min_mm3) if min_mm3 > 0 else pred
-    if z_ratio > 0:
-        m = remove_flat_components(m, spacing, z_ratio)
+    m = (
+        filter_components(pred, spacing, min_mm3=min_mm3, min_z_ratio=z_ratio)
+        if min_mm3 > 0 or z_ratio > 0
+        else pred
+    )
     if gate and lung is not None and lung.any() and m.any():
         m = gate_to_lungs(m, lung)
     return m
@@ -288,12 +302,21 @@ def run_cv(
     rows, lesion_rows = [], []
     for r in records:
         m = apply_postprocessing(
-            r["pred"], r["spacing"], r["lung"], choice.min_lesion_mm3, choice.lung_gate, choice.min_z_extent_ratio
+            r["pred"],
+            r["spacing"],
+            r["lung"],
+            choice.min_lesion_mm3,
+            choice.lung_gate,
+            choice.min_z_extent_ratio,
         )
         cm = acc.update(m, r["gt"], r["spacing"][::-1], case=r["case"])
         row = {"fold": r["fold"], "case": r["case"], "dice_raw": dice(r["pred"], r["gt"])}
         row.update(
-            {k: v for k, v in asdict(cm).items() if k not in ("case", "status", "pred_file", "gt_file", "lesions")}
+            {
+                k: v
+                for k, v in asdict(cm).items()
+                if k not in ("case", "status", "pred_file", "gt_file", "lesions")
+            }
         )
         rows.append(row)
         lesion_rows += [{"fold": r["fold"], "case": r["case"], **les} for les in cm.lesions]

@@ -256,12 +256,10 @@ def postprocess_mask(
 ) -> np.ndarray:
     """Drop components under ``min_lesion_mm3``, those flatter along z than ``min_z_extent_ratio`` allows
     (``postprocess.remove_flat_components``) and, optionally, those away from the lungs. (z, y, x) uint8."""
-    from lungtumor.postprocess import gate_to_lungs_hu, remove_flat_components, remove_small_components
+    from lungtumor.postprocess import filter_components, gate_to_lungs_hu
 
-    if min_lesion_mm3 > 0:
-        mask = remove_small_components(mask, ct.spacing, min_lesion_mm3)
-    if min_z_extent_ratio > 0:
-        mask = remove_flat_components(mask, ct.spacing, min_z_extent_ratio)
+    if min_lesion_mm3 > 0 or min_z_extent_ratio > 0:  # one labelling for both filters
+        mask = filter_components(mask, ct.spacing, min_mm3=min_lesion_mm3, min_z_ratio=min_z_extent_ratio)
     if lung_gate and mask.any():
         gated = gate_to_lungs_hu(mask, ct.array, ct.spacing)  # lung mask on its coarse grid only
         if gated is not None:  # None: no lungs found (e.g. not in HU); gating would delete every lesion
