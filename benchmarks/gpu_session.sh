@@ -8,15 +8,17 @@
 # Everything lands in $OUT (the device tool's folder; /tmp/gpu_out elsewhere); copy the tables into
 # BENCHMARKS.md with the device named. QUICK=1 DEV=cpu runs tiny versions of each step (a CPU smoke test).
 #
-# Steps (session 5):
+# Steps (session 5; session 6 added the flat-filter scoring in step 4):
 #  1. One training set (35 rich phantoms, seed 0, 6 of them validate) and 16 standard held-out phantoms
 #     (seed 11, the CPU sessions' second held-out set). Caches for the 2D default, the demo and the 3D preset.
 #  2. Side by side on the one GPU, each with a fixed number of steps and a hard time limit: the 2D default
 #     (UNet-32 depth 4), its width/depth sweep (UNet-16/64 depth 4, UNet-32 depth 3) and lr 1e-3, the demo
 #     preset, and the 3D preset (#3 width/depth evidence, #6 3D vs 2D).
 #  3. predict_speed with the trained default and demo models on a 512x512x300 CT (#4: <= 1 s on an H100).
-#  4. Every run (its best checkpoint) and the 2D+3D ensemble scored on the held-out phantoms (results.jsonl).
+#  4. Every run (its best checkpoint) and the 2D+3D ensemble scored on the held-out phantoms (results.jsonl);
+#     the 2D default again with the flat-component filter (min_z_extent_ratio 0.4), the demo again without.
 set -uo pipefail
+unset SCORE_LOG
 OUT=${OUT:-/tmp/gpu_out}
 PY=${PY:-python3}
 QUICK=${QUICK:-0}
@@ -114,21 +116,25 @@ done
 [ "$SPEED" = 1 ] && step predict_speed 120 $PY benchmarks/predict_speed.py --device "$DEV" "${M[@]}" "${SPEED_ARGS[@]}"
 
 # 4. scoring, side by side (the best checkpoint of each run; the last one where a killed run has no best)
-score() {  # score NAME [--model RUN ...]
+score() {  # score NAME [--model RUN ...] [--min-z-extent-ratio R]; SCORE_LOG=the log's name (default NAME)
   local name=$1
   shift
   local extra=("$@")
-  if [ ${#extra[@]} -eq 0 ] && [ ! -f "$W/sweep/$name/run/checkpoints/best.ckpt" ]; then
-    extra=(--model "$W/sweep/$name/run/checkpoints/last.ckpt")
+  if [ ! -f "$W/sweep/$name/run/checkpoints/best.ckpt" ] && [[ " ${extra[*]} " != *" --model "* ]]; then
+    extra+=(--model "$W/sweep/$name/run/checkpoints/last.ckpt")
   fi
+  local log=${SCORE_LOG:-$name}
   timeout 150 $PY benchmarks/preset_sweep.py "$name" --cache "$W/c2" --test "$W/ho" "${S[@]}" --score-only \
-    "${extra[@]}" >"$W/logs/score_$name.log" 2>&1
-  echo "score $name rc=$?" >>"$SUM"
+    "${extra[@]}" >"$W/logs/score_$log.log" 2>&1
+  echo "score $log rc=$?" >>"$SUM"
 }
 t0=$SECONDS
 for n in "${RUNS[@]}"; do score $n & done
 score ens_d2_d3 --model "$W/sweep/d2_u32d4/run" --model "$W/sweep/d3/run" &
 [ "$SWEEP" = 1 ] && score ens_lr1e3_d3 --model "$W/sweep/d2_u32d4_lr1e3/run" --model "$W/sweep/d3/run" &
+# session 6: the flat-component filter (demo preset: on) on the 2D models it was not measured with
+SCORE_LOG=d2_u32d4_flat score d2_u32d4 --min-z-extent-ratio 0.4 &
+SCORE_LOG=demo_noflat score demo --min-z-extent-ratio 0 &
 wait
 echo "scoring took=$((SECONDS - t0))s" | tee -a "$SUM"
 

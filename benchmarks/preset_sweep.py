@@ -52,7 +52,14 @@ def apply_override(cfg: object, key: str, value: str) -> None:
     setattr(obj, last, tuple(v) if isinstance(cur, tuple) else v)
 
 
-def score(run: Path | list[Path], test: Path, out: Path, tta: bool, device: str = "auto") -> dict:
+def score(
+    run: Path | list[Path],
+    test: Path,
+    out: Path,
+    tta: bool,
+    device: str = "auto",
+    z_ratio: float | None = None,
+) -> dict:
     """Predict and evaluate one test folder (several runs: their averaged probabilities); the row's numbers."""
     from lungtumor.inference import PredictOptions, predict_paths
     from lungtumor.metrics import evaluate_dirs
@@ -64,7 +71,10 @@ def score(run: Path | list[Path], test: Path, out: Path, tta: bool, device: str 
     )
     t0 = time.perf_counter()
     res = predict_paths(
-        [img], run, out, PredictOptions(progress=False, measure=False, tta=tta, device=device)
+        [img],
+        run,
+        out,
+        PredictOptions(progress=False, measure=False, tta=tta, device=device, min_z_extent_ratio=z_ratio),
     )
     sec = (time.perf_counter() - t0) / max(len(res), 1)
     bad = [r.error for r in res if r.error]
@@ -93,6 +103,11 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="mirror TTA at predict")
     ap.add_argument("--device", default="auto", help="predict device: auto, cpu, cuda")
     ap.add_argument(
+        "--min-z-extent-ratio",
+        type=float,
+        help="score with this flat-component filter instead of the checkpoint's (pred_I_zR folders)",
+    )
+    ap.add_argument(
         "--train-only", action="store_true", help="train, write OUT/NAME/train.json, do not score"
     )
     ap.add_argument("--score-only", action="store_true", help="score OUT/NAME/run (or the --model runs)")
@@ -104,6 +119,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
 
     out = a.out / a.name
+    z = a.min_z_extent_ratio
     res = {"name": a.name, "preset": a.preset, "set": a.set}
     if not a.score_only:
         res.update(train_one(a.cache, out, a.preset, a.set))
@@ -113,11 +129,13 @@ def main() -> None:
             return
     elif (out / "train.json").is_file():
         res.update(json.loads((out / "train.json").read_text()))
+    res["min_z_extent_ratio"] = z  # after train.json, whose training run scored nothing
     runs = a.model or [out / "run"]
     if a.model:
         res["models"] = [str(m) for m in a.model]
     for i, test in enumerate(a.test):
-        res[test.name or f"test{i}"] = score(runs, test, out / f"pred_{i}", a.tta, a.device)
+        pred = out / (f"pred_{i}" if z is None else f"pred_{i}_z{z:g}")
+        res[test.name or f"test{i}"] = score(runs, test, pred, a.tta, a.device, z)
     with (a.out / "results.jsonl").open("a") as f:
         f.write(json.dumps(res) + "\n")
     cells = [
@@ -126,7 +144,7 @@ def main() -> None:
         for r in (res[t.name or f"test{i}"] for i, t in enumerate(a.test))
     ]
     print(
-        f"| {a.name} | {' '.join(res['set']) or '-'} | {res.get('train_s', '?')} | "
+        f"| {a.name}{'' if z is None else f' (flat filter {z:g})'} | {' '.join(res['set']) or '-'} | {res.get('train_s', '?')} | "
         + " | ".join(cells)
         + " |"
     )

@@ -470,3 +470,16 @@ def test_ema_weights_are_what_validation_scored_and_predict_loads(cache, tmp_pat
     assert _reference_val_dice(loaded, cache) == pytest.approx(res.best_dice, abs=1e-4)
     with pytest.raises(InputError, match="ema_decay"):
         train(cache, tmp_path / "bad", tiny_config(epochs=1, ema_decay=1.0), progress=False)
+
+
+def test_ema_cannot_be_switched_on_a_resume_nor_set_for_3d(cache, tmp_path):
+    from lungtumor.config import load_config
+    from lungtumor.training import train
+
+    train(cache, tmp_path / "run", tiny_config(epochs=1), progress=False)
+    with pytest.raises(InputError, match="ema_decay was switched"):
+        train(cache, tmp_path / "run", tiny_config(epochs=2, ema_decay=0.9), resume=True, progress=False)
+    cfg = load_config(None, "3d")
+    cfg.train.ema_decay = 0.9
+    with pytest.raises(InputError, match="ema_decay"):
+        validate(cfg)

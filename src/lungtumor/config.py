@@ -86,7 +86,7 @@ class TrainConfig:
 
     ``ema_decay`` > 0 keeps an exponential moving average of the weights (decay per optimiser step, e.g.
     0.995 averages over about 200 steps); validation, the checkpoints and so prediction use the average.
-    0 = off.
+    0 = off. 2D trainer only (a 3D config with it is refused).
     """
 
     epochs: int = 30
@@ -376,6 +376,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     def bad(key: str, msg: str) -> None:
         raise InputError(source, f"{key}: {msg}")
 
+    if cfg.model.arch == "unet3d" and cfg.train.ema_decay > 0:
+        bad("train.ema_decay", "is for the 2D trainer; the 3D recipe (model.arch unet3d) has no EMA")
     if cfg.prep.norm not in ("divide", "window_zscore"):
         bad("prep.norm", f"{cfg.prep.norm!r} is not one of divide, window_zscore")
     if cfg.prep.resize not in ("size", "spacing"):

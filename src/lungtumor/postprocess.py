@@ -176,16 +176,20 @@ def filter_components(
         return out
     sx, sy, sz = (float(v) for v in spacing_xyz)
     keep = np.ones(n + 1, dtype=bool)
-    if min_mm3 > 0:
-        keep &= component_sizes(labels, n) * (sx * sy * sz) >= min_mm3
-    if min_z_ratio > 0:
+    if min_z_ratio > 0:  # one pass over the planes gives the sizes too
+        sizes = np.zeros(n + 1, dtype=np.int64)
         n_slices = np.zeros(n + 1, dtype=np.int64)
         largest = np.zeros(n + 1, dtype=np.int64)  # voxels of each component's largest axial cross-section
         for plane in labels:
             counts = np.bincount(plane.ravel(), minlength=n + 1)
+            sizes += counts
             n_slices += counts > 0
             np.maximum(largest, counts, out=largest)
         keep &= n_slices * sz >= min_z_ratio * 2.0 * np.sqrt(largest * sx * sy / np.pi)
+    else:
+        sizes = component_sizes(labels, n)
+    if min_mm3 > 0:
+        keep &= sizes * (sx * sy * sz) >= min_mm3
     keep[0] = False
     _paint(out[box], labels, keep.astype(np.uint8))
     return out
