@@ -376,6 +376,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     def bad(key: str, msg: str) -> None:
         raise InputError(source, f"{key}: {msg}")
 
+    if not 0 <= cfg.train.ema_decay < 1:
+        bad("train.ema_decay", "must be in [0, 1) (0 = off; e.g. 0.995 averages over about 200 steps)")
     if cfg.model.arch == "unet3d" and cfg.train.ema_decay > 0:
         bad("train.ema_decay", "is for the 2D trainer; the 3D recipe (model.arch unet3d) has no EMA")
     if cfg.prep.norm not in ("divide", "window_zscore"):

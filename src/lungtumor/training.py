@@ -384,8 +384,6 @@ def _check_train_config(cfg: RunConfig, source: str) -> None:
             bad(f"train.{key}", "must be >= 0")
     if t.lesion_balance < 0:
         bad("train.lesion_balance", "must be >= 0 (0 = slice-uniform, 1 = every lesion the same mass)")
-    if not 0 <= t.ema_decay < 1:
-        bad("train.ema_decay", "must be in [0, 1) (0 = off; e.g. 0.995 averages over about 200 steps)")
     if not 0 <= t.crop_tumour_fraction <= 1:
         bad("train.crop_tumour_fraction", "must be a probability in [0, 1]")
     a = t.augment
