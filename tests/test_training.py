@@ -236,6 +236,26 @@ def test_sample_dice_weighs_a_small_lesion_like_a_big_one():
     assert load_config(None, "demo").train.loss in LOSS_NAMES
 
 
+def test_small_lesion_weights_lift_a_nodule_not_a_mass():
+    """dice_bce_small: a nodule's pixels weigh several times a mass's interior; background stays 1; the
+    per-slice weights of a 3D target equal the 2D ones; missing the nodule costs more than with plain BCE."""
+    from lungtumor.losses import bce_loss, dice_bce_small_loss, small_lesion_weights
+
+    t = torch.zeros(2, 1, 64, 64)
+    t[0, 0, 10:14, 10:14] = 1  # a 4x4 nodule
+    t[1, 0, 5:60, 5:60] = 1  # a 55x55 mass
+    w = small_lesion_weights(t)
+    assert float(w[0, 0, 12, 12]) > 5 and float(w[1, 0, 30, 30]) == 1.0
+    assert float(w[0, 0, 40, 40]) == 1.0 and float(w.max()) <= 9.0
+    t3 = t.unsqueeze(2).repeat(1, 1, 3, 1, 1)  # (B, 1, D, H, W)
+    assert torch.allclose(small_lesion_weights(t3)[:, :, 1], w)
+    hit = t * 40 - 20
+    miss = hit.clone()
+    miss[0] = -20
+    extra = float(dice_bce_small_loss(miss, t) - dice_bce_small_loss(hit, t))
+    assert extra > 4 * float(bce_loss(miss, t) - bce_loss(hit, t))
+
+
 def test_seeded_runs_are_reproducible(cache, tmp_path):
     from lungtumor.training import train
 

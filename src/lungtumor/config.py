@@ -17,8 +17,9 @@ from typing import Any
 from lungtumor.errors import InputError, atomic_write_text
 
 # The losses `lungtumor.losses.LOSSES` offers (kept here so that config needs no torch; a test checks they agree):
-# batch soft Dice + BCE, BCE alone (the seed), and per-sample soft Dice + BCE (small lesions weigh like big ones).
-LOSS_NAMES = ("bce", "dice_bce", "dice_bce_sample")
+# batch soft Dice + BCE, BCE alone (the seed), per-sample soft Dice + BCE (small lesions weigh like big ones), and
+# batch soft Dice + a BCE whose small-lesion pixels weigh up to 9x.
+LOSS_NAMES = ("bce", "dice_bce", "dice_bce_sample", "dice_bce_small")
 
 
 @dataclass
