@@ -40,6 +40,24 @@ def test_ds_loss_weights():
     assert torch.isfinite(loss)
 
 
+def test_3d_training_uses_the_configured_loss():
+    """train.loss reaches the 3D trainer (it was always Dice + BCE); every loss takes 5D tensors."""
+    from lungtumor.config import LOSS_NAMES, RunConfig, to_dict
+    from lungtumor.losses import LOSSES
+    from lungtumor.train3d import Seg3DModule
+
+    t = torch.zeros(2, 1, 4, 16, 16)
+    t[0, 0, 1:3, 4:7, 4:7] = 1
+    logits = [torch.randn(2, 1, 4, 16, 16), torch.randn(2, 1, 2, 8, 8)]
+    values = {name: float(deep_supervision_loss(logits, t, LOSSES[name])) for name in LOSS_NAMES}
+    assert all(np.isfinite(v) for v in values.values()) and len(set(values.values())) == len(values)
+    cfg = RunConfig()
+    cfg.model.arch, cfg.model.base_channels, cfg.model.depth, cfg.model.in_channels = "unet3d", 4, 2, 1
+    cfg.train.loss = "dice_bce_small"
+    module = Seg3DModule({"config": to_dict(cfg)})
+    assert module.loss_fn is LOSSES["dice_bce_small"]
+
+
 def test_gaussian_importance_peak_symmetric_positive():
     w = gaussian_importance((9, 12, 12)).numpy()
     assert w.shape == (9, 12, 12) and (w > 0).all()

@@ -34,7 +34,7 @@ from lungtumor.data3d import (
 )
 from lungtumor.errors import InputError, ensure_writable_dir
 from lungtumor.infer3d import build_model3d, is_3d, sliding_window_probs
-from lungtumor.losses import dice_bce_loss, dice_score
+from lungtumor.losses import LossFn, dice_bce_loss, dice_score, make_loss
 from lungtumor.run_artifacts import write_history
 from lungtumor.trainer_setup import (
     HistoryInCheckpoint,
@@ -59,8 +59,11 @@ def ds_weights(n: int) -> list[float]:
     return [x / s for x in w]
 
 
-def deep_supervision_loss(outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-    """Dice + BCE summed over scales; ``target`` (B, 1, D, H, W) is resized (nearest) to each output."""
+def deep_supervision_loss(
+    outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor, loss_fn: LossFn = dice_bce_loss
+) -> torch.Tensor:
+    """``loss_fn`` (default Dice + BCE) summed over scales with :func:`ds_weights`; ``target`` (B, 1, D, H, W)
+    is resized (nearest) to each output."""
     outs = outputs if isinstance(outputs, list) else [outputs]
     total = torch.zeros((), device=target.device)
     for w, o in zip(ds_weights(len(outs)), outs, strict=True):
@@ -71,7 +74,7 @@ def deep_supervision_loss(outputs: torch.Tensor | list[torch.Tensor], target: to
             if o.shape[2:] == target.shape[2:]
             else F.interpolate(target, size=o.shape[2:], mode="nearest")
         )
-        total = total + w * dice_bce_loss(o, t)
+        total = total + w * loss_fn(o, t)
     return total
 
 
@@ -111,6 +114,7 @@ class Seg3DModule(HistoryInCheckpoint, LightningModuleBase):
         self.save_hyperparameters({"lungtumor": lungtumor}, logger=False)
         self.cfg = config_from_dict(lungtumor["config"])
         self.net = build_model3d(self.cfg)
+        self.loss_fn = make_loss(self.cfg.train.loss)  # train.loss, as in 2D (every loss takes 5D tensors)
         self.history: dict[str, list] = {"epochs": [], "steps": []}
         self._losses: list[float] = []
         self.cache: Cache3D | None = None
@@ -140,7 +144,7 @@ class Seg3DModule(HistoryInCheckpoint, LightningModuleBase):
         img, seg = augment_batch_3d(
             img, seg, v, self.cache.spacing, self.cfg.train.augment.intensity_jitter, gen
         )
-        loss = deep_supervision_loss(self.net(img), seg)
+        loss = deep_supervision_loss(self.net(img), seg, self.loss_fn)
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=v.batch_size)
         self._losses.append(float(loss.detach()))
         return loss
