@@ -38,7 +38,13 @@ def _draw_transform(
 
 
 def _elastic_noise(
-    b: int, h: int, w: int, cfg: AugmentConfig, on: torch.Tensor, g: torch.Generator | None, device: torch.device
+    b: int,
+    h: int,
+    w: int,
+    cfg: AugmentConfig,
+    on: torch.Tensor,
+    g: torch.Generator | None,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Unit smooth noise (B, 2, h, w) (Gaussian on control points 3 sigma apart, upsampled bicubically) and the
     per-sample switch (B,) (1 with probability ``cfg.elastic_p`` when on); None when elastic is off.
@@ -53,7 +59,9 @@ def _elastic_noise(
     return disp, el
 
 
-def _jitter(b: int, j: float, g: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _jitter(
+    b: int, j: float, g: torch.Generator | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Intensity gain in [1-j, 1+j] and bias in [-j, j], each (B, 1, 1, 1)."""
     gain = _uniform(b, 1 - j, 1 + j, g, device).view(b, 1, 1, 1)
     bias = _uniform(b, -j, j, g, device).view(b, 1, 1, 1)

@@ -68,12 +68,15 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() and _is_pickle_or_torch_zip(path):
             raise InputError(
-                path, "refused: the file holds pickled objects other than tensors (unsafe, not a lungtumor checkpoint)"
+                path,
+                "refused: the file holds pickled objects other than tensors (unsafe, not a lungtumor checkpoint)",
             ) from None
         raise InputError(path, "not a readable checkpoint: not a PyTorch file, or corrupt") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
-        raise InputError(path, f"not a readable checkpoint: truncated or not a PyTorch file ({first})") from None
+        raise InputError(
+            path, f"not a readable checkpoint: truncated or not a PyTorch file ({first})"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any other unpickling failure means a bad file
         raise InputError(path, f"not a readable checkpoint ({type(e).__name__})") from None
     hp = ck.get("hyper_parameters") if isinstance(ck, dict) else None

@@ -378,7 +378,9 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--out", type=Path, default=Path("lungtumor_demo"), help="output folder (default ./lungtumor_demo)"
     )
-    p.add_argument("--cases", type=int, default=35, help="labelled phantoms, training + validation (default 35)")
+    p.add_argument(
+        "--cases", type=int, default=35, help="labelled phantoms, training + validation (default 35)"
+    )
     p.add_argument("--val-cases", type=int, default=6, help="of those, validation phantoms (default 6)")
     p.add_argument(
         "--test-cases", type=int, default=8, help="held-out phantoms to predict and score (default 8)"

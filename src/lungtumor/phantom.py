@@ -475,9 +475,13 @@ def synth_dataset(
     if seed < 0:
         raise InputError("--seed", f"must be >= 0 (got {seed})")
     if not 0 <= val_cases < max(n_train, 1):
-        raise InputError("--val-cases", f"must be between 0 and {max(n_train - 1, 0)} for {n_train} cases, got {val_cases}")
+        raise InputError(
+            "--val-cases", f"must be between 0 and {max(n_train - 1, 0)} for {n_train} cases, got {val_cases}"
+        )
     if train_lesions not in LESION_PLANS:
-        raise InputError("--train-lesions", f"unknown plan {train_lesions!r}; valid: {', '.join(LESION_PLANS)}")
+        raise InputError(
+            "--train-lesions", f"unknown plan {train_lesions!r}; valid: {', '.join(LESION_PLANS)}"
+        )
     t0 = time.perf_counter()
     root = ensure_writable_dir(out)
     for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
@@ -538,7 +542,9 @@ def synth_dataset(
     n_les = sum(len(r["lesions"]) for r in records)
     free = sum(1 for r in records if not r["lesions"])
     dt = time.perf_counter() - t0
-    of_which = f" ({len(val_names)} of them fixed for validation, drawn like the test ones)" if val_names else ""
+    of_which = (
+        f" ({len(val_names)} of them fixed for validation, drawn like the test ones)" if val_names else ""
+    )
     return (
         f"wrote {len(train)} training{of_which} + {len(test)} test phantoms ({n_les} lesions, {free} tumour-free) "
         f"to {root} in {dt:.1f} s"

@@ -64,7 +64,8 @@ def make_splits(
         raise InputError(None, f"a patient-level split needs at least 2 labelled cases, the dataset has {n}")
     if fixed_val and val_cases is not None and int(val_cases) != len(fixed_val):
         raise InputError(
-            "--val-cases", f"the dataset fixes {len(fixed_val)} validation cases (dataset.json 'validation'), got {val_cases}"
+            "--val-cases",
+            f"the dataset fixes {len(fixed_val)} validation cases (dataset.json 'validation'), got {val_cases}",
         )
     n_val = len(fixed_val) if fixed_val else default_val_cases(n) if val_cases is None else int(val_cases)
     if not 1 <= n_val < n:

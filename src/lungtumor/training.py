@@ -451,7 +451,9 @@ def train(
             )
         if (float(old.get("train", {}).get("ema_decay", 0.0)) > 0) != (cfg.train.ema_decay > 0):
             # with EMA the checkpoint's state_dict holds the average and the raw weights sit beside it
-            raise InputError(last, "train.ema_decay was switched on or off; resume with the run's config.yaml")
+            raise InputError(
+                last, "train.ema_decay was switched on or off; resume with the run's config.yaml"
+            )
     elif last.exists() and not child:
         refuse_existing_run(run_dir)
 
