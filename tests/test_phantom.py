@@ -102,6 +102,28 @@ def test_rich_lesion_plan_has_more_and_smaller_tumours():
     assert small(rich) > small(std) + 0.05
 
 
+def test_rich_basal_plan_adds_a_large_mass_on_the_diaphragm_to_some_cases():
+    rich = [sample_lesion_plan(np.random.default_rng(i), "rich") for i in range(300)]
+    basal = [sample_lesion_plan(np.random.default_rng(i), "rich_basal") for i in range(300)]
+    extra = [[x for x in p if x["kind"] == "basal"] for p in basal]
+    assert 0.22 < np.mean([len(e) == 1 for e in extra]) < 0.38  # 30 % of the cases, one mass each
+    assert all(50 <= x["diameter_mm"] <= 110 for e in extra for x in e)
+    assert all(x["kind"] != "basal" for p in rich for x in p)
+    for r, b in zip(rich, basal, strict=True):  # the "rich" draws are the same; the mass comes on top
+        assert [x for x in b if x["kind"] != "basal"] == r
+    plan = [{"diameter_mm": 80.0, "kind": "basal", "texture": "solid", "spiculated": False}]
+    c = build_case(3, matrix=96, slices=None, plan=plan)
+    assert [x["kind"] for x in c.lesions] == ["basal"] and c.lesions[0]["volume_ml"] > 40
+    lab = c.label.array > 0
+    k, y, x = np.nonzero(lab)
+    low = {}
+    for kk, yy, xx in zip(k, y, x, strict=True):
+        low[(yy, xx)] = min(kk, low.get((yy, xx), kk))
+    # under the bottom of most of its columns lies no lung: the mass rests on the diaphragm
+    on_floor = [lo > 0 and not c.lung[lo - 1, yy, xx] for (yy, xx), lo in low.items()]
+    assert np.mean(on_floor) > 0.6
+
+
 def test_train_lesions_changes_training_cases_only(tmp_path: Path):
     kw = dict(n_train=2, n_test=1, seed=5, matrix=64, slices=12, workers=1)
     synth_dataset(tmp_path / "std", **kw)

@@ -67,8 +67,10 @@ def _rng(rng_or_seed: np.random.Generator | int | np.random.SeedSequence) -> np.
 
 #: Training-set lesion plans: ``"standard"`` draws training phantoms like test phantoms; ``"rich"`` gives
 #: training phantoms more tumours (0-5, mean 2.7) and more small ones (40 % under 15 mm), so that a few dozen
-#: training cases show the model many more lesions. Test phantoms are always ``"standard"``.
-LESION_PLANS = ("standard", "rich")
+#: training cases show the model many more lesions; ``"rich_basal"`` is ``"rich"`` plus, in 30 % of the cases,
+#: one large mass (50-110 mm) on the diaphragm (kind ``"basal"``), which real scans have (the IBSI CT's 359 mL
+#: tumour) and the other plans never place. Test phantoms are always ``"standard"``.
+LESION_PLANS = ("standard", "rich", "rich_basal")
 
 
 def sample_lesion_plan(rng: np.random.Generator, kind: str = "standard") -> list[dict]:
@@ -76,10 +78,12 @@ def sample_lesion_plan(rng: np.random.Generator, kind: str = "standard") -> list
 
     ``kind="standard"``: 0-3 tumours (about 12 % tumour-free), 30 % of them 5-15 mm, the rest 15-70 mm
     (log-uniform). ``kind="rich"`` (training phantoms only): 0-5 tumours (5 % tumour-free), 40 % small.
-    Sites and textures are drawn the same way in both. Returns a list of {"diameter_mm", "kind", "texture",
-    "spiculated"}, largest first.
+    Sites and textures are drawn the same way in both. ``kind="rich_basal"``: ``"rich"`` (the same draws),
+    then with probability 0.3 one more tumour of kind ``"basal"``, 50-110 mm, solid or necrotic, resting on
+    the diaphragm. Returns a list of {"diameter_mm", "kind", "texture", "spiculated"}, largest first.
     """
-    if kind == "rich":
+    plan_kind = kind
+    if kind in ("rich", "rich_basal"):
         n, p_small = int(rng.choice(6, p=[0.05, 0.1, 0.25, 0.3, 0.2, 0.1])), 0.4
     else:
         n, p_small = int(rng.choice(4, p=[0.12, 0.53, 0.25, 0.10])), 0.3
@@ -107,6 +111,10 @@ def sample_lesion_plan(rng: np.random.Generator, kind: str = "standard") -> list
                 "spiculated": bool(rng.random() < 0.45),
             }
         )
+    if plan_kind == "rich_basal" and rng.random() < 0.3:  # drawn after the "rich" draws, which stay the same
+        d = float(np.exp(rng.uniform(np.log(50.0), np.log(110.0))))
+        tex = "necrotic" if rng.random() < 0.4 else "solid"
+        plan.append({"diameter_mm": round(d, 2), "kind": "basal", "texture": tex, "spiculated": False})
     return sorted(plan, key=lambda p: -p["diameter_mm"])
 
 
@@ -134,8 +142,13 @@ def _sample_grid(rng: np.random.Generator, an: Anatomy, matrix: int, slices: int
     return Grid(nz, matrix, matrix, dx, dx, dz, x0, y0, z0)
 
 
-def _place(rng, plan: dict, grid: Grid, depth, wall, dss: tuple[int, int], taken: list, hila: np.ndarray):
-    """Pick a centre (x, y, z mm, body frame) and radius for a tumour; None when nothing fits."""
+def _place(
+    rng, plan: dict, grid: Grid, depth, wall, floor, dss: tuple[int, int], taken: list, hila: np.ndarray
+):
+    """Pick a centre (x, y, z mm, body frame) and radius for a tumour; None when nothing fits.
+
+    ``depth``, ``wall`` and ``floor`` (mm, on the coarse lung grid) are the distances to the lung's boundary,
+    to the chest wall, and down to the diaphragm (:func:`_floor_distance`)."""
     zc, yc, xc = grid.axes()
     R = plan["diameter_mm"] / 2
     dsz, ds = dss
@@ -145,6 +158,8 @@ def _place(rng, plan: dict, grid: Grid, depth, wall, dss: tuple[int, int], taken
             ok = depth > R + (0.25 * R if plan["spiculated"] else 1.0)
         elif kind == "juxtapleural":
             ok = (depth > 0.3 * R) & (depth < 0.6 * R + 1) & (np.abs(wall - depth) < 3 + 0.1 * R)
+        elif kind == "basal":  # centre 0.25-0.5 R above the diaphragm: the mass is cut flat by its dome
+            ok = (depth > 0.25 * R) & (floor > 0.25 * R) & (floor < 0.5 * R + 2)
         else:
             ok = (depth > 0.3 * R) & (depth < 0.7 * R + 2)
         kk, jj, ii = np.nonzero(ok)
@@ -170,6 +185,20 @@ def _place(rng, plan: dict, grid: Grid, depth, wall, dss: tuple[int, int], taken
         if R < 2.5:
             break
     return None
+
+
+def _floor_distance(lung: np.ndarray, dz: float) -> np.ndarray:
+    """(z, y, x) float32 mm from each lung voxel down (towards -z) to the first non-lung voxel of its column:
+    the height above the diaphragm. inf off the lung and where the lung runs down to the scan's first slice
+    (a partial scan: no diaphragm below)."""
+    out = np.full(lung.shape, np.inf, np.float32)
+    run = np.zeros(lung.shape[1:], np.float32)
+    from_edge = lung[0].copy()
+    for k in range(lung.shape[0]):
+        run = np.where(lung[k], run + dz, 0.0)
+        from_edge &= lung[k]
+        out[k] = np.where(lung[k] & ~from_edge, run - 0.5 * dz, np.inf)
+    return out
 
 
 def _render_tumour(
@@ -343,10 +372,11 @@ def build_case(
         else np.zeros(lds.shape)
     )
     wall = masks["wall_depth"][::dsz, ::ds, ::ds]
+    floor = _floor_distance(lds, samp[0]) if any(p["kind"] == "basal" for p in plan) else None
     taken: list = []
     placed = []
     for p in plan:
-        got = _place(rng, p, grid, depth, wall, (dsz, ds), taken, hila)
+        got = _place(rng, p, grid, depth, wall, floor, (dsz, ds), taken, hila)
         if got is None:
             continue
         c, R = got
