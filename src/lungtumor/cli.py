@@ -46,11 +46,8 @@ def _add_synth(sub) -> None:
 def _add_train_lesions(p, default: str) -> None:
     p.add_argument(
         "--train-lesions",
-        choices=(
-            "standard",
-            "rich",
-            "rich_basal",
-        ),  # phantom.LESION_PLANS, not imported here: the CLI starts fast
+        # phantom.LESION_PLANS, not imported here: the CLI starts fast
+        choices=("standard", "rich", "rich_basal"),
         default=default,
         help=f"how the training phantoms draw tumours (default {default}): standard (like the test phantoms), "
         "rich (0-5 per case, more small ones) or rich_basal (rich, and in 30 %% of cases a 50-110 mm mass on the "
