@@ -27,7 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from lungtumor.augment import augment_crop_batch
-from lungtumor.config import AugmentConfig, ModelConfig, PrepConfig
+from lungtumor.config import AugmentConfig, ModelConfig, PrepConfig, from_dict
 from lungtumor.data import PreparedCache
 from lungtumor.inference import postprocess_mask
 from lungtumor.losses import dice_bce_loss
@@ -47,6 +47,11 @@ def to_iso(a: torch.Tensor, dz: float, mode: str) -> torch.Tensor:
     t = a.float()[None, None]
     r = F.interpolate(t, size=(nz, a.shape[1], a.shape[2]), mode="trilinear", align_corners=False)[0, 0]
     return (r >= 0.5).to(torch.uint8) if mode == "mask" else r
+
+
+def air_value(stats: dict) -> float:
+    """-1000 HU in the cache's normalisation ((HU - mean) / std, both kinds): the padding value."""
+    return float((-1000.0 - stats["mean"]) / stats["std"])
 
 
 def pad_z(a: torch.Tensor, n: int, value: float) -> torch.Tensor:
@@ -87,7 +92,7 @@ def main() -> None:
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
     cache = PreparedCache.open(a.cache)
-    pad_val = float((-1000.0 - cache.stats["mean"]) / cache.stats["std"])
+    pad_val = air_value(cache.stats)
     names = cache.train
     vols, segs = [], []
     t0 = time.time()
@@ -143,8 +148,9 @@ def main() -> None:
             print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f} s", flush=True)
     print(f"train {time.time() - t0:.0f} s", flush=True)
     torch.save(net.state_dict(), out / "net.pt")
-    (out / "meta.json").write_text(json.dumps({"stats": cache.stats, "mode": a.mode}))
-    predict_sets(net, cache.stats, a, out)
+    (out / "meta.json").write_text(json.dumps({"stats": cache.stats, "prep": cache.prep, "mode": a.mode}))
+    prep = from_dict(PrepConfig, cache.prep, source=str(cache.root / "cache.json"))
+    predict_sets(net, prep, cache.stats, a, out)
 
 
 @torch.inference_mode()
@@ -171,17 +177,18 @@ def predict_iso(net, x: torch.Tensor, orients: list[int]) -> dict[int, torch.Ten
     return res
 
 
-def predict_case(net, stats, path: Path, orients: list[int]) -> tuple[Volume, dict[str, np.ndarray]]:
+def predict_case(
+    net, prep: PrepConfig, stats, path: Path, orients: list[int]
+) -> tuple[Volume, dict[str, np.ndarray]]:
+    """One CT -> (its Volume, {"ax": prob, "tri": prob} on its grid); "tri" only with all 3 orientations."""
     vol = read_volume(path)
-    prep = PrepConfig(norm="window_zscore", resize="spacing", spacing_mm=2.0, size=(192, 192))
     x, geom = preprocess_volume(vol, prep, stats)
     dz = float(vol.spacing[2])
     z0 = x.shape[0]
     xi = to_iso(torch.from_numpy(x), dz, "img")
     nz = xi.shape[0]
     zp = int(math.ceil(nz / 16) * 16)
-    pad_val = float((-1000.0 - stats["mean"]) / stats["std"])
-    xp = torch.full((zp, *xi.shape[1:]), pad_val)
+    xp = torch.full((zp, *xi.shape[1:]), air_value(stats))
     xp[:nz] = xi
     probs = predict_iso(net, xp, orients)
     outs = {}
@@ -196,16 +203,17 @@ def predict_case(net, stats, path: Path, orients: list[int]) -> tuple[Volume, di
     return vol, outs
 
 
-def predict_sets(net, stats, a, out: Path) -> None:
+def predict_sets(net, prep: PrepConfig, stats, a, out: Path) -> None:
     orients = [0, 1, 2] if a.mode == "tri" else [0]
+    keys = ["ax", "tri"] if a.mode == "tri" else ["ax"]
     for d in a.test:
         d = Path(d)
         tag = d.name
-        for key in ["ax", "tri"] if a.mode == "tri" else ["ax"]:
+        for key in keys:
             (out / f"pred_{tag}_{key}").mkdir(exist_ok=True)
         for img in sorted((d / "imagesTs").glob("*.nii.gz")):
             case = img.name[: -len(".nii.gz")]
-            vol, outs = predict_case(net, stats, img, orients)
+            vol, outs = predict_case(net, prep, stats, img, orients)
             for key, prob in outs.items():
                 m = (prob >= 0.5).astype(np.uint8)
                 m = postprocess_mask(m, vol, min_lesion_mm3=20.0, lung_gate=True, min_z_extent_ratio=0.4)
@@ -213,7 +221,7 @@ def predict_sets(net, stats, a, out: Path) -> None:
                     Volume(m, vol.spacing, vol.origin, vol.direction),
                     out / f"pred_{tag}_{key}" / f"{case}_tumour.nii.gz",
                 )
-        for key in outs:
+        for key in keys:
             s = evaluate_dirs(out / f"pred_{tag}_{key}", d / "labelsTs", out / f"eval_{tag}_{key}")
             print(f"== {tag} {key}\n{format_summary(s)}", flush=True)
 
