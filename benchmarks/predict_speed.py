@@ -93,6 +93,13 @@ def untrained_checkpoint(preset: str, path: Path, **overrides) -> Path:
             }
         },
     }
+    if (
+        cfg.nodule.enabled
+    ):  # an untrained 3D nodule detector: candidates are found and scored as with a trained one
+        from lungtumor.models.nodule3d import NodulePatchNet
+        from lungtumor.nodule_train import CKPT_KEY
+
+        ck[CKPT_KEY] = NodulePatchNet(cfg.nodule.channels).state_dict()
     torch.save(ck, path)
     return path
 

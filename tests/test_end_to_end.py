@@ -19,6 +19,7 @@ def _tiny_cfg():
     cfg.prep.size, cfg.prep.spacing_mm = (64, 64), 4.0
     cfg.model.base_channels, cfg.model.depth = 4, 2
     cfg.train.epochs, cfg.train.max_steps_per_epoch, cfg.train.batch_size, cfg.train.crop_size = 1, 3, 4, 0
+    cfg.nodule.channels, cfg.nodule.steps, cfg.nodule.batch_size = (4, 8, 8), 3, 4
     return cfg
 
 
@@ -57,6 +58,24 @@ def test_demo_writes_everything_on_the_input_grid(demo_run):
     assert summary["summary"]["n_cases"] == 2 and len(summary["cases"]) == 2
     assert (out / "run" / "checkpoints" / "best.ckpt").is_file()
     assert "held-out phantoms" in str(res)
+    import torch
+
+    from lungtumor.nodule_train import CKPT_KEY
+
+    ck = torch.load(out / "run" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert CKPT_KEY in ck  # the demo preset trains the 3D nodule detector beside the 2D model
+
+
+def test_predict_without_the_nodule_detector_keeps_the_2d_lesions(demo_run, tmp_path):
+    out, _ = demo_run
+    ct = sorted((out / "data" / "imagesTs").glob("*.nii.gz"))[0]
+    case = ct.name[: -len(".nii.gz")]
+    args = ["predict", str(ct), "--model", str(out / "run"), "-q", "--no-postprocess"]
+    assert main([*args, "--out", str(tmp_path / "with")]) == 0
+    assert main([*args, "--out", str(tmp_path / "without"), "--no-nodules"]) == 0
+    with_ = read_mask(tmp_path / "with" / f"{case}_tumour.nii.gz").array.astype(bool)
+    without = read_mask(tmp_path / "without" / f"{case}_tumour.nii.gz").array.astype(bool)
+    assert not (without & ~with_).any()  # the detector only adds lesions
 
 
 def test_predict_is_deterministic(demo_run, tmp_path):

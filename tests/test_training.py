@@ -69,6 +69,7 @@ def tiny_config(epochs: int = 2, **train) -> RunConfig:
     for k, v in train.items():
         setattr(cfg.train, k, v)
     cfg.prep.blob = False  # training replaces prep with the cache's anyway
+    cfg.nodule.enabled = False  # the 3D nodule detector has its own tests (test_nodules.py)
     validate(cfg)  # derives model.in_channels
     return cfg
 
@@ -388,6 +389,19 @@ def test_last_epoch_is_always_validated(cache, tmp_path):
     res = train(cache, tmp_path / "run", tiny_config(epochs=1, val_every_n_epochs=2), progress=False)
     assert res.best_epoch == 0
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_no_nodule_candidates_leaves_a_complete_2d_model(cache, tmp_path, capsys):
+    """The test cache has no lungs, so no blob candidates: train warns and best.ckpt is the 2D model alone."""
+    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.training import train
+
+    cfg = tiny_config(epochs=1)
+    cfg.nodule.enabled, cfg.nodule.steps = True, 2
+    train(cache, tmp_path / "run", cfg, progress=False)
+    assert "no nodule detector trained" in capsys.readouterr().err
+    loaded = load_checkpoint(tmp_path / "run")
+    assert loaded.nodule is None and not loaded.config.nodule.enabled
 
 
 def test_context_mm_interpolates_at_fixed_distances():

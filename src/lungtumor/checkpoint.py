@@ -31,6 +31,7 @@ class LoadedModel:
         stats: intensity statistics of the training set, e.g. ``{"mean": ..., "std": ...}``.
         prep: the cache's preprocessing parameters as a plain dict.
         path: the checkpoint file.
+        nodule: the 3D nodule detector trained beside the model (``config.nodule.enabled``), else None.
     """
 
     model: nn.Module
@@ -38,6 +39,7 @@ class LoadedModel:
     stats: dict[str, float]
     prep: dict[str, Any]
     path: Path
+    nodule: nn.Module | None = None
 
 
 def checkpoint_file(path: str | os.PathLike) -> Path:
@@ -106,5 +108,8 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
         raise InputError(p, f"checkpoint does not match its config ({detail[:160]})") from None
     model.eval()
+    from lungtumor.nodule_train import load_detector
+
+    nodule = load_detector(ck, cfg.nodule, p)
     stats = {k: float(v) for k, v in dict(info.get("stats", {})).items()}
-    return LoadedModel(model, cfg, stats, dict(info.get("prep", to_dict(cfg.prep))), p)
+    return LoadedModel(model, cfg, stats, dict(info.get("prep", to_dict(cfg.prep))), p, nodule)

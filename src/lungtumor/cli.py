@@ -246,6 +246,13 @@ def _add_predict(sub) -> None:
         default=None,
         help="average with the left-right mirrored prediction (about 2x the model time; default from the checkpoint)",
     )
+    p.add_argument(
+        "--nodules",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add the lesions the checkpoint's 3D nodule detector finds and the 2D model missed "
+        "(default: on when the checkpoint has one)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     p.set_defaults(func=_cmd_predict)
 
@@ -265,6 +272,7 @@ def _cmd_predict(args) -> int:
         tta=args.tta,
         threads=args.threads,
         progress=not args.quiet,
+        nodules=args.nodules,
     )
     results = predict_paths(args.inputs, args.model, args.out, opts)
     failed = [r for r in results if r.error]

@@ -179,6 +179,51 @@ class Vol3DConfig:
 
 
 @dataclass
+class NoduleConfig:
+    """The 3D nodule detector that runs beside a 2D model (``nodules.py``, ``nodule_train.py``).
+
+    A 2D model sees a small nodule on a few slices, where it looks like a vessel's cross-section; in 3D one
+    is a blob, the other a tube. The detector finds bright blobs in the lungs (multi-scale Laplacian of
+    Gaussian peaks on the prepared frame resampled to ``spacing_mm`` isotropic), and a small 3D CNN scores
+    a ``patch`` ³ cube around each one and segments it. Lesions it accepts (score >= ``threshold``) that the
+    2D model missed are added to the 2D mask; the 2D model's own lesions are kept as they are.
+
+    Attributes:
+        enabled: train the detector after the 2D model and use it in predict.
+        spacing_mm: isotropic voxel size (mm) of the detector's frame.
+        radii_mm: blob radii (mm) of the LoG scales (sigma = r / sqrt(3)).
+        min_response: smallest scale-normalised LoG response (HU) of a candidate.
+        min_hu: smallest HU at a candidate's centre.
+        patch: side of the cube (voxels) the network sees around a candidate.
+        channels: widths of the network's three levels.
+        steps: optimiser steps (batches of ``batch_size`` patches, half of them on tumours).
+        batch_size: patches per step.
+        lr: peak learning rate (one-cycle schedule).
+        hard_negatives: from halfway on, the share of each batch's non-tumour cubes drawn from the hardest
+            quarter of ``mine_pool`` scored candidates (0 = off).
+        mine_pool: how many non-tumour candidates are scored to find the hard ones.
+        threshold: smallest candidate score that adds a lesion.
+        min_diameter_mm: smallest lesion the detector adds, as the diameter of a sphere of its volume (its
+            false positives are mostly smaller: BENCHMARKS.md "Session 9").
+    """
+
+    enabled: bool = False
+    spacing_mm: float = 2.0
+    radii_mm: tuple[float, ...] = (2.5, 4.0, 6.0, 9.0)
+    min_response: float = 250.0
+    min_hu: float = -600.0
+    patch: int = 16
+    channels: tuple[int, int, int] = (16, 32, 64)
+    steps: int = 400
+    batch_size: int = 64
+    lr: float = 3e-3
+    hard_negatives: float = 0.5
+    mine_pool: int = 4096
+    threshold: float = 0.98
+    min_diameter_mm: float = 8.0
+
+
+@dataclass
 class RunConfig:
     """Everything a training run needs and prediction reuses."""
 
@@ -188,6 +233,7 @@ class RunConfig:
     infer: InferConfig = field(default_factory=InferConfig)
     preset: str = "default"
     vol3d: Vol3DConfig = field(default_factory=Vol3DConfig)
+    nodule: NoduleConfig = field(default_factory=NoduleConfig)
 
 
 def _seed2d() -> RunConfig:
@@ -235,6 +281,7 @@ def _demo() -> RunConfig:
     # `demo` predicts with --tta (BENCHMARKS.md: +0.03 Dice, 1.7x time). Flat components out: BENCHMARKS.md
     # "Session 6" (false positives about halved, every real lesion is deeper than 0.44 x its width)
     c.infer = InferConfig(lung_gate=True, min_z_extent_ratio=0.4)
+    c.nodule = NoduleConfig(enabled=True)  # BENCHMARKS.md "Session 9": the 3D detector finds what 2D misses
     return c
 
 
@@ -285,6 +332,10 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
         return from_dict(tp, value, source=source, prefix=where + ".")
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[float, ...]: any length
+            if not isinstance(value, (list, tuple)):
+                raise InputError(source, f"{where}: expected a list, got {value!r}")
+            return tuple(_coerce(v, args[0], where, source) for v in value)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise InputError(source, f"{where}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, where, source) for v, a in zip(value, args, strict=True))
@@ -409,7 +460,32 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("infer.min_lesion_mm3", "must be >= 0")
     if cfg.infer.min_z_extent_ratio < 0:
         bad("infer.min_z_extent_ratio", "must be >= 0 (0 = off)")
+    _validate_nodule(cfg, bad)
     cfg.model.in_channels = 2 * cfg.train.context_slices + 1 + int(cfg.prep.blob)
+
+
+def _validate_nodule(cfg: RunConfig, bad: typing.Callable[[str, str], None]) -> None:
+    n = cfg.nodule
+    if n.enabled and cfg.model.arch == "unet3d":
+        bad("nodule.enabled", "is for 2D models; the 3D recipe sees nodules in 3D already")
+    if not 0.5 <= n.spacing_mm <= 5:
+        bad("nodule.spacing_mm", "must be between 0.5 and 5 mm")
+    if not n.radii_mm or min(n.radii_mm) <= 0:
+        bad("nodule.radii_mm", "needs at least one radius, each > 0 mm")
+    if n.patch < 8 or n.patch % 4:
+        bad("nodule.patch", "must be a multiple of 4, at least 8 voxels")
+    if len(n.channels) != 3 or min(n.channels) < 1:
+        bad("nodule.channels", "needs three widths >= 1")
+    if n.steps < 1 or n.batch_size < 2:
+        bad("nodule.steps", "steps must be >= 1 and batch_size >= 2")
+    if not 0 < n.lr < 1:
+        bad("nodule.lr", "must be in (0, 1)")
+    if not 0 < n.threshold < 1:
+        bad("nodule.threshold", "must be in (0, 1)")
+    if n.min_diameter_mm < 0:
+        bad("nodule.min_diameter_mm", "must be >= 0 (0 = keep every size)")
+    if not 0 <= n.hard_negatives <= 1 or n.mine_pool < 4:
+        bad("nodule.hard_negatives", "must be in [0, 1], with mine_pool >= 4")
 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:

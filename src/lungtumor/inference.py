@@ -44,6 +44,7 @@ class PredictOptions:
     precision: str = "auto"
     threads: int | None = None
     progress: bool = False
+    nodules: bool | None = None
 
 
 @dataclass
@@ -223,7 +224,8 @@ def predict_volume(
     from lungtumor.prepgeom import preprocess_inputs, restore_geometry, restore_mask
 
     cfg = loaded.config
-    if device.type != "cpu" and not cfg.prep.blob:  # a GPU: resample and restore there (infer_device)
+    nodule = getattr(loaded, "nodule", None)
+    if device.type != "cpu" and not cfg.prep.blob and nodule is None:  # a GPU: resample and restore there
         from lungtumor.infer_device import predict_volume_on_device
 
         return predict_volume_on_device(
@@ -242,6 +244,18 @@ def predict_volume(
         context_step=slice_step(cfg.train.context_mm, float(vol.spacing[2])),
         blob=blob,
     )
+    if nodule is not None:  # lesions the 3D nodule detector finds and the 2D model missed
+        from lungtumor.nodule_train import detector_probability, input_to_hu
+        from lungtumor.nodules import add_missed_lesions
+        from lungtumor.prepgeom import frame_spacing
+
+        hu = input_to_hu(x, loaded.prep, loaded.stats)
+        spacing = frame_spacing(geom, vol.spacing)
+        det = detector_probability(nodule, hu, spacing, cfg.nodule, bf16=precision == "bf16", device=device)
+        del hu
+        min_voxels = int(np.ceil(np.pi / 6 * cfg.nodule.min_diameter_mm**3 / np.prod(spacing)))
+        prob_small = add_missed_lesions(prob_small, det, threshold, min_voxels)
+        del det
     del x, blob
     if not keep_prob:
         return None, restore_mask(prob_small, geom, threshold)
@@ -307,6 +321,12 @@ def predict_paths(
         m.model.to(device).eval()
         if not is_3d(m.config):
             m.model.to(memory_format=torch.channels_last)
+    if opts.nodules is False:  # --no-nodules: the 2D model alone
+        for m in models:
+            if getattr(m, "nodule", None) is not None:
+                m.nodule = None
+    elif opts.nodules and not any(getattr(m, "nodule", None) is not None for m in models):
+        raise InputError(paths[0], "--nodules: the checkpoint has no nodule detector (nodule.enabled is off)")
     loaded = models[0]
     model_path = paths[0]
     icfg = loaded.config.infer

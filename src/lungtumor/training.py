@@ -464,7 +464,11 @@ def train(
         strategy = "ddp"
     with quiet_lightning():
         pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
-        module = SegModule({"config": to_dict(cfg), "stats": dict(data.stats), "prep": dict(data.prep)})
+        # the 2D checkpoints say nodule.enabled: false until the detector is stored beside the 2D weights
+        # (train_for_run): a best.ckpt written mid-run is always a complete, loadable 2D model
+        ck_cfg = copy.deepcopy(cfg)
+        ck_cfg.nodule.enabled = False
+        module = SegModule({"config": to_dict(ck_cfg), "stats": dict(data.stats), "prep": dict(data.prep)})
         module.attach(data, run_dir)
         trainer = make_trainer(
             run_dir, cfg, accelerator, precision,
@@ -477,6 +481,10 @@ def train(
             use_distributed_sampler=False,
         )  # fmt: skip
         trainer.fit(module, ckpt_path=str(last) if resume else None, weights_only=True)
+    if cfg.nodule.enabled and trainer.is_global_zero:  # the 3D nodule detector beside the 2D model
+        from lungtumor.nodule_train import train_for_run
+
+        train_for_run(data, run_dir, cfg, progress=progress)
     return train_result(
         run_dir, module.history, trainer, module.ratio, t0, is_global_zero=trainer.is_global_zero
     )

@@ -22,6 +22,7 @@ preset: demo
 prep: {size: [64, 64], spacing_mm: 5.0}
 model: {base_channels: 4, depth: 2}
 train: {epochs: 2, batch_size: 4, max_steps_per_epoch: 2, val_every_n_epochs: 1, val_batch_size: 16}
+nodule: {channels: [4, 8, 8], steps: 3, batch_size: 4, mine_pool: 8}
 """
 TINY_EPOCHS = 2
 

@@ -1,0 +1,137 @@
+"""Nodule candidates in 3D, and how the detector's lesions join a 2D model's mask (numpy and scipy only).
+
+The detector (``nodule_train.py``, config ``nodule``) works on the 2D recipe's prepared frame (z, H, W) in HU,
+resampled to an isotropic grid of ``spacing_mm``. Candidates are local maxima of the scale-normalised
+Laplacian of Gaussian (bright blobs of radius ``radii_mm``) inside the lungs: every lesion from about 5 mm
+up gives at least one, and so do many vessels, which the network then tells apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+#: HU range the blob filter sees: bone and contrast count as soft tissue.
+LOG_HU = (-1000.0, 100.0)
+#: HU range of the patches the network sees.
+PATCH_HU = (-1000.0, 400.0)
+
+
+def iso_shape(
+    shape_zyx: Sequence[int], spacing_zyx: Sequence[float], spacing_mm: float
+) -> tuple[int, int, int]:
+    """Shape of a (z, y, x) grid resampled to ``spacing_mm`` isotropic, first and last voxels in place."""
+    return tuple(  # type: ignore[return-value]
+        max(2, int(round((n - 1) * s / spacing_mm)) + 1) if n > 1 else 1
+        for n, s in zip(shape_zyx, spacing_zyx, strict=True)
+    )
+
+
+def resample(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Linear resampling of (z, y, x) to ``shape``, first and last voxels in place (float32; scipy only, so
+    it is safe in forked worker processes)."""
+    a = np.asarray(a, dtype=np.float32)
+    if tuple(a.shape) == tuple(shape):
+        return a.copy()
+    factors = [int(o) / int(i) for o, i in zip(shape, a.shape, strict=True)]
+    return ndi.zoom(a, factors, order=1, prefilter=False, grid_mode=False)
+
+
+def find_candidates(
+    hu_iso: np.ndarray,
+    spacing_mm: float,
+    radii_mm: Sequence[float],
+    min_response: float,
+    min_hu: float,
+) -> np.ndarray:
+    """Bright-blob centres inside the lungs.
+
+    Args:
+        hu_iso: (z, y, x) HU on an isotropic grid of ``spacing_mm``.
+
+    Returns:
+        int (N, 3) voxel indices (z, y, x): local maxima (3x3x3) of max over radii r of
+        -sigma² LoG (sigma = r / sqrt(3)) of the clipped HU, at least ``min_response``, with at least
+        ``min_hu`` at the centre, within 2 voxels of a lung mask computed from HU (none when no lung is found).
+    """
+    from lungtumor.postprocess import lung_mask_from_hu
+
+    hu = np.asarray(hu_iso, dtype=np.float32)
+    if min(hu.shape) < 3:
+        return np.zeros((0, 3), np.int64)
+    lung = lung_mask_from_hu(hu, (spacing_mm,) * 3, coarse_mm=0.0)
+    if not lung.any():
+        return np.zeros((0, 3), np.int64)
+    lung = ndi.binary_dilation(lung, iterations=2)
+    clipped = np.clip(hu, *LOG_HU)
+    response = None
+    for r in radii_mm:
+        s = float(r) / np.sqrt(3.0) / spacing_mm
+        x = ndi.gaussian_laplace(clipped, s)
+        x *= np.float32(-(s**2))
+        response = x if response is None else np.maximum(response, x, out=response)
+    assert response is not None
+    peaks = response == ndi.maximum_filter(response, size=3)
+    peaks &= response >= min_response
+    peaks &= lung
+    peaks &= hu >= min_hu
+    return np.argwhere(peaks)
+
+
+def extract_patches(vol: np.ndarray, centres: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """Cubes of side ``size`` centred on ``centres`` (N, 3) of ``vol`` (z, y, x), padded with ``fill``.
+
+    Returns (N, size, size, size) of ``vol``'s dtype; cube voxel (i, j, k) is ``vol[c - size // 2 + (i, j, k)]``.
+    """
+    h = size // 2
+    padded = np.pad(vol, h, constant_values=fill)
+    out = np.empty((len(centres), size, size, size), dtype=vol.dtype)
+    for n, (z, y, x) in enumerate(np.asarray(centres, dtype=np.int64)):
+        out[n] = padded[z : z + size, y : y + size, x : x + size]
+    return out
+
+
+def paste_max(shape: Sequence[int], centres: np.ndarray, cubes: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`extract_patches`: a float32 volume of ``shape`` holding, at each voxel, the maximum of
+    the cubes that cover it (0 where none does)."""
+    size = cubes.shape[1] if len(cubes) else 0
+    h = size // 2
+    out = np.zeros(tuple(int(n) + 2 * h for n in shape), np.float32)
+    for (z, y, x), cube in zip(np.asarray(centres, dtype=np.int64), cubes, strict=True):
+        view = out[z : z + size, y : y + size, x : x + size]
+        np.maximum(view, cube, out=view)
+    return out[h : h + shape[0], h : h + shape[1], h : h + shape[2]] if h else out
+
+
+def add_missed_lesions(
+    prob: np.ndarray, detector_prob: np.ndarray, threshold: float, min_voxels: int = 0
+) -> np.ndarray:
+    """Join the detector's lesions to a 2D model's probabilities (both (z, y, x) on one grid).
+
+    A component of ``detector_prob >= 0.5`` of at least ``min_voxels`` voxels that no voxel of
+    ``prob >= threshold`` touches is a lesion the 2D model missed. On it and one voxel around it the result is ``max(prob, m(detector_prob))``, where m is
+    piecewise linear with m(0) = 0, m(0.5) = ``threshold``, m(1) = 1: it is cut where the detector's 0.5 is,
+    and the edge stays smooth when the probabilities are later resampled to the input grid. Everywhere else,
+    and so on every lesion the 2D model found, the result is ``prob``. Returns float32 (z, y, x).
+    """
+    out = np.array(prob, dtype=np.float32, copy=True)
+    found = detector_prob >= 0.5
+    if not found.any():
+        return out
+    labels, n = ndi.label(found, structure=np.ones((3, 3, 3), bool))
+    touched = np.zeros(n + 1, bool)
+    touched[np.unique(labels[out >= threshold])] = True
+    new = ~touched
+    new[0] = False
+    if min_voxels > 0:
+        new &= np.bincount(labels.ravel(), minlength=n + 1) >= min_voxels
+    if not new.any():
+        return out
+    region = ndi.binary_dilation(new[labels], structure=np.ones((3, 3, 3), bool))
+    d = np.asarray(detector_prob, dtype=np.float32)[region]
+    t = np.float32(threshold)
+    mapped = np.where(d < 0.5, d * (2 * t), t + (d - 0.5) * (2 * (1 - t)))
+    out[region] = np.maximum(out[region], mapped)
+    return out
