@@ -44,6 +44,11 @@ def main() -> int:
     ap.add_argument(
         "--min-z-extent-ratio", type=float, help="override the checkpoint's flat-component filter (0 = off)"
     )
+    ap.add_argument(
+        "--no-nodules",
+        action="store_true",
+        help="the 2D model alone, without the checkpoint's nodule detector",
+    )
     args = ap.parse_args()
     if not args.realdata.is_dir():
         print(f"error: {args.realdata}: real data folder not found", file=sys.stderr)
@@ -58,7 +63,10 @@ def main() -> int:
             args.model,
             out / "pred",
             PredictOptions(
-                lung_gate=args.lung_gate or None, min_z_extent_ratio=args.min_z_extent_ratio, measure=False
+                lung_gate=args.lung_gate or None,
+                min_z_extent_ratio=args.min_z_extent_ratio,
+                measure=False,
+                nodules=False if args.no_nodules else None,
             ),
         )[0]
         if res.error:

@@ -250,6 +250,8 @@ def predict_volume(
         from lungtumor.prepgeom import frame_spacing
 
         hu = input_to_hu(x, loaded.prep, loaded.stats)
+        del x, blob  # the model input is not needed any more
+        x = blob = None
         spacing = frame_spacing(geom, vol.spacing)
         det = detector_probability(nodule, hu, spacing, cfg.nodule, bf16=precision == "bf16", device=device)
         del hu

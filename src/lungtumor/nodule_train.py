@@ -39,12 +39,12 @@ def input_to_hu(x: np.ndarray, prep: Mapping[str, Any], stats: Mapping[str, floa
 
 
 def _iso_patches(
-    hu_frame: np.ndarray, spacing_zyx: Sequence[float], cfg: NoduleConfig
+    hu_frame: np.ndarray, spacing_zyx: Sequence[float], cfg: NoduleConfig, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
     """(HU on the isotropic frame, candidate centres (N, 3), iso shape)."""
     shape = iso_shape(hu_frame.shape, spacing_zyx, cfg.spacing_mm)
     hu = resample(hu_frame, shape)
-    centres = find_candidates(hu, cfg.spacing_mm, cfg.radii_mm, cfg.min_response, cfg.min_hu)
+    centres = find_candidates(hu, cfg.spacing_mm, cfg.radii_mm, cfg.min_response, cfg.min_hu, threads)
     return hu, centres, shape
 
 
@@ -290,7 +290,8 @@ def detector_probability(
     Each candidate whose score is at least ``cfg.threshold`` contributes its segmentation cube; where cubes
     overlap the maximum counts; 0 elsewhere. float32 (z, H, W).
     """
-    hu, centres, shape = _iso_patches(np.asarray(hu_frame, dtype=np.float32), spacing_zyx, cfg)
+    threads = max(1, torch.get_num_threads())
+    hu, centres, shape = _iso_patches(np.asarray(hu_frame, dtype=np.float32), spacing_zyx, cfg, threads)
     out = np.zeros(hu_frame.shape, np.float32)
     if len(centres) == 0:
         return out
