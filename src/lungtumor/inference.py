@@ -251,14 +251,14 @@ def predict_volume(
 
         hu = input_to_hu(x, loaded.prep, loaded.stats)
         del x, blob  # the model input is not needed any more
-        x = blob = None
         spacing = frame_spacing(geom, vol.spacing)
         det = detector_probability(nodule, hu, spacing, cfg.nodule, bf16=precision == "bf16", device=device)
         del hu
         min_voxels = int(np.ceil(np.pi / 6 * cfg.nodule.min_diameter_mm**3 / np.prod(spacing)))
         prob_small = add_missed_lesions(prob_small, det, threshold, min_voxels)
         del det
-    del x, blob
+    else:
+        del x, blob
     if not keep_prob:
         return None, restore_mask(prob_small, geom, threshold)
     prob = restore_geometry(prob_small, geom)

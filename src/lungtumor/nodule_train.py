@@ -81,14 +81,11 @@ def case_patches(
 
 def _frame_spacing(case: Mapping[str, Any], prep: Mapping[str, Any]) -> tuple[float, float, float]:
     """Voxel size (z, y, x) mm of a cached case's prepared frame (from cache.json's record)."""
-    z, y, x = (int(v) for v in case["orig_shape"])
-    sx, sy, sz = (float(v) for v in case["orig_spacing"])
-    if prep.get("resize") == "spacing":
-        s = float(prep["spacing_mm"])
-        h, w = max(1, round(y * sy / s)), max(1, round(x * sx / s))
-    else:
-        h, w = (int(v) for v in prep["size"])
-    return sz, sy * y / h, sx * x / w
+    from lungtumor.config import PrepConfig, from_dict
+    from lungtumor.prepgeom import frame_spacing, geometry_of
+
+    spacing = tuple(float(v) for v in case["orig_spacing"])
+    return frame_spacing(geometry_of(case["orig_shape"], spacing, from_dict(PrepConfig, dict(prep))), spacing)
 
 
 def _one_case(job: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,7 +135,9 @@ def _augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np
 
 
 def _autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    from lungtumor.inference import _autocast as autocast
+
+    return autocast(device, "bf16" if bf16 else "32")
 
 
 def train_detector(

@@ -18,7 +18,7 @@ x and y spacing, whatever the direction matrix, so :func:`restore_geometry` give
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -55,13 +55,18 @@ class PrepGeometry:
 
 
 def _geometry(vol: Volume, prep: PrepConfig) -> PrepGeometry:
-    z, y, x = vol.shape
+    return geometry_of(vol.shape, vol.spacing, prep)
+
+
+def geometry_of(shape_zyx: Sequence[int], spacing_xyz: Sequence[float], prep: PrepConfig) -> PrepGeometry:
+    """The :class:`PrepGeometry` of a (z, y, x) volume with voxel size (x, y, z) mm under ``prep``."""
+    z, y, x = (int(v) for v in shape_zyx)
     size = (int(prep.size[0]), int(prep.size[1]))
     if prep.resize == "size":
         return PrepGeometry((z, y, x), size, (0, 0), size)
     if prep.resize != "spacing":
         raise ValueError(f"unknown resize {prep.resize!r}")
-    sx, sy = vol.spacing[0], vol.spacing[1]
+    sx, sy = spacing_xyz[0], spacing_xyz[1]
     h = max(1, int(round(y * sy / prep.spacing_mm)))
     w = max(1, int(round(x * sx / prep.spacing_mm)))
     return PrepGeometry((z, y, x), (h, w), ((size[0] - h) // 2, (size[1] - w) // 2), size)
