@@ -24,7 +24,15 @@ import torch
 from lungtumor.config import NoduleConfig
 from lungtumor.errors import InputError
 from lungtumor.models.nodule3d import NodulePatchNet, normalise_hu
-from lungtumor.nodules import PATCH_HU, extract_patches, find_candidates, iso_shape, paste_max, resample
+from lungtumor.nodules import (
+    PATCH_HU,
+    cut_patches,
+    extract_patches,
+    find_candidates,
+    iso_shape,
+    paste_max,
+    resample,
+)
 
 #: Checkpoint key of the detector's weights.
 CKPT_KEY = "lungtumor_nodule"
@@ -259,12 +267,12 @@ def score_candidates(
     and the segmentation probability cubes (M, P, P, P) of those scoring at least ``seg_from`` (all when None)."""
     p = cfg.patch
     scores, cubes = [np.zeros(0, np.float32)], [np.zeros((0, p, p, p), np.float32)]
-    clipped = np.clip(hu_iso, *PATCH_HU)
+    padded = np.pad(np.clip(hu_iso, *PATCH_HU), p // 2, constant_values=PATCH_HU[0])  # once, not per batch
     dev = torch.device(device)
     net.to(dev).eval()
     for i in range(0, len(centres), batch):
         c = centres[i : i + batch]
-        x = normalise_hu(torch.from_numpy(extract_patches(clipped, c, p, PATCH_HU[0])).to(dev))[:, None]
+        x = normalise_hu(torch.from_numpy(cut_patches(padded, c, p)).to(dev))[:, None]
         with _autocast(dev, bf16):
             score, seg = net(x)
         sc = torch.sigmoid(score.float()).cpu().numpy()
@@ -329,15 +337,15 @@ def add_detector_to_checkpoint(path: Path, net: NodulePatchNet, cfg: NoduleConfi
     settings as the checkpoint's ``nodule`` config (``enabled`` then on): until this rename the file is the
     2D model alone, after it the 2D model with its detector; never anything in between."""
     import io
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
+    from lungtumor.config import to_dict
     from lungtumor.errors import atomic_write_bytes
 
     ck = torch.load(path, map_location="cpu", weights_only=True)
     ck[CKPT_KEY] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     if cfg is not None:
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(replace(cfg, enabled=True)).items()}
-        ck["hyper_parameters"]["lungtumor"]["config"]["nodule"] = d
+        ck["hyper_parameters"]["lungtumor"]["config"]["nodule"] = to_dict(replace(cfg, enabled=True))
     buf = io.BytesIO()
     torch.save(ck, buf)
     atomic_write_bytes(path, buf.getvalue())

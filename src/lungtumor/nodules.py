@@ -112,9 +112,13 @@ def extract_patches(vol: np.ndarray, centres: np.ndarray, size: int, fill: float
 
     Returns (N, size, size, size) of ``vol``'s dtype; cube voxel (i, j, k) is ``vol[c - size // 2 + (i, j, k)]``.
     """
-    h = size // 2
-    padded = np.pad(vol, h, constant_values=fill)
-    out = np.empty((len(centres), size, size, size), dtype=vol.dtype)
+    return cut_patches(np.pad(vol, size // 2, constant_values=fill), centres, size)
+
+
+def cut_patches(padded: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
+    """:func:`extract_patches` from a volume already padded by ``size // 2`` on every side (pad once, cut in
+    batches)."""
+    out = np.empty((len(centres), size, size, size), dtype=padded.dtype)
     for n, (z, y, x) in enumerate(np.asarray(centres, dtype=np.int64)):
         out[n] = padded[z : z + size, y : y + size, x : x + size]
     return out
