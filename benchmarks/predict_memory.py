@@ -3,10 +3,10 @@
     python benchmarks/predict_memory.py --model CKPT [--ct CT] [--precision bf16|32] [--no-lung-gate]
 
 Without ``--ct`` the 300x512x512 phantom of ``benchmarks/predict_speed.py`` is written first (in a subprocess).
-The steps (reading, preprocessing, the model, restoring to the input grid, postprocessing, writing, measuring)
-are wrapped; before each, the peak RSS is reset (``/proc/self/clear_refs``), after it the step's peak and the
-RSS are printed in MB above the baseline (libraries + model loaded) and as multiples of the input's float32
-size, the unit of issue #4's goal (<= 3x), with the step's wall time. Run it with a trained model: the
+The steps (reading, preprocessing, the model, the nodule detector, restoring to the input grid, postprocessing,
+writing, measuring) are wrapped; before each, the peak RSS is reset (``/proc/self/clear_refs``), after it the
+step's peak and the RSS are printed in MB above the baseline (libraries + model loaded) and as multiples of the
+input's float32 size, the unit of issue #4's goal (<= 3x), with the step's wall time. Run it with a trained model: the
 postprocessing and measuring costs depend on what the model finds.
 """
 
@@ -50,6 +50,7 @@ def main() -> int:
 
     import lungtumor.inference as inf
     import lungtumor.measure as meas
+    import lungtumor.nodule_train as nodule_train
     import lungtumor.prepgeom as prep
     from lungtumor.checkpoint import load_checkpoint
     from lungtumor.volume import read_volume
@@ -85,6 +86,7 @@ def main() -> int:
         (inf, "read_volume"),
         (prep, "preprocess_volume"),
         (inf, "predict_probabilities"),
+        (nodule_train, "detector_probability"),
         (prep, "restore_geometry"),
         (prep, "restore_mask"),
         (inf, "postprocess_mask"),

@@ -148,6 +148,15 @@ def _autocast(device: torch.device, bf16: bool):
     return autocast(device, "bf16" if bf16 else "32")
 
 
+# channels-last: oneDNN's faster layout for these convolutions (13 % per bf16 training step on 2 cores)
+_CL3D = torch.channels_last_3d
+
+
+def _cubes_in(hu: np.ndarray, dev: torch.device) -> torch.Tensor:
+    """HU cubes (B, P, P, P) → the network's input (B, 1, P, P, P), normalised, channels-last, on ``dev``."""
+    return normalise_hu(torch.from_numpy(np.asarray(hu)).to(dev))[:, None].contiguous(memory_format=_CL3D)
+
+
 def train_detector(
     patches: PatchSet,
     cfg: NoduleConfig,
@@ -184,7 +193,7 @@ def train_detector(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dev = torch.device(device)
-    net = NodulePatchNet(cfg.channels).to(dev)
+    net = NodulePatchNet(cfg.channels).to(dev, memory_format=_CL3D)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
     half = cfg.batch_size // 2
@@ -206,7 +215,7 @@ def train_detector(
             ]
         )
         x, y = _augment(rng, patches.hu[idx], patches.seg[idx])
-        xt = normalise_hu(torch.from_numpy(x).to(dev))[:, None]
+        xt = _cubes_in(x, dev)
         yt = torch.from_numpy(y.astype(np.float32)).to(dev)
         label = torch.from_numpy((patches.lesion[idx] >= 0).astype(np.float32)).to(dev)
         with _autocast(dev, bf16):
@@ -244,7 +253,7 @@ def _mine(
     net.eval()
     scores = []
     for i in range(0, len(pool), 256):
-        x = normalise_hu(torch.from_numpy(np.asarray(patches.hu[pool[i : i + 256]])).to(dev))[:, None]
+        x = _cubes_in(patches.hu[pool[i : i + 256]], dev)
         with _autocast(dev, bf16):
             scores.append(net(x)[0].float().cpu())
     order = np.argsort(-torch.cat(scores).numpy(), kind="stable")
@@ -269,10 +278,10 @@ def score_candidates(
     scores, cubes = [np.zeros(0, np.float32)], [np.zeros((0, p, p, p), np.float32)]
     padded = np.pad(np.clip(hu_iso, *PATCH_HU), p // 2, constant_values=PATCH_HU[0])  # once, not per batch
     dev = torch.device(device)
-    net.to(dev).eval()
+    net.to(dev, memory_format=_CL3D).eval()
     for i in range(0, len(centres), batch):
         c = centres[i : i + batch]
-        x = normalise_hu(torch.from_numpy(cut_patches(padded, c, p)).to(dev))[:, None]
+        x = _cubes_in(cut_patches(padded, c, p), dev)
         with _autocast(dev, bf16):
             score, seg = net(x)
         sc = torch.sigmoid(score.float()).cpu().numpy()
