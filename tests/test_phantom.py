@@ -129,6 +129,37 @@ def test_rich_basal_plan_adds_a_large_mass_on_the_diaphragm_to_some_cases():
         assert _share_resting_on_the_diaphragm(other) < 0.2
 
 
+def test_widen_near_root_thickens_the_trunk_and_leaves_the_periphery():
+    from lungtumor.phantom_anatomy import widen_near_root
+
+    root = np.array([30.0, 0.0, 100.0])
+    segs = np.array(
+        [[*root, 40.0, 0.0, 100.0, 6.0, 5.8, 0], [140.0, 0.0, 100.0, 160.0, 0.0, 100.0, 1.0, 0.9, 4]]
+    )
+    out = widen_near_root(segs, root, 1.3, 25.0)
+    assert out[0, 6] == pytest.approx(6.0 * 2.3)  # at the root: 1 + boost
+    assert out[0, 7] == pytest.approx(5.8 * (1 + 1.3 * np.exp(-10 / 25)))
+    assert np.allclose(out[1, 6:8], segs[1, 6:8], rtol=0.02)  # 110 mm out: within 2 %
+    assert np.array_equal(out[:, :6], segs[:, :6]) and np.array_equal(segs[0, 6], 6.0)  # a copy
+
+
+def test_hilar_vessels_change_the_vessels_only(tmp_path: Path):
+    a = build_case(4, matrix=96, slices=32, lesion_plan="rich")
+    b = build_case(4, matrix=96, slices=32, lesion_plan="rich", hilar_vessels=True)
+    assert np.array_equal(a.label.array, b.label.array) and a.lesions == b.lesions  # the same draws
+    diff = a.image.array != b.image.array
+    assert diff.any()
+    assert (b.image.array[diff] >= a.image.array[diff]).mean() > 0.9  # wider vessels: more blood, less air
+    kw = dict(n_train=2, n_test=1, seed=5, matrix=64, slices=12, workers=1, val_cases=1)
+    synth_dataset(tmp_path / "std", **kw)
+    synth_dataset(tmp_path / "hil", train_hilar_vessels=True, **kw)
+    std, hil = tmp_path / "std", tmp_path / "hil"
+    for rel in ("imagesTs/lung_002.nii.gz", "imagesTr/lung_001.nii.gz", "labelsTr/lung_000.nii.gz"):
+        assert (std / rel).read_bytes() == (hil / rel).read_bytes()  # test, validation and every label
+    assert (std / "imagesTr/lung_000.nii.gz").read_bytes() != (hil / "imagesTr/lung_000.nii.gz").read_bytes()
+    assert json.loads((hil / "lesions.json").read_text())["train_hilar_vessels"] is True
+
+
 def test_train_lesions_changes_training_cases_only(tmp_path: Path):
     kw = dict(n_train=2, n_test=1, seed=5, matrix=64, slices=12, workers=1)
     synth_dataset(tmp_path / "std", **kw)

@@ -40,6 +40,7 @@ def _add_synth(sub) -> None:
         "(dataset.json 'validation'; prepare then validates on them); default 0: prepare draws them",
     )
     _add_train_lesions(p, "standard")
+    _add_hilar(p)
     p.set_defaults(func=_cmd_synth)
 
 
@@ -52,6 +53,15 @@ def _add_train_lesions(p, default: str) -> None:
         help=f"how the training phantoms draw tumours (default {default}): standard (like the test phantoms), "
         "rich (0-5 per case, more small ones) or rich_basal (rich, and in 30 %% of cases a 50-110 mm mass on the "
         "diaphragm); the test phantoms are always standard",
+    )
+
+
+def _add_hilar(p) -> None:
+    p.add_argument(
+        "--train-hilar-vessels",
+        action="store_true",
+        help="give the training phantoms central pulmonary vessels of real calibre at the hila (about 2x the "
+        "default trunks); the test phantoms are unchanged",
     )
 
 
@@ -68,6 +78,7 @@ def _cmd_synth(args) -> int:
         progress=not args.quiet,
         train_lesions=args.train_lesions,
         val_cases=args.val_cases,
+        train_hilar_vessels=args.train_hilar_vessels,
     )
     print(summary)
     return 0

@@ -35,6 +35,7 @@ from lungtumor.phantom_anatomy import (
     render_anatomy,
     sample_anatomy,
     smooth_noise,
+    widen_near_root,
 )
 from lungtumor.postprocess import label_components
 from lungtumor.volume import Volume, write_volume
@@ -71,6 +72,10 @@ def _rng(rng_or_seed: np.random.Generator | int | np.random.SeedSequence) -> np.
 #: one large mass (50-110 mm) on the diaphragm (kind ``"basal"``), which real scans have (the IBSI CT's 359 mL
 #: tumour) and the other plans never place. Test phantoms are always ``"standard"``.
 LESION_PLANS = ("standard", "rich", "rich_basal")
+#: ``hilar_vessels``: vessel radii near a tree's hilar root times 1 + boost * exp(-d / length): (boost, length
+#: mm). 2.3x at the root (trunks about 19-31 mm across, like the main and lobar pulmonary arteries and veins at
+#: a real hilum), 1.5x 25 mm out, 1.2x at 50 mm.
+HILAR_BOOST = (1.3, 25.0)
 
 
 def sample_lesion_plan(rng: np.random.Generator, kind: str = "standard") -> list[dict]:
@@ -290,6 +295,7 @@ def build_case(
     slices: int | None = None,
     plan: list[dict] | None = None,
     lesion_plan: str = "standard",
+    hilar_vessels: bool = False,
 ) -> PhantomCase:
     """Build one phantom in memory.
 
@@ -299,6 +305,8 @@ def build_case(
         slices: number of slices (None: random, 32-128 at matrix <= 256).
         plan: tumours to draw (as from :func:`sample_lesion_plan`); None draws them.
         lesion_plan: how to draw them when ``plan`` is None (:data:`LESION_PLANS`).
+        hilar_vessels: widen the vessel trees near the hila to the calibre of the central pulmonary arteries
+            and veins (:data:`HILAR_BOOST`); the same random draws, so the same anatomy and tumours otherwise.
     """
     rng = _rng(rng_or_seed)
     an = sample_anatomy(rng)
@@ -326,7 +334,10 @@ def build_case(
             pts = np.stack([xc[ii[pick] * ds], yc[jj[pick] * ds], zc[kk[pick]]], 1)
             pts += rng.uniform(-0.5, 0.5, pts.shape) * [grid.dx * ds, grid.dy * ds, grid.dz]
             root = hila[si] + [0.0, rng.uniform(-10, 10), dzh]
-            raster_tubes(occ, grow_tree(rng, root, pts, r_leaf), grid)
+            segs = grow_tree(rng, root, pts, r_leaf)
+            if hilar_vessels:
+                segs = widen_near_root(segs, root, *HILAR_BOOST)
+            raster_tubes(occ, segs, grid)
     # a few vessel knots / granulomas: nodule-like bright dots that are not tumours
     gran = []
     if len(np.flatnonzero(sub)):
@@ -451,8 +462,10 @@ def _case_seed(seed: int, split: int, i: int) -> np.random.SeedSequence:
 
 
 def _write_case(job: tuple) -> dict:
-    out, name, split, seed_seq, matrix, slices, lesion_plan = job
-    case = build_case(np.random.default_rng(seed_seq), matrix, slices, lesion_plan=lesion_plan)
+    out, name, split, seed_seq, matrix, slices, lesion_plan, hilar = job
+    case = build_case(
+        np.random.default_rng(seed_seq), matrix, slices, lesion_plan=lesion_plan, hilar_vessels=hilar
+    )
     img_dir, lab_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
     write_volume(case.image, Path(out) / img_dir / f"{name}.nii.gz")
     write_volume(case.label, Path(out) / lab_dir / f"{name}.nii.gz")
@@ -478,6 +491,7 @@ def synth_dataset(
     workers: int | None = None,
     train_lesions: str = "standard",
     val_cases: int = 0,
+    train_hilar_vessels: bool = False,
 ) -> str:
     """Write a Task06-style phantom dataset into ``out`` (see the module docstring); return a summary line.
 
@@ -486,7 +500,8 @@ def synth_dataset(
     always draw them the standard way, and do not depend on it. ``val_cases`` > 0: the last ``val_cases``
     labelled cases are drawn the standard way too (like the test cases) and dataset.json lists them under
     ``validation``, so that ``prepare`` validates on them and validation Dice means what held-out Dice means;
-    the other labelled cases are the same bytes as without it.
+    the other labelled cases are the same bytes as without it. ``train_hilar_vessels``: the training cases
+    (not the ``val_cases``, not the test cases) get hilar vessels of real calibre (``build_case``).
 
     Raises:
         InputError: negative or zero case counts, a matrix or slice count out of range, a negative seed, or an
@@ -519,12 +534,21 @@ def synth_dataset(
     first_val = n_train - val_cases
     jobs = [
         (str(root), f"lung_{i:03d}", "train", _case_seed(seed, 0, i), matrix, slices,
-         "standard" if i >= first_val else train_lesions)
+         "standard" if i >= first_val else train_lesions, train_hilar_vessels and i < first_val)
         for i in range(n_train)
     ]  # fmt: skip
     val_names = [f"lung_{i:03d}" for i in range(first_val, n_train)]
     jobs += [
-        (str(root), f"lung_{n_train + i:03d}", "test", _case_seed(seed, 1, i), matrix, slices, "standard")
+        (
+            str(root),
+            f"lung_{n_train + i:03d}",
+            "test",
+            _case_seed(seed, 1, i),
+            matrix,
+            slices,
+            "standard",
+            False,
+        )
         for i in range(n_test)
     ]
     nw = min(len(jobs), workers if workers is not None else min(os.cpu_count() or 1, 8))
@@ -565,7 +589,14 @@ def synth_dataset(
     if val_names:
         ds["validation"] = val_names
     atomic_write_text(root / "dataset.json", json.dumps(ds, indent=2) + "\n")
-    les = {"version": 1, "seed": seed, "matrix": matrix, "train_lesions": train_lesions, "cases": records}
+    les = {
+        "version": 1,
+        "seed": seed,
+        "matrix": matrix,
+        "train_lesions": train_lesions,
+        "train_hilar_vessels": train_hilar_vessels,
+        "cases": records,
+    }
     if val_names:
         les["validation"] = val_names  # drawn the standard way
     atomic_write_text(root / "lesions.json", json.dumps(les, indent=1) + "\n")

@@ -372,6 +372,18 @@ def grow_tree(rng: np.random.Generator, root: np.ndarray, pts: np.ndarray, r_lea
     return np.asarray(segs, float)
 
 
+def widen_near_root(segs: np.ndarray, root: np.ndarray, boost: float, length_mm: float) -> np.ndarray:
+    """``segs`` (as from :func:`grow_tree`) with each end's radius times ``1 + boost * exp(-d / length_mm)``,
+    d its distance (mm) from ``root``: a tree whose trunk is as thick as the central pulmonary arteries and veins
+    where they leave the hilum (Murray's law from a few hundred end points gives only about half of it)."""
+    out = np.array(segs, dtype=float, copy=True)
+    root = np.asarray(root, dtype=float)
+    for end, col in ((slice(0, 3), 6), (slice(3, 6), 7)):
+        d = np.linalg.norm(out[:, end] - root, axis=1)
+        out[:, col] *= 1.0 + boost * np.exp(-d / length_mm)
+    return out
+
+
 def raster_tubes(occ: np.ndarray, segs: np.ndarray, grid: Grid, grow: float = 0.0) -> None:
     """Draw tapered capsules (segments as from :func:`grow_tree`, radii + ``grow`` mm) into ``occ`` (max, in place).
 
