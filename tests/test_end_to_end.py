@@ -64,6 +64,8 @@ def test_demo_writes_everything_on_the_input_grid(demo_run):
 
     ck = torch.load(out / "run" / "checkpoints" / "best.ckpt", weights_only=True)
     assert CKPT_KEY in ck  # the demo preset trains the 3D nodule detector beside the 2D model
+    # its training phantoms have real-calibre hilar vessels (BENCHMARKS.md "Session 10")
+    assert json.loads((out / "data" / "lesions.json").read_text())["train_hilar_vessels"] is True
 
 
 def test_predict_without_the_nodule_detector_keeps_the_2d_lesions(demo_run, tmp_path):

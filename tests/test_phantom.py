@@ -158,6 +158,12 @@ def test_hilar_vessels_change_the_vessels_only(tmp_path: Path):
         assert (std / rel).read_bytes() == (hil / rel).read_bytes()  # test, validation and every label
     assert (std / "imagesTr/lung_000.nii.gz").read_bytes() != (hil / "imagesTr/lung_000.nii.gz").read_bytes()
     assert json.loads((hil / "lesions.json").read_text())["train_hilar_vessels"] is True
+    from lungtumor.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["synth", "OUT"]).train_hilar_vessels is False  # synth: off unless asked
+    assert parse(["demo"]).train_hilar_vessels is True  # the demo: on, and can be turned off
+    assert parse(["demo", "--no-train-hilar-vessels"]).train_hilar_vessels is False
 
 
 def test_train_lesions_changes_training_cases_only(tmp_path: Path):

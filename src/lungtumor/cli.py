@@ -56,12 +56,13 @@ def _add_train_lesions(p, default: str) -> None:
     )
 
 
-def _add_hilar(p) -> None:
+def _add_hilar(p, default: bool = False) -> None:
     p.add_argument(
         "--train-hilar-vessels",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=default,
         help="give the training phantoms central pulmonary vessels of real calibre at the hila (about 2x the "
-        "default trunks); the test phantoms are unchanged",
+        f"thin default trunks; default {'on' if default else 'off'}); the test phantoms are unchanged",
     )
 
 
@@ -409,6 +410,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the demo preset's epochs")
     p.add_argument("--seed", type=int, default=0)
     _add_train_lesions(p, "rich")
+    _add_hilar(p, default=True)
     p.set_defaults(func=_cmd_demo)
 
 
@@ -424,6 +426,7 @@ def _cmd_demo(args) -> int:
         seed=args.seed,
         progress=not args.quiet,
         train_lesions=args.train_lesions,
+        train_hilar_vessels=args.train_hilar_vessels,
     )
     print(result)
     return 0

@@ -49,6 +49,7 @@ def run_demo(
     matrix: int = 256,
     slices: int | None = None,
     train_lesions: str = "rich",
+    train_hilar_vessels: bool = True,
 ) -> DemoResult:
     """Run the whole pipeline into ``out`` and return paths, timings and the held-out summary.
 
@@ -56,7 +57,9 @@ def run_demo(
     tiny ones). ``val_cases`` of the ``cases`` labelled phantoms validate (6 of 35: 3 were too few to choose a
     checkpoint, BENCHMARKS.md "Session 4"; None = prepare's default). ``train_lesions`` is how the training phantoms draw their tumours (``synth
     --train-lesions``): ``"rich"`` (more, and more small, tumours per training case) by default; the held-out
-    phantoms are always drawn the standard way.
+    phantoms are always drawn the standard way. ``train_hilar_vessels``: the training phantoms' hila have
+    vessels of real calibre (``synth --train-hilar-vessels``; BENCHMARKS.md "Session 10": far fewer false
+    positives at the hila of real CTs).
     """
     from lungtumor.config import load_config
     from lungtumor.inference import PredictOptions, predict_paths
@@ -90,6 +93,7 @@ def run_demo(
             slices=slices,
             progress=progress,
             train_lesions=train_lesions,
+            train_hilar_vessels=train_hilar_vessels,
         ),
     )
     step(
