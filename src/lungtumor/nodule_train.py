@@ -12,6 +12,8 @@ isotropic frame of ``nodule.spacing_mm``; both are in HU here.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -104,6 +106,21 @@ def _one_case(job: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return case_patches(hu, np.asarray(seg), _frame_spacing(record, prep), cfg)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: on Linux a SIGKILLed parent takes its workers with it (PR_SET_PDEATHSIG), instead of
+    leaving them blocked for ever writing results into a pipe that nobody reads."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the call above
+        os._exit(1)
+
+
 def cache_patches(cache: str | Path, names: Sequence[str], cfg: NoduleConfig, workers: int = 2) -> PatchSet:
     """Candidate cubes of the cached cases ``names`` (a prepared 2D cache), ``workers`` processes."""
     from concurrent.futures import ProcessPoolExecutor
@@ -114,7 +131,10 @@ def cache_patches(cache: str | Path, names: Sequence[str], cfg: NoduleConfig, wo
     records = {c["name"]: c for c in meta["cases"]}
     jobs = [(str(root), n, records[n], meta["prep"], meta["stats"], cfg) for n in names]
     if workers > 1 and len(jobs) > 1:  # numpy and scipy only in the workers: fork is safe
-        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as ex:
+        ctx = get_context("fork")
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
+        ) as ex:
             parts = list(ex.map(_one_case, jobs))
     else:
         parts = [_one_case(j) for j in jobs]
@@ -269,12 +289,15 @@ def score_candidates(
     cfg: NoduleConfig,
     *,
     bf16: bool = True,
-    batch: int = 128,
+    batch: int = 32,
     device: torch.device | str = "cpu",
     seg_from: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores (N,) in [0, 1] of the candidates ``centres`` (N, 3) of ``hu_iso`` (HU on the detector's frame),
-    and the segmentation probability cubes (M, P, P, P) of those scoring at least ``seg_from`` (all when None)."""
+    and the segmentation probability cubes (M, P, P, P) of those scoring at least ``seg_from`` (all when None).
+
+    ``batch`` 32: against 128, predict's peak memory on a 512x512x300 CT is 0.4-0.65x of the input lower and the
+    step is faster on the CPU (BENCHMARKS.md "Session 10", ``predict_memory.py``)."""
     p = cfg.patch
     scores, cubes = [np.zeros(0, np.float32)], [np.zeros((0, p, p, p), np.float32)]
     padded = np.pad(np.clip(hu_iso, *PATCH_HU), p // 2, constant_values=PATCH_HU[0])  # once, not per batch

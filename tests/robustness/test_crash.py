@@ -51,6 +51,25 @@ def _kill_after(
     return alive
 
 
+def _left_running(marker: str, wait_s: float = 10.0) -> list[str]:
+    """Command lines of processes still running with ``marker`` in them after up to ``wait_s`` s (Linux /proc;
+    empty elsewhere): a killed command must not leave worker processes behind."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = []
+        for d in Path("/proc").glob("[0-9]*"):
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (d / "stat").read_text().split(") ", 1)[1][0]
+            except (OSError, IndexError):
+                continue
+            if marker in cmd and state != "Z":
+                left.append(cmd)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
 def _final_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")]
 
@@ -97,6 +116,7 @@ def test_train_killed_then_resumed_finishes_the_same_run(tmp_path, tiny_cache, t
     proc = _start(*args)
     killed = _kill_after(proc, lambda: (run / "checkpoints" / "last.ckpt").exists(), rng.uniform(0.0, 1.5))
     _assert_nothing_torn(run)
+    assert _left_running(str(run)) == []  # e.g. the detector's candidate workers die with their parent
     resume = ["--resume"] if (run / "checkpoints" / "last.ckpt").exists() else []
     if killed or resume:
         assert main([str(a) for a in [*args, *resume]]) == 0
