@@ -296,8 +296,9 @@ def score_candidates(
     """Scores (N,) in [0, 1] of the candidates ``centres`` (N, 3) of ``hu_iso`` (HU on the detector's frame),
     and the segmentation probability cubes (M, P, P, P) of those scoring at least ``seg_from`` (all when None).
 
-    ``batch`` 32: against 128, predict's peak memory on a 512x512x300 CT is 0.4-0.65x of the input lower and the
-    step is faster on the CPU (BENCHMARKS.md "Session 10", ``predict_memory.py``)."""
+    ``batch`` 32 (predict's choice on the CPU): against 128, predict's peak memory on a 512x512x300 CT is
+    0.4-0.65x of the input lower and the step is faster (BENCHMARKS.md "Session 10", ``predict_memory.py``); on
+    a GPU predict uses 256 (not timed yet)."""
     p = cfg.patch
     scores, cubes = [np.zeros(0, np.float32)], [np.zeros((0, p, p, p), np.float32)]
     padded = np.pad(np.clip(hu_iso, *PATCH_HU), p // 2, constant_values=PATCH_HU[0])  # once, not per batch
@@ -335,7 +336,10 @@ def detector_probability(
     out = np.zeros(hu_frame.shape, np.float32)
     if len(centres) == 0:
         return out
-    scores, cubes = score_candidates(net, hu, centres, cfg, bf16=bf16, device=device, seg_from=cfg.threshold)
+    batch = 32 if torch.device(device).type == "cpu" else 256  # small batches: less memory on the CPU
+    scores, cubes = score_candidates(
+        net, hu, centres, cfg, bf16=bf16, batch=batch, device=device, seg_from=cfg.threshold
+    )
     keep = scores >= cfg.threshold
     if not keep.any():
         return out
