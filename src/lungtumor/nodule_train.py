@@ -289,20 +289,22 @@ def score_candidates(
     cfg: NoduleConfig,
     *,
     bf16: bool = True,
-    batch: int = 32,
+    batch: int | None = None,
     device: torch.device | str = "cpu",
     seg_from: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores (N,) in [0, 1] of the candidates ``centres`` (N, 3) of ``hu_iso`` (HU on the detector's frame),
     and the segmentation probability cubes (M, P, P, P) of those scoring at least ``seg_from`` (all when None).
 
-    ``batch`` 32 (predict's choice on the CPU): against 128, predict's peak memory on a 512x512x300 CT is
-    0.4-0.65x of the input lower and the step is faster (BENCHMARKS.md "Session 10", ``predict_memory.py``); on
-    a GPU predict uses 256 (not timed yet)."""
+    ``batch`` None: 32 cubes at a time on the CPU (against 128, predict's peak memory on a 512x512x300 CT is
+    0.4-0.65x of the input lower and the step is faster: BENCHMARKS.md "Session 10", ``predict_memory.py``), 256
+    on a GPU (not timed yet)."""
     p = cfg.patch
     scores, cubes = [np.zeros(0, np.float32)], [np.zeros((0, p, p, p), np.float32)]
     padded = np.pad(np.clip(hu_iso, *PATCH_HU), p // 2, constant_values=PATCH_HU[0])  # once, not per batch
     dev = torch.device(device)
+    if batch is None:
+        batch = 32 if dev.type == "cpu" else 256
     net.to(dev, memory_format=_CL3D).eval()
     for i in range(0, len(centres), batch):
         c = centres[i : i + batch]
@@ -336,10 +338,7 @@ def detector_probability(
     out = np.zeros(hu_frame.shape, np.float32)
     if len(centres) == 0:
         return out
-    batch = 32 if torch.device(device).type == "cpu" else 256  # small batches: less memory on the CPU
-    scores, cubes = score_candidates(
-        net, hu, centres, cfg, bf16=bf16, batch=batch, device=device, seg_from=cfg.threshold
-    )
+    scores, cubes = score_candidates(net, hu, centres, cfg, bf16=bf16, device=device, seg_from=cfg.threshold)
     keep = scores >= cfg.threshold
     if not keep.any():
         return out

@@ -539,18 +539,9 @@ def synth_dataset(
     ]  # fmt: skip
     val_names = [f"lung_{i:03d}" for i in range(first_val, n_train)]
     jobs += [
-        (
-            str(root),
-            f"lung_{n_train + i:03d}",
-            "test",
-            _case_seed(seed, 1, i),
-            matrix,
-            slices,
-            "standard",
-            False,
-        )
+        (str(root), f"lung_{n_train + i:03d}", "test", _case_seed(seed, 1, i), matrix, slices, "standard", False)
         for i in range(n_test)
-    ]
+    ]  # fmt: skip
     nw = min(len(jobs), workers if workers is not None else min(os.cpu_count() or 1, 8))
     bar = tqdm(total=len(jobs), desc="synth", unit="case", disable=not progress)
     if nw <= 1:
