@@ -129,6 +129,34 @@ def test_predict_without_prob_map_gives_the_same_mask(demo_run, tmp_path):
         assert np.array_equal(a, read_mask(m / f"{case}_tumour.nii.gz").array)
 
 
+def test_lungs_only_predicts_the_lungs_slices_and_nothing_else(demo_run):
+    """With the lung gate on, predict runs the model on the lungs' slices plus 30 mm only: there the
+    probabilities are those of the whole-volume run, elsewhere 0."""
+    from dataclasses import replace
+
+    import torch
+    from scipy import ndimage as ndi
+
+    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.inference import predict_volume
+    from lungtumor.postprocess import lung_z_range
+
+    out, _ = demo_run
+    vol = read_volume(sorted((out / "data" / "imagesTs").glob("*.nii.gz"))[0])
+    a = vol.array
+    body = ndi.binary_fill_holes(a[-1] > -500)  # the body with its lungs
+    belly = np.where(body, 40, -1000).astype(a.dtype)  # all soft tissue, air outside
+    vol = replace(vol, array=np.concatenate([np.repeat(belly[None], 20, axis=0), a]))  # 20 abdomen slices
+    lo, hi = lung_z_range(vol.array, vol.spacing)
+    assert 0 < lo < 20 and hi == len(vol.array)  # 30 mm above the lowest lung slice, not the abdomen's start
+    loaded = load_checkpoint(out / "run")
+    kw = {"device": torch.device("cpu"), "batch_size": 4, "threshold": 0.5}
+    full, _ = predict_volume(loaded, vol, **kw)
+    part, _ = predict_volume(loaded, vol, lungs_only=True, **kw)
+    np.testing.assert_allclose(part[lo:hi], full[lo:hi], rtol=0, atol=1e-5)
+    assert not part[:lo].any() and full[:lo].any()
+
+
 def test_predict_tta_flag_averages_the_mirrored_prediction(demo_run, tmp_path):
     """`predict --tta` = mean of the prediction and the mirrored prediction of the mirrored CT."""
     import torch

@@ -26,6 +26,7 @@ from lungtumor.nodules import (
     iso_shape,
     paste_max,
     resample,
+    resample_sparse,
 )
 
 
@@ -71,6 +72,20 @@ def test_resample_to_iso_and_back():
     assert shape == (16, 11, 11)
     a = np.linspace(0, 1, 11 * 20 * 20, dtype=np.float32).reshape(11, 20, 20)
     assert np.allclose(resample(resample(a, shape), a.shape), a, atol=0.02)  # linear data survives
+
+
+@pytest.mark.parametrize(
+    ("shape_in", "shape_out", "box"),
+    [
+        ((60, 41, 41), (30, 38, 38), (slice(20, 28), slice(5, 13), slice(30, 38))),  # iso frame -> 2D frame
+        ((10, 12, 14), (30, 7, 40), (slice(0, 3), slice(9, 12), slice(0, 14))),  # up and down, at the edges
+    ],
+)
+def test_sparse_resample_equals_the_whole_one(shape_in, shape_out, box):
+    a = np.zeros(shape_in, np.float32)
+    a[box] = np.random.default_rng(1).random(a[box].shape) + 0.1
+    np.testing.assert_allclose(resample_sparse(a, shape_out), resample(a, shape_out), rtol=0, atol=1e-6)
+    assert not resample_sparse(np.zeros(shape_in, np.float32), shape_out).any()
 
 
 def test_missed_lesions_are_added_and_found_ones_left_alone():

@@ -15,6 +15,7 @@ from lungtumor.postprocess import (
     label_components_in_box,
     lung_grid_step,
     lung_mask_from_hu,
+    lung_z_range,
     remove_flat_components,
     remove_small_components,
 )
@@ -58,6 +59,33 @@ def test_lung_mask_and_gate_keep_juxtapleural_drop_outside():
     gated = gate_to_lungs(tumour | outside, lung)
     assert gated.dtype == np.uint8
     assert np.array_equal(gated, tumour)
+
+
+def test_lung_z_range_is_the_lungs_slices_plus_the_margin():
+    ct, *_ = synthetic_chest()
+    abdomen = np.full((30, *ct.shape[1:]), -1000.0)  # soft tissue below the lungs, air around the body
+    abdomen[:, ct[12] > -900] = 40.0
+    chest = np.concatenate([abdomen, ct, abdomen[:10]])  # the lungs' air on slices 30 .. 53
+    assert lung_z_range(chest, SPACING, margin_mm=10.0) == (30 - 4, 54 + 4)  # 10 mm = 4 slices of 2.5 mm
+    assert lung_z_range(chest, SPACING, margin_mm=1000.0) == (0, len(chest))
+    assert lung_z_range(np.full((8, 64, 64), 40.0), SPACING) is None  # no lungs: None, not an empty range
+
+
+def test_ball_test_matches_scipy_distance_transform_with_anisotropic_spacing():
+    """The threaded float32 distance transform decides "within r mm" exactly as scipy's float64 one does,
+    axes in the array's order, voxels on the ball's surface included."""
+    from lungtumor.postprocess import _edt_at_most
+
+    rng = np.random.default_rng(3)
+    a = ~ndi.binary_dilation(rng.random((30, 40, 50)) > 0.98, iterations=2)
+    for sp in [(2.5, 0.8, 1.3), (1.0, 2.0, 3.0), (2.0, 2.0, 2.0)]:
+        ref = ndi.distance_transform_edt(a, sampling=sp)
+        for r in (2.0, 4.0, 5.0, 10.0):  # 2, 4 and 10 mm lie exactly on grid distances of (2, 2, 2) mm
+            np.testing.assert_array_equal(_edt_at_most(a, sp, r), ref <= r)
+    surface = np.ones((21, 21, 21), bool)
+    surface[10, 10, 10] = False
+    within = _edt_at_most(surface, (1.0, 1.0, 1.0), 5.0)
+    assert within[10, 10, 15] and within[10, 13, 14] and not within[10, 10, 16]  # 5 = |(0, 3, 4)|
 
 
 def test_gate_with_empty_lung_removes_everything():

@@ -162,8 +162,9 @@ def predict_probabilities(
     tta: bool = False,
     context_step: float = 1.0,
     blob: np.ndarray | None = None,
+    z_range: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Tumour probabilities for every slice of a prepared volume.
+    """Tumour probabilities for every slice of a prepared volume (or the slices ``z_range``).
 
     Args:
         model: maps (B, 2k+1, H, W) to logits (B, 1, H, W).
@@ -174,21 +175,25 @@ def predict_probabilities(
             ``data.context_step``).
         blob: (z, H, W) blobness channel (``prep.blob``), appended after the CT slices; None without.
         tta: also predict the left-right mirrored input and average the probabilities.
+        z_range: [lo, hi): predict only these slices (their context still comes from their neighbours); the
+            others get probability 0. None: all.
 
     Returns:
         (z, H, W) float32 probabilities in [0, 1].
     """
-    z = image.shape[0]
+    lo, hi = (0, image.shape[0]) if z_range is None else z_range
+    full = (lo, hi) == (0, image.shape[0])
     as_tensor = torch.is_tensor(image)
     if as_tensor:
         vol = image.to(device=device, dtype=torch.float32)
-        out: np.ndarray | torch.Tensor = torch.empty(vol.shape, dtype=torch.float32, device=device)
+        make = torch.empty if full else torch.zeros
+        out: np.ndarray | torch.Tensor = make(vol.shape, dtype=torch.float32, device=device)
     else:
         vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
-        out = np.empty(image.shape, dtype=np.float32)
+        out = (np.empty if full else np.zeros)(image.shape, dtype=np.float32)
     blob_t = None if blob is None else torch.from_numpy(np.ascontiguousarray(blob)).to(device)
-    for start in range(0, z, batch_size):
-        idx = torch.arange(start, min(start + batch_size, z), device=device)
+    for start in range(lo, hi, batch_size):
+        idx = torch.arange(start, min(start + batch_size, hi), device=device)
         x = append_blob(stack_context(vol, idx, context_slices, context_step), blob_t, idx)
         x = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W); faster on CUDA and CPU
         with _autocast(device, precision):
@@ -209,6 +214,7 @@ def predict_volume(
     tta: bool = False,
     precision: str = "32",
     keep_prob: bool = True,
+    lungs_only: bool = False,
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Predict one CT with a loaded checkpoint.
 
@@ -217,6 +223,9 @@ def predict_volume(
         vol: the CT in HU, array (z, y, x).
         keep_prob: return the probability map; False: None instead, and the mask is thresholded chunk by
             chunk while restoring (the same values), so the float32 map on the input grid never exists.
+        lungs_only: run the 2D model only on the lungs' slices plus 30 mm (``postprocess.lung_z_range``; all
+            slices when no lungs are found), probability 0 elsewhere: for when the lung gate follows, which
+            drops lesions away from the lungs anyway. The CPU path only.
 
     Returns:
         (probabilities float32 or None, mask uint8 {0, 1}), both (z, y, x) on ``vol``'s grid.
@@ -232,6 +241,11 @@ def predict_volume(
             loaded, vol, device=device, threshold=threshold, batch_size=batch_size, tta=tta,
             precision=precision, keep_prob=keep_prob,
         )  # fmt: skip
+    z_range = None
+    if lungs_only:  # the prepared frame keeps the input's slices
+        from lungtumor.postprocess import lung_z_range
+
+        z_range = lung_z_range(vol.array, vol.spacing)
     x, blob, geom = preprocess_inputs(vol, cfg.prep, loaded.stats)
     prob_small = predict_probabilities(
         loaded.model,
@@ -243,6 +257,7 @@ def predict_volume(
         tta=tta,
         context_step=slice_step(cfg.train.context_mm, float(vol.spacing[2])),
         blob=blob,
+        z_range=z_range,
     )
     if nodule is not None:  # lesions the 3D nodule detector finds and the 2D model missed
         from lungtumor.nodule_train import detector_probability, input_to_hu
@@ -388,6 +403,7 @@ def predict_paths(
                     tta=tta,
                     precision=precision,
                     keep_prob=opts.save_prob,
+                    lungs_only=opts.postprocess and lung_gate,  # the gate drops what lies away from them
                 )
             if prob is not None:
                 res.outputs.append(write_volume(vol.with_array(prob), out / f"{stem}_prob.nii.gz"))

@@ -34,6 +34,7 @@ from lungtumor.nodules import (
     iso_shape,
     paste_max,
     resample,
+    resample_sparse,
 )
 
 #: Checkpoint key of the detector's weights.
@@ -342,7 +343,7 @@ def detector_probability(
     keep = scores >= cfg.threshold
     if not keep.any():
         return out
-    return resample(paste_max(shape, centres[keep], cubes), hu_frame.shape)
+    return resample_sparse(paste_max(shape, centres[keep], cubes), hu_frame.shape)
 
 
 def load_detector(ck: Mapping[str, Any], cfg: NoduleConfig, path: Path) -> NodulePatchNet | None:

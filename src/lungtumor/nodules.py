@@ -39,6 +39,36 @@ def resample(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return ndi.zoom(a, factors, order=1, prefilter=False, grid_mode=False)
 
 
+def resample_sparse(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """:func:`resample` of an ``a`` that is 0 outside a small box (the detector's pasted cubes): only the output
+    voxels whose interpolation reaches that box are computed, the same values to float32 rounding, 0 elsewhere.
+    """
+    a = np.asarray(a, dtype=np.float32)
+    shape = tuple(int(n) for n in shape)
+    if a.shape == shape or min(shape) < 2 or min(a.shape) < 2:
+        return resample(a, shape)
+    out = np.zeros(shape, np.float32)
+    spans = [np.flatnonzero(a.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
+    if any(len(s) == 0 for s in spans):
+        return out
+    f = np.array([(i - 1) / (o - 1) for i, o in zip(a.shape, shape, strict=True)])  # output index -> input
+    o_box, i_box = [], []
+    for s, fi, n_in, n_out in zip(spans, f, a.shape, shape, strict=True):
+        lo, hi = int(s[0]), int(s[-1])  # outputs at input coordinates in (lo - 1, hi + 1) can be non-zero
+        o0 = max(0, int(np.floor((lo - 1) / fi)))
+        o1 = min(n_out, int(np.ceil((hi + 1) / fi)) + 1)
+        i0 = max(0, int(np.floor(o0 * fi)))
+        i1 = min(n_in, int(np.floor((o1 - 1) * fi)) + 2)
+        o_box.append(slice(o0, o1))
+        i_box.append(slice(i0, i1))
+    offset = [b.start * fi - ib.start for b, fi, ib in zip(o_box, f, i_box, strict=True)]
+    out[tuple(o_box)] = ndi.affine_transform(
+        a[tuple(i_box)], f, offset=offset, output_shape=tuple(b.stop - b.start for b in o_box),
+        order=1, mode="nearest", prefilter=False,
+    )  # fmt: skip
+    return out
+
+
 def find_candidates(
     hu_iso: np.ndarray,
     spacing_mm: float,

@@ -15,6 +15,7 @@ float32 size (BENCHMARKS.md, "predict speed (CPU)").
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -196,23 +197,30 @@ def filter_components(
 
 
 def _edt_at_most(a: np.ndarray, spacing_zyx: Sequence[float], radius_mm: float) -> np.ndarray:
-    """``ndi.distance_transform_edt(a, sampling=spacing_zyx) <= radius_mm``, bit for bit, in about 14 bytes per
-    voxel instead of 50: the distances are computed from the feature transform a slab of slices at a time,
-    with scipy's own arithmetic."""
-    sampling = np.asarray(spacing_zyx, dtype=np.float64)
-    ft = ndi.distance_transform_edt(a, sampling=sampling, return_distances=False, return_indices=True)
-    out = np.empty(a.shape, dtype=bool)
-    step = _slab(a, 1 << 18)  # the slab's temporaries take about 60 bytes per voxel
-    for k in range(0, len(a), step):
-        part = ft[:, k : k + step]
-        idx = np.indices(part.shape[1:], dtype=np.int32)
-        idx[0] += k
-        dt = (part - idx).astype(np.float64)
-        for ii in range(len(sampling)):
-            dt[ii, ...] *= sampling[ii]
-        np.multiply(dt, dt, dt)
-        np.less_equal(np.sqrt(np.add.reduce(dt, axis=0)), radius_mm, out=out[k : k + step])
-    return out
+    """bool (z, y, x): voxels of ``a`` whose Euclidean distance in mm (``spacing_zyx``) to the nearest False
+    voxel is at most ``radius_mm``, the edges not counting as False (scipy's ``distance_transform_edt``).
+
+    The ``edt`` package computes the distances in float32 in a few threads (4 bytes per voxel, about 4x faster
+    than scipy's feature transform here); ``radius_mm`` gets 1e-4 mm of slack so that float32 rounding cannot
+    drop a voxel lying exactly on the ball's surface."""
+    import edt
+
+    d = edt.edt(
+        np.ascontiguousarray(a, dtype=bool),
+        anisotropy=tuple(float(s) for s in spacing_zyx),  # in the array's axis order
+        black_border=False,
+        parallel=_edt_threads(),
+    )
+    return np.less_equal(d, np.float32(radius_mm + 1e-4))
+
+
+def _edt_threads() -> int:
+    """Threads for the distance transform: the CPUs this process may use, at most 4."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
 
 
 def _edt_closing(mask: np.ndarray, spacing_zyx: Sequence[float], radius_mm: float) -> np.ndarray:
@@ -401,6 +409,30 @@ def lung_mask_from_hu(
         coarse_mm=coarse_mm,
     )
     return lung if f == 1 else _upsample(lung, f, np.shape(ct_hu))
+
+
+def lung_z_range(
+    ct_hu: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    margin_mm: float = 30.0,
+    coarse_mm: float = 4.0,
+    threshold_hu: float = -400.0,
+    min_fraction: float = 0.1,
+) -> tuple[int, int] | None:
+    """Slices [lo, hi) that hold the lungs' air (:func:`lung_mask_from_hu` before its closing, on a grid of about
+    ``coarse_mm``) plus ``margin_mm`` each side; None when no lung-like air is found.
+
+    A lesion the lung gate keeps touches the lung mask, whose slices lie inside this range (the closing adds
+    no slice beyond the air's), so predicting only these slices changes only the part of a lesion lying more
+    than ``margin_mm`` above or below every lung voxel. ``spacing`` is (x, y, z) in mm."""
+    ct = np.asarray(ct_hu)
+    air = _lung_air(ct, lung_grid_step(spacing, coarse_mm), threshold_hu, min_fraction)
+    zz = np.flatnonzero(air.any(axis=(1, 2)))
+    if len(zz) == 0:
+        return None
+    m = int(np.ceil(margin_mm / float(spacing[2])))
+    return max(0, int(zz[0]) - m), min(ct.shape[0], int(zz[-1]) + m + 1)
 
 
 def _lung_window(lung: np.ndarray, f: int, window: tuple[slice, ...]) -> np.ndarray:
