@@ -248,6 +248,16 @@ def test_flat_components_go_and_round_ones_stay():
     assert not remove_flat_components(np.zeros((4, 8, 8), np.uint8), spacing, 0.4).any()
 
 
+def test_a_deep_wide_piece_is_never_flat():
+    """A 56 mm wide slab 21 mm deep (7 slices of 3 mm: depth / width 0.37) stays at ratio 0.4; the same slab on
+    3 slices of 3 mm (9 mm deep) and a 2-slice one of 5 mm slices (10 mm) go."""
+    wide = _ball((1, 80, 80), (0, 40, 40), (28, 28, 28), (1.0, 1.0, 1.0))[0]  # 56 mm disc on 1 mm pixels
+    for slices, sz, kept in [(7, 3.0, True), (3, 3.0, False), (2, 5.0, False), (4, 3.0, True)]:
+        m = np.zeros((12, 80, 80), bool)
+        m[2 : 2 + slices] = wide
+        assert remove_flat_components(m, (1.0, 1.0, sz), 0.4).any() == kept, (slices, sz)
+
+
 def test_real_lesions_pass_the_flat_filter_of_the_demo_preset(realdata):
     """Every labelled real lesion (the 4 tumour CTs and the 24 LIDC nodules) is at least as deep as the
     demo preset's ratio asks: the filter removes model artefacts, not tumours."""
