@@ -157,6 +157,52 @@ def test_lungs_only_predicts_the_lungs_slices_and_nothing_else(demo_run):
     assert not part[:lo].any() and full[:lo].any()
 
 
+def _splitting_threshold(run, ct) -> float:
+    """A threshold that makes the tiny model mark about 10 % of the voxels of ``ct`` (it is barely trained)."""
+    import torch
+
+    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.inference import predict_volume
+
+    loaded, dev = load_checkpoint(run), torch.device("cpu")
+    prob, _ = predict_volume(loaded, read_volume(ct), threshold=0.5, device=dev, batch_size=4)
+    return float(np.sort(prob, axis=None)[int(0.9 * prob.size)])
+
+
+@pytest.mark.parametrize(
+    ("perm", "flips"),
+    [((0, 1, 2), (True, True, False)), ((0, 1, 2), (False, False, True)), ((2, 0, 1), (False, True, False))],
+    ids=["ras-stored", "head-to-feet", "permuted"],
+)
+def test_predict_gives_the_same_world_mask_for_any_stored_orientation(demo_run, tmp_path, perm, flips):
+    """The same CT stored in another array order (a positive-diagonal NIfTI affine, reversed slices, permuted
+    axes) gets the same tumour voxels in the world, written on that file's own grid, and the same lesions."""
+    import SimpleITK as sitk
+
+    out, _ = demo_run
+    ct = sorted((out / "data" / "imagesTs").glob("*.nii.gz"))[0]
+    case = ct.name[: -len(".nii.gz")]
+    other = tmp_path / "other" / f"{case}.nii.gz"
+    other.parent.mkdir()
+    sitk.WriteImage(sitk.Flip(sitk.PermuteAxes(sitk.ReadImage(str(ct)), perm), flips), str(other))
+    t = str(_splitting_threshold(out / "run", ct))
+    for src, dst in ((ct, tmp_path / "a"), (other, tmp_path / "b")):
+        args = [str(src), "--model", str(out / "run"), "--threshold", t, "--no-postprocess"]
+        assert main(["predict", *args, "--out", str(dst), "-q"]) == 0
+    a = sitk.ReadImage(str(tmp_path / "a" / f"{case}_tumour.nii.gz"))
+    b = sitk.ReadImage(str(tmp_path / "b" / f"{case}_tumour.nii.gz"))
+    stored = sitk.ReadImage(str(other))
+    assert b.GetSize() == stored.GetSize() and b.GetDirection() == stored.GetDirection()
+    assert np.allclose(b.GetOrigin(), stored.GetOrigin(), atol=1e-4)
+    back = sitk.Resample(b, a, sitk.Transform(), sitk.sitkNearestNeighbor, 0)  # onto the first grid
+    assert sitk.GetArrayFromImage(a).any()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(a))
+    la = json.loads((tmp_path / "a" / f"{case}_lesions.json").read_text())["lesions"]
+    lb = json.loads((tmp_path / "b" / f"{case}_lesions.json").read_text())["lesions"]
+    assert [x["long_axis_mm"] for x in la] == [x["long_axis_mm"] for x in lb]
+    assert np.allclose([x["centroid_world_mm"] for x in la], [x["centroid_world_mm"] for x in lb], atol=1e-3)
+
+
 def test_predict_tta_flag_averages_the_mirrored_prediction(demo_run, tmp_path):
     """`predict --tta` = mean of the prediction and the mirrored prediction of the mirrored CT."""
     import torch

@@ -73,6 +73,24 @@ def test_ellipsoid_long_in_z_gives_3d_diameter_along_z():
     assert s.slice_last - s.slice_first + 1 == 20
 
 
+def test_a_mask_stored_sagittally_is_measured_on_its_axial_slices():
+    """The same ellipsoid stored with permuted and flipped array axes: the axial long/short axes, the slice
+    range and the world centroid are those of the axial storage."""
+    import SimpleITK as sitk
+
+    vol = Volume(ellipsoid((20.0, 12.0, 14.0)), spacing=SPACING, origin=(-10.0, 5.0, 100.0))
+    (ref,) = measure_lesions(vol)
+    img = sitk.Flip(sitk.PermuteAxes(vol.to_sitk(), (2, 0, 1)), (True, False, True))
+    (got,) = measure_lesions(Volume.from_sitk(img))
+    assert got.long_axis_mm == pytest.approx(ref.long_axis_mm) and got.short_axis_mm == pytest.approx(
+        ref.short_axis_mm
+    )
+    assert (got.slice_first, got.slice_last, got.long_axis_slice) == (
+        ref.slice_first, ref.slice_last, ref.long_axis_slice,
+    )  # fmt: skip
+    assert np.allclose(got.centroid_world_mm, ref.centroid_world_mm, atol=1e-6)
+
+
 def test_two_blobs_are_two_lesions_sorted_by_volume():
     m = np.zeros((20, 60, 60), np.uint8)
     m[2:6, 5:15, 5:15] = 1

@@ -255,6 +255,28 @@ def test_cache_format(small_ds: Path, tmp_path: Path) -> None:
     assert splits["seed"] == 1 and len(splits["val"]) == 1 and len(splits["folds"]) == 2
 
 
+def test_cases_stored_in_another_orientation_give_the_same_cache(small_ds: Path, tmp_path: Path) -> None:
+    """Training data in any array order is prepared as predict sees it: axial slices in LPS order."""
+    import SimpleITK as sitk
+
+    other = tmp_path / "other"
+    for sub in ("imagesTr", "labelsTr"):
+        (other / sub).mkdir(parents=True)
+        for f in sorted((small_ds / sub).iterdir()):  # RAS storage: the array flipped along x and y
+            sitk.WriteImage(sitk.Flip(sitk.ReadImage(str(f)), (True, True, False)), str(other / sub / f.name))
+    p = PrepConfig(size=(64, 64))
+    prepare_dataset(small_ds, tmp_path / "a", p, folds=0, seed=1)
+    prepare_dataset(other, tmp_path / "b", p, folds=0, seed=1)
+    a, b = (json.loads((tmp_path / k / "cache.json").read_text()) for k in ("a", "b"))
+    assert a["stats"] == b["stats"] and a["cases"] == b["cases"]
+    for e in a["cases"]:
+        for kind in ("img", "seg"):
+            name = f"{e['name']}_{kind}.npy"
+            np.testing.assert_array_equal(
+                np.load(tmp_path / "a/cases" / name), np.load(tmp_path / "b/cases" / name)
+            )
+
+
 def test_divide_recipe_stats(small_ds: Path, tmp_path: Path) -> None:
     prepare_dataset(small_ds, tmp_path / "c", preset("seed2d").prep, folds=0)
     cache = json.loads((tmp_path / "c" / "cache.json").read_text())

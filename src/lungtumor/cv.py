@@ -213,6 +213,7 @@ def run_cv(
     from lungtumor.infer3d import is_3d, load_any, predict_any
     from lungtumor.inference import resolve_device
     from lungtumor.metrics import SegmentationMetrics, dice
+    from lungtumor.orientation import from_canonical, to_canonical
     from lungtumor.postprocess import lung_mask_from_hu
     from lungtumor.volume import read_mask, read_volume, write_volume
 
@@ -274,13 +275,14 @@ def run_cv(
         prec = "bf16" if dev.type == "cuda" else "32"
         for name in fold["val"]:
             case = by_name[name]
-            vol = read_volume(case.image)
-            gt = read_mask(case.label, reference=vol).array
+            stored = read_volume(case.image)
+            vol, ro = to_canonical(stored)  # as predict sees it
+            gt = ro.apply(read_mask(case.label, reference=stored).array)
             _, mask = predict_any(
                 loaded, vol, device=dev, threshold=loaded.config.infer.threshold,
                 batch_size=loaded.config.infer.batch_size, precision=prec,
             )  # fmt: skip
-            write_volume(vol.with_array(mask), oof / f"{name}.nii.gz")
+            write_volume(from_canonical(mask, stored, ro), oof / f"{name}.nii.gz")
             box = _box(mask, gt)
             lung = lung_mask_from_hu(vol.array, vol.spacing)[box]
             records.append(

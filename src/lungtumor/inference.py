@@ -318,6 +318,7 @@ def predict_paths(
     from tqdm import tqdm
 
     from lungtumor.infer3d import is_3d, load_any, predict_any, predict_ensemble
+    from lungtumor.orientation import from_canonical, to_canonical
 
     opts = opts or PredictOptions()
     device = resolve_device(opts.device)
@@ -381,7 +382,9 @@ def predict_paths(
         t0 = time.perf_counter()
         res = PredictResult(case=case, source=src)
         try:
-            vol = read_volume(src)
+            stored = read_volume(src)
+            # the models see axial slices in LPS order: any other storage is reordered (a view) and back
+            vol, ro = to_canonical(stored)
             # without --save-prob the float32 map on the input grid (the largest array) is never made
             if len(models) > 1:
                 prob, mask = predict_ensemble(
@@ -406,14 +409,16 @@ def predict_paths(
                     lungs_only=opts.postprocess and lung_gate,  # the gate drops what lies away from them
                 )
             if prob is not None:
-                res.outputs.append(write_volume(vol.with_array(prob), out / f"{stem}_prob.nii.gz"))
+                res.outputs.append(
+                    write_volume(from_canonical(prob, stored, ro), out / f"{stem}_prob.nii.gz")
+                )
             del prob  # free it before postprocessing allocates
             if opts.postprocess:
                 mask = postprocess_mask(
                     mask, vol, min_lesion_mm3=min_mm3, lung_gate=lung_gate, min_z_extent_ratio=z_ratio
                 )
-            mask_vol = vol.with_array(mask)
-            res.mask_path = write_volume(mask_vol, out / f"{stem}_tumour.nii.gz")
+            mask_vol = vol.with_array(mask)  # canonical: measured and shown as axial slices
+            res.mask_path = write_volume(from_canonical(mask, stored, ro), out / f"{stem}_tumour.nii.gz")
             res.outputs.append(res.mask_path)
             res.tumour_ml = float(mask.sum()) * vol.voxel_volume_mm3 / 1000.0
             lesions = None

@@ -54,10 +54,10 @@ UNITS = {
     "short_axis_mm": "mm",
     "diameter_3d_mm": "mm",
     "centroid_world_mm": "mm, (x, y, z) LPS world coordinates",
-    "centroid_index_zyx": "voxel index (z, y, x)",
-    "long_axis_slice": "z index (0-based)",
-    "slice_first": "z index (0-based)",
-    "slice_last": "z index (0-based)",
+    "centroid_index_zyx": "voxel index (z, y, x) in canonical LPS order (the file's own for axial storage)",
+    "long_axis_slice": "axial slice index (0-based, canonical LPS order: feet to head)",
+    "slice_first": "axial slice index (0-based, canonical LPS order: feet to head)",
+    "slice_last": "axial slice index (0-based, canonical LPS order: feet to head)",
 }
 DEFINITIONS = {
     "lesion": "26-connected 3D component of the mask; lesions are numbered by decreasing volume",
@@ -185,11 +185,17 @@ def measure_lesions(mask: Volume) -> list[Lesion]:
     """Measure every lesion (26-connected component) of a binary mask.
 
     Args:
-        mask: Volume whose array (z, y, x) is {0, 1}; spacing (x, y, z) mm.
+        mask: Volume whose array (z, y, x) is {0, 1}; spacing (x, y, z) mm. Any stored orientation: the
+            measures are taken on its axial slices (``orientation.to_canonical``), and the voxel indices
+            reported (slices, centroid index) are those of that canonical order, which is the stored one
+            for the usual axial, feet-to-head storage.
 
     Returns:
         Lesions numbered 1..n by decreasing volume.
     """
+    from lungtumor.orientation import to_canonical
+
+    mask, _ = to_canonical(mask)  # "axial" means along world z, whatever the array order
     # labels of the mask's bounding box only (uint16 when they fit), and each lesion's work on its own box
     box, labels, n = label_components_in_box(mask.array)
     if n == 0:

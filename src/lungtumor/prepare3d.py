@@ -34,6 +34,7 @@ import numpy as np
 
 from lungtumor.config import Vol3DConfig, to_dict
 from lungtumor.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
+from lungtumor.orientation import canonical_pair
 from lungtumor.prepare import (
     _fingerprint,
     _json_text,
@@ -136,7 +137,11 @@ class _State:
         except (OSError, ValueError):
             return None
         fp = json.loads(json.dumps([_fingerprint(case.image), _fingerprint(case.label)]))
-        if st.get("fingerprint") != fp or not (self.dir / f"{case.name}_fghu.npy").is_file():
+        if (
+            st.get("fingerprint") != fp
+            or st.get("order") != "lps"  # surveyed before arrays were put in canonical order
+            or not (self.dir / f"{case.name}_fghu.npy").is_file()
+        ):
             return None
         return st
 
@@ -148,7 +153,7 @@ class _State:
 def _survey(case, state: _State, seed: int) -> dict[str, Any]:
     """Read one case; keep its spacing, shape and a deterministic sample of tumour HU."""
     vol = read_volume(case.image)
-    mask = read_mask(case.label, reference=vol)
+    vol, mask = canonical_pair(vol, read_mask(case.label, reference=vol))  # LPS order, as predict sees it
     fg = vol.array[mask.array != 0]
     rng = np.random.default_rng(seed)
     if fg.size > _FG_SAMPLES:
@@ -156,6 +161,7 @@ def _survey(case, state: _State, seed: int) -> dict[str, Any]:
     _save_npy(state.dir / f"{case.name}_fghu.npy", fg.astype(np.float32))
     st = {
         "fingerprint": [_fingerprint(case.image), _fingerprint(case.label)],
+        "order": "lps",  # the shape and spacing below are those of the canonical order
         "orig_shape": [int(v) for v in vol.shape],
         "orig_spacing": [float(v) for v in vol.spacing],
         "tumour_ml": float(np.count_nonzero(mask.array)) * vol.voxel_volume_mm3 / 1000.0,
@@ -234,7 +240,7 @@ def prepare_dataset_3d(
                 and fg_p.is_file()
             ):
                 vol = read_volume(case.image)
-                mask = read_mask(case.label, reference=vol)
+                vol, mask = canonical_pair(vol, read_mask(case.label, reference=vol))
                 n_read += 1
                 seg = preprocess_mask_3d(mask.array, shape)
                 img = preprocess_3d(vol, spacing, stats)

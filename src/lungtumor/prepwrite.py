@@ -21,10 +21,11 @@ import numpy as np
 
 from lungtumor.config import PrepConfig, to_dict
 from lungtumor.errors import InputError, atomic_path
+from lungtumor.orientation import canonical_pair
 from lungtumor.prepgeom import _CHUNK, PrepGeometry, _geometry, _mask_into, _normalise, _Slices, prepared_blob
 from lungtumor.volume import read_mask, read_volume
 
-_STATE_VERSION = 2  # per-case state format (2: the spill file holds the input voxels)
+_STATE_VERSION = 3  # per-case state format (2: the spill file holds the input voxels; 3: canonical LPS order)
 _PARALLEL_MIN_BYTES = 16 << 20  # source files (as stored) below which one process beats forking helpers
 _MAX_WORKERS = 4
 
@@ -152,7 +153,7 @@ class _Writer:
     def read_case(self, case, stats_pass: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
         """Read one case; write its seg; return (input voxels (z, y, x), state)."""
         vol = read_volume(case.image)
-        mask = read_mask(case.label, reference=vol)
+        vol, mask = canonical_pair(vol, read_mask(case.label, reference=vol))  # axial slices, LPS order
         self.n_read += 1
         geom = _geometry(vol, self.prep)
         acc = [0, 0.0, 0.0]

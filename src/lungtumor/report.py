@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lungtumor.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
+from lungtumor.orientation import canonical_pair
 from lungtumor.volume import Volume, case_name, read_mask, read_volume
 
 #: Display windows as (width, level) in HU.
@@ -452,7 +453,7 @@ def report_files(
         InputError: missing or unreadable files, mask not on the CT's grid, bad output folder.
     """
     img = read_volume(image)
-    msk = read_mask(mask, reference=img)
+    img, msk = canonical_pair(img, read_mask(mask, reference=img))  # shown as axial slices, LPS order
     out_dir = ensure_writable_dir(out)
     meta = {"Image file": Path(image).name, "Mask file": Path(mask).name}
     return write_all(img, msk, out_dir, case_name(image), run_dir=run_dir, meta=meta)

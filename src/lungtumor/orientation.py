@@ -1,0 +1,105 @@
+"""Axial, canonical array order for any stored orientation, and back.
+
+The models see array slices ``array[k]`` as axial images with the patient's anterior at the top and the
+patient's right on the left (radiological view), because that is how the training data is laid out: array
+axes (z, y, x) along world (S, P, L), LPS, the identity direction. A CT stored otherwise (a positive-diagonal
+NIfTI affine, read as direction diag(-1, -1, 1); feet-first slices; a sagittal or coronal acquisition) is the
+same image in another array order. :func:`to_canonical` reorders it by axis permutations and flips only (no
+resampling, so no voxel value changes) so that each array axis runs along the world axis it is closest to, in
+the positive direction; :meth:`Reorient.restore` puts an array computed on that grid back into the input's
+order, so outputs keep the input's exact geometry. SimpleITK's ``DICOMOrient(image, "LPS")`` gives the same
+grid (tested).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from lungtumor.volume import Volume
+
+
+@dataclass(frozen=True)
+class Reorient:
+    """How the input's array became the canonical one: ``canonical = flip(input.transpose(axes), flips)``.
+
+    Attributes:
+        axes: for each canonical array axis (z, y, x), the input array axis it comes from.
+        flips: canonical array axes that are reversed after the transpose.
+    """
+
+    axes: tuple[int, int, int] = (0, 1, 2)
+    flips: tuple[int, ...] = ()
+
+    @property
+    def identity(self) -> bool:
+        """True when the input is already canonical (the arrays are the same)."""
+        return self.axes == (0, 1, 2) and not self.flips
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """Input-order (z, y, x) array → canonical order (a view, no copy)."""
+        a = np.transpose(array, self.axes)
+        return np.flip(a, self.flips) if self.flips else a
+
+    def restore(self, array: np.ndarray) -> np.ndarray:
+        """Canonical-order array → the input's order (a view, no copy): the inverse of :meth:`apply`."""
+        a = np.flip(array, self.flips) if self.flips else array
+        return np.transpose(a, np.argsort(self.axes))
+
+
+def _nearest_axes(d: np.ndarray) -> tuple[int, ...]:
+    """For each voxel axis i (x, y, z: the columns of direction ``d``), the world axis it is assigned to: the
+    permutation that maximises the summed |cosines| (an oblique axis goes to its nearest world axis)."""
+    best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[p[i], i]) for i in range(3)))
+    return tuple(best)
+
+
+def to_canonical(vol: Volume) -> tuple[Volume, Reorient]:
+    """``vol`` reordered so that array axes (z, y, x) run along world +S, +P, +L (LPS) as nearly as its
+    direction allows, with the same world position for every voxel; and the :class:`Reorient` that undoes it.
+
+    An input that is canonical already comes back as it is (the same object). Otherwise the array is a
+    view (transposed and flipped); spacing, origin and direction describe the new order exactly.
+    """
+    d = np.asarray(vol.direction, dtype=float).reshape(3, 3)
+    world_of = _nearest_axes(d)  # voxel axis i (x, y, z) -> world axis
+    voxel_of = [world_of.index(j) for j in range(3)]  # world axis j -> the voxel axis along it
+    sign = [1.0 if d[world_of[i], i] >= 0 else -1.0 for i in range(3)]
+    # canonical array axis a holds world axis 2 - a (z, y, x); array axis of voxel axis i is 2 - i
+    axes = tuple(2 - voxel_of[2 - a] for a in range(3))
+    flips = tuple(a for a in range(3) if sign[voxel_of[2 - a]] < 0)
+    ro = Reorient(axes, flips)  # type: ignore[arg-type]
+    if ro.identity:
+        return vol, ro
+    spacing = tuple(vol.spacing[voxel_of[j]] for j in range(3))
+    new_d = np.stack([sign[voxel_of[j]] * d[:, voxel_of[j]] for j in range(3)], axis=1)
+    corner = np.zeros(3)  # the input voxel (x, y, z) that becomes canonical voxel (0, 0, 0)
+    shape_xyz = vol.array.shape[::-1]
+    for i in range(3):
+        if sign[i] < 0:
+            corner[i] = shape_xyz[i] - 1
+    origin = np.asarray(vol.origin) + d @ (corner * np.asarray(vol.spacing))
+    out = Volume(
+        ro.apply(vol.array),
+        spacing=spacing,  # type: ignore[arg-type]
+        origin=tuple(origin),  # type: ignore[arg-type]
+        direction=tuple(new_d.ravel()),
+        meta=dict(vol.meta),
+    )
+    return out, ro
+
+
+def from_canonical(array: np.ndarray, like: Volume, ro: Reorient) -> Volume:
+    """A volume on ``like``'s grid (the input's) from an ``array`` computed on its canonical grid, made
+    contiguous (writers and numpy consumers want it so)."""
+    return like.with_array(np.ascontiguousarray(ro.restore(array)))
+
+
+def canonical_pair(image: Volume, label: Volume) -> tuple[Volume, Volume]:
+    """An image and its label on the same grid, both in canonical order (for training caches)."""
+    can, ro = to_canonical(image)
+    if ro.identity:
+        return image, label
+    return can, can.with_array(ro.apply(label.array))
