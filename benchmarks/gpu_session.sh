@@ -5,6 +5,9 @@
 #   device run: command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=560
 # .whl/ (ignored by git: `echo /.whl/ >> .git/info/exclude`) holds the wheels the device image lacks:
 #   pip download --no-deps -d .whl SimpleITK monai      (about 54 MB; the tree limit is 64 MB)
+#   and edt for the device's Python 3.12 (3 MB; session 11 made it a dependency):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl edt==3.1.2
 # Everything lands in $OUT (the device tool's folder; /tmp/gpu_out elsewhere); copy the tables into
 # BENCHMARKS.md with the device named. QUICK=1 DEV=cpu runs tiny versions of each step (a CPU smoke test).
 #
@@ -34,7 +37,7 @@ mkdir -p "$OUT"
 SUM="$OUT/summary.txt"
 : >"$SUM"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1 && ! $PY -c "import SimpleITK, monai" 2>/dev/null; then
+if ls .whl/*.whl >/dev/null 2>&1 && ! $PY -c "import SimpleITK, monai, edt" 2>/dev/null; then
   $PY -m pip install -q --no-deps --no-compile --target /tmp/lt_site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/lt_site"
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi") >"$OUT/gpu.txt" 2>&1
