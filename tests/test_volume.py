@@ -182,3 +182,27 @@ def test_nan_in_float_image_is_refused(tmp_path: Path, suffix: str) -> None:
     p = write_volume(Volume(a), tmp_path / f"f{suffix}")
     with pytest.raises(InputError, match="holds 2 NaN or infinite voxels"):
         read_volume(p)
+
+
+def test_label_stored_in_another_array_order_is_reordered_to_the_image(tmp_path: Path) -> None:
+    """A label on the image's grid but stored flipped/permuted (another tool's writer) is read in the image's
+    array order; a label on another grid is still refused."""
+    rng = np.random.default_rng(0)
+    img = sitk.GetImageFromArray(rng.integers(-1000, 500, (6, 8, 10)).astype(np.int16))
+    img.SetSpacing((0.8, 0.9, 2.5))
+    img.SetOrigin((-50.0, 20.0, 100.0))
+    lab = sitk.GetImageFromArray((rng.random((6, 8, 10)) > 0.7).astype(np.uint8))
+    lab.CopyInformation(img)
+    sitk.WriteImage(img, str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(
+        sitk.Flip(sitk.PermuteAxes(lab, (1, 0, 2)), (True, False, True)), str(tmp_path / "lab.nrrd")
+    )
+    ct = read_volume(tmp_path / "ct.nii.gz")
+    got = read_mask(tmp_path / "lab.nrrd", reference=ct)
+    np.testing.assert_array_equal(got.array, sitk.GetArrayFromImage(lab))
+    assert got.grid_mismatch(ct) is None and got.array.flags.c_contiguous
+    shifted = sitk.Flip(lab, (True, False, False))
+    shifted.SetOrigin((-40.0, 20.0, 100.0))  # flipped and moved: not the same grid
+    sitk.WriteImage(shifted, str(tmp_path / "other.nrrd"))
+    with pytest.raises(InputError, match="not on the image grid"):
+        read_mask(tmp_path / "other.nrrd", reference=ct)

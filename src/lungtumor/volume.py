@@ -504,8 +504,26 @@ def read_mask(path: str | os.PathLike, reference: Volume | None = None) -> Volum
     if reference is not None:
         why = reference.grid_mismatch(vol)
         if why:
-            raise InputError(path, f"label is not on the image grid: {why}")
+            same = _in_reference_order(vol, reference)
+            if same is None:
+                raise InputError(path, f"label is not on the image grid: {why}")
+            a = same.array  # the same grid stored in another array order: reordered to the reference's
+            vol = same
     return vol.with_array(a.astype(np.uint8, copy=False))
+
+
+def _in_reference_order(vol: Volume, reference: Volume) -> Volume | None:
+    """``vol`` reordered (axis flips and permutations) into ``reference``'s array order when both describe the
+    same grid, else None."""
+    from lungtumor.orientation import to_canonical
+
+    grid = np.broadcast_to(np.zeros((), bool), reference.shape)  # the reference's geometry, no voxels
+    ref_c, ref_ro = to_canonical(Volume(grid, reference.spacing, reference.origin, reference.direction))
+    vol_c, vol_ro = to_canonical(vol)
+    if ref_ro == vol_ro or ref_c.grid_mismatch(vol_c) is not None:
+        return None
+    a = np.ascontiguousarray(ref_ro.restore(vol_c.array))
+    return Volume(a, reference.spacing, reference.origin, reference.direction, meta=dict(vol.meta))
 
 
 def _list_values(vals: np.ndarray, k: int = 6) -> str:
