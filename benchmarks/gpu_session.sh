@@ -66,7 +66,7 @@ if [ "$QUICK" = 1 ]; then
   E2=(--set train.epochs=1 --set train.max_steps_per_epoch=2 --set train.val_every_n_epochs=1)
   E3=(--set train.epochs=1 --set vol3d.steps_per_epoch=2 --set model.base_channels=8 --set model.depth=3
     --set vol3d.memory_budget_gb=0.1 --set train.val_every_n_epochs=1)
-  EDEMO=("${E2[@]}")
+  EDEMO=("${E2[@]}" --set nodule.steps=8 --set nodule.batch_size=8 --set nodule.mine_pool=64)  # detector too
 else
   SPEED_ARGS=()
   TR=(--cases 35)
