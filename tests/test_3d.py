@@ -118,6 +118,22 @@ def test_planning_and_helpers():
     assert s["clip_lo"] == pytest.approx(4.995) and s["mean"] == pytest.approx(499.5, rel=1e-3)
 
 
+def test_preprocess_3d_leaves_a_flipped_float_ct_alone():
+    """At the target spacing already, a flipped float32 view (a RAS-stored CT in canonical order) gives a
+    contiguous model input, and the CT's HU are not normalised in place."""
+    from lungtumor.orientation import to_canonical
+    from lungtumor.prepare3d import preprocess_3d
+
+    hu = np.random.default_rng(0).uniform(-1000, 400, (6, 5, 4)).astype(np.float32)
+    stored = Volume(hu.copy(), spacing=(1.0, 1.0, 2.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    vol, _ = to_canonical(stored)
+    stats = {"clip_lo": -900.0, "clip_hi": 300.0, "mean": -500.0, "std": 400.0}
+    x = preprocess_3d(vol, (1.0, 1.0, 2.0), stats)
+    assert x.flags.c_contiguous and torch.as_tensor(x).shape == (6, 5, 4)
+    np.testing.assert_array_equal(stored.array, hu)
+    np.testing.assert_allclose(x, (np.clip(hu[:, ::-1, ::-1], -900, 300) + 500) / 400, rtol=1e-6)
+
+
 def _phantom(path, name: str, seed: int, shape=(20, 40, 40)) -> None:
     from lungtumor.volume import write_volume
 

@@ -79,6 +79,11 @@ def test_resample_to_iso_and_back():
     [
         ((60, 41, 41), (30, 38, 38), (slice(20, 28), slice(5, 13), slice(30, 38))),  # iso frame -> 2D frame
         ((10, 12, 14), (30, 7, 40), (slice(0, 3), slice(9, 12), slice(0, 14))),  # up and down, at the edges
+        (
+            (7, 7, 15),
+            (29, 29, 26),
+            (slice(4, 7), slice(4, 5), slice(14, 15)),
+        ),  # the last plane rounds past 14
     ],
 )
 def test_sparse_resample_equals_the_whole_one(shape_in, shape_out, box):
@@ -86,6 +91,11 @@ def test_sparse_resample_equals_the_whole_one(shape_in, shape_out, box):
     a[box] = np.random.default_rng(1).random(a[box].shape) + 0.1
     np.testing.assert_allclose(resample_sparse(a, shape_out), resample(a, shape_out), rtol=0, atol=1e-6)
     assert not resample_sparse(np.zeros(shape_in, np.float32), shape_out).any()
+
+
+def test_resample_keeps_the_last_plane():
+    out = resample(np.ones((7, 7, 15), np.float32), (29, 29, 26))  # 25 x 14/25 is 14.000000000000002
+    assert out.min() == 1.0
 
 
 def test_missed_lesions_are_added_and_found_ones_left_alone():

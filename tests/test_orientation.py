@@ -60,6 +60,25 @@ def test_oblique_axes_go_to_the_nearest_world_axis_and_voxels_stay_in_place(obli
     np.testing.assert_array_equal(vol.array[tuple(idx[order_in].T)], can.array[tuple(cidx[order_can].T)])
 
 
+def test_any_rotation_gives_dicomorients_grid():
+    """Oblique directions, 45-degree ties included: the same array, spacing, origin and direction as
+    SimpleITK's DICOMOrient(img, "LPS")."""
+    from scipy.spatial.transform import Rotation
+
+    rots = [Rotation.from_euler("z", 135, degrees=True), *Rotation.random(40, random_state=1)]
+    for r in rots:
+        m = r.as_matrix()
+        vol = _stored((0, 1, 2), (False, False, False))
+        vol = Volume(vol.array, vol.spacing, vol.origin, tuple(m.ravel()))
+        can, ro = to_canonical(vol)
+        ref = sitk.DICOMOrient(vol.to_sitk(), "LPS")
+        np.testing.assert_array_equal(can.array, sitk.GetArrayFromImage(ref))
+        np.testing.assert_allclose(can.spacing, ref.GetSpacing(), atol=1e-9)
+        np.testing.assert_allclose(can.origin, ref.GetOrigin(), atol=1e-6)
+        np.testing.assert_allclose(can.direction, ref.GetDirection(), atol=1e-9)
+        np.testing.assert_array_equal(ro.restore(can.array), vol.array)
+
+
 def test_canonical_input_is_returned_as_it_is():
     vol = Volume(np.zeros((3, 4, 5), np.int16), spacing=(1.0, 1.0, 2.0))
     can, ro = to_canonical(vol)

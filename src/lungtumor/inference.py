@@ -225,7 +225,8 @@ def predict_volume(
             chunk while restoring (the same values), so the float32 map on the input grid never exists.
         lungs_only: run the 2D model only on the lungs' slices plus 30 mm (``postprocess.lung_z_range``; all
             slices when no lungs are found), probability 0 elsewhere: for when the lung gate follows, which
-            drops lesions away from the lungs anyway. The CPU path only.
+            drops lesions away from the lungs anyway. Not on the on-device path (a GPU, no blob channel or
+            detector), which predicts every slice.
 
     Returns:
         (probabilities float32 or None, mask uint8 {0, 1}), both (z, y, x) on ``vol``'s grid.

@@ -54,7 +54,7 @@ UNITS = {
     "short_axis_mm": "mm",
     "diameter_3d_mm": "mm",
     "centroid_world_mm": "mm, (x, y, z) LPS world coordinates",
-    "centroid_index_zyx": "voxel index (z, y, x) in canonical LPS order (the file's own for axial storage)",
+    "centroid_index_zyx": "voxel index (z, y, x) in canonical LPS order (the file's own for LPS storage)",
     "long_axis_slice": "axial slice index (0-based, canonical LPS order: feet to head)",
     "slice_first": "axial slice index (0-based, canonical LPS order: feet to head)",
     "slice_last": "axial slice index (0-based, canonical LPS order: feet to head)",
@@ -187,8 +187,9 @@ def measure_lesions(mask: Volume) -> list[Lesion]:
     Args:
         mask: Volume whose array (z, y, x) is {0, 1}; spacing (x, y, z) mm. Any stored orientation: the
             measures are taken on its axial slices (``orientation.to_canonical``), and the voxel indices
-            reported (slices, centroid index) are those of that canonical order, which is the stored one
-            for the usual axial, feet-to-head storage.
+            reported (slices, centroid index) are those of that canonical order: the stored ones for LPS
+            storage (direction identity); for a RAS-stored file (diag(-1, -1, 1)) the slice index is the
+            file's own, while y and x run the other way.
 
     Returns:
         Lesions numbered 1..n by decreasing volume.

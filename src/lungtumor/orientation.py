@@ -7,13 +7,12 @@ NIfTI affine, read as direction diag(-1, -1, 1); feet-first slices; a sagittal o
 same image in another array order. :func:`to_canonical` reorders it by axis permutations and flips only (no
 resampling, so no voxel value changes) so that each array axis runs along the world axis it is closest to, in
 the positive direction; :meth:`Reorient.restore` puts an array computed on that grid back into the input's
-order, so outputs keep the input's exact geometry. SimpleITK's ``DICOMOrient(image, "LPS")`` gives the same
-grid (tested).
+order, so outputs keep the input's exact geometry. The axis order and flips are SimpleITK's
+``DICOMOrient(image, "LPS")`` choice (asked of the filter), so the grid is the one it gives (tested).
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,37 +48,46 @@ class Reorient:
         return np.transpose(a, np.argsort(self.axes))
 
 
-def _nearest_axes(d: np.ndarray) -> tuple[int, ...]:
-    """For each voxel axis i (x, y, z: the columns of direction ``d``), the world axis it is assigned to: the
-    permutation that maximises the summed |cosines| (an oblique axis goes to its nearest world axis)."""
-    best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[p[i], i]) for i in range(3)))
-    return tuple(best)
+def _permute_and_flip(direction: np.ndarray) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """SimpleITK's ``DICOMOrient(..., "LPS")`` choice for a direction matrix: (permute order, flip axes), both in
+    ITK's (x, y, z) axis order; output axis i is input axis ``order[i]``, then reversed where ``flips[i]``. Asked
+    of the filter itself on a 2x2x2 image with that direction (oblique axes follow ITK's nearest-axis rule)."""
+    import SimpleITK as sitk
+
+    probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)
+    probe.SetDirection(tuple(float(v) for v in direction.ravel()))
+    f = sitk.DICOMOrientImageFilter()
+    f.SetDesiredCoordinateOrientation("LPS")
+    f.Execute(probe)
+    return tuple(int(v) for v in f.GetPermuteOrder()), tuple(bool(v) for v in f.GetFlipAxes())  # type: ignore[return-value]
 
 
 def to_canonical(vol: Volume) -> tuple[Volume, Reorient]:
     """``vol`` reordered so that array axes (z, y, x) run along world +S, +P, +L (LPS) as nearly as its
-    direction allows, with the same world position for every voxel; and the :class:`Reorient` that undoes it.
+    direction allows (the grid of SimpleITK's ``DICOMOrient(image, "LPS")``), with the same world position for
+    every voxel; and the :class:`Reorient` that undoes it.
 
     An input that is canonical already comes back as it is (the same object). Otherwise the array is a
     view (transposed and flipped); spacing, origin and direction describe the new order exactly.
     """
     d = np.asarray(vol.direction, dtype=float).reshape(3, 3)
-    world_of = _nearest_axes(d)  # voxel axis i (x, y, z) -> world axis
-    voxel_of = [world_of.index(j) for j in range(3)]  # world axis j -> the voxel axis along it
-    sign = [1.0 if d[world_of[i], i] >= 0 else -1.0 for i in range(3)]
-    # canonical array axis a holds world axis 2 - a (z, y, x); array axis of voxel axis i is 2 - i
-    axes = tuple(2 - voxel_of[2 - a] for a in range(3))
-    flips = tuple(a for a in range(3) if sign[voxel_of[2 - a]] < 0)
+    if np.allclose(d, np.eye(3), atol=1e-6):
+        return vol, Reorient()
+    order, flip = _permute_and_flip(d)  # ITK axes (x, y, z): new voxel axis j = old voxel axis order[j]
+    # numpy axes are ITK's reversed: canonical array axis a is ITK output axis 2 - a
+    axes = tuple(2 - order[2 - a] for a in range(3))
+    flips = tuple(a for a in range(3) if flip[2 - a])
     ro = Reorient(axes, flips)  # type: ignore[arg-type]
     if ro.identity:
         return vol, ro
-    spacing = tuple(vol.spacing[voxel_of[j]] for j in range(3))
-    new_d = np.stack([sign[voxel_of[j]] * d[:, voxel_of[j]] for j in range(3)], axis=1)
+    sign = [-1.0 if flip[j] else 1.0 for j in range(3)]
+    spacing = tuple(vol.spacing[order[j]] for j in range(3))
+    new_d = np.stack([sign[j] * d[:, order[j]] for j in range(3)], axis=1)
     corner = np.zeros(3)  # the input voxel (x, y, z) that becomes canonical voxel (0, 0, 0)
     shape_xyz = vol.array.shape[::-1]
-    for i in range(3):
-        if sign[i] < 0:
-            corner[i] = shape_xyz[i] - 1
+    for j in range(3):
+        if flip[j]:
+            corner[order[j]] = shape_xyz[order[j]] - 1
     origin = np.asarray(vol.origin) + d @ (corner * np.asarray(vol.spacing))
     out = Volume(
         ro.apply(vol.array),

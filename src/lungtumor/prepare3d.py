@@ -64,12 +64,13 @@ def resampled_shape(
 
 
 def resize_3d(a: np.ndarray, shape: tuple[int, int, int], mode: str = "trilinear") -> np.ndarray:
-    """Resize a (z, y, x) array to ``shape`` with torch (``align_corners=False``); float32 out."""
+    """Resize a (z, y, x) array to ``shape`` with torch (``align_corners=False``); float32 out, always a new
+    C-contiguous array (callers normalise it in place: the input, perhaps a flipped view of a CT, must stay)."""
     import torch
     import torch.nn.functional as F
 
     if tuple(a.shape) == tuple(shape):
-        return np.asarray(a, dtype=np.float32)
+        return np.array(a, dtype=np.float32, order="C")
     t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
     return F.interpolate(t, size=tuple(shape), mode=mode, align_corners=False)[0, 0].numpy()
 
