@@ -129,7 +129,7 @@ def test_predict_without_prob_map_gives_the_same_mask(demo_run, tmp_path):
         assert np.array_equal(a, read_mask(m / f"{case}_tumour.nii.gz").array)
 
 
-def test_lungs_only_predicts_the_lungs_slices_and_nothing_else(demo_run):
+def test_lungs_only_predicts_the_lungs_slices_and_nothing_else(demo_run, tmp_path):
     """With the lung gate on, predict runs the model on the lungs' slices plus 30 mm only: there the
     probabilities are those of the whole-volume run, elsewhere 0."""
     from dataclasses import replace
@@ -152,9 +152,22 @@ def test_lungs_only_predicts_the_lungs_slices_and_nothing_else(demo_run):
     loaded = load_checkpoint(out / "run")
     kw = {"device": torch.device("cpu"), "batch_size": 4, "threshold": 0.5}
     full, _ = predict_volume(loaded, vol, **kw)
-    part, _ = predict_volume(loaded, vol, lungs_only=True, **kw)
+    part, _ = predict_volume(loaded, vol, z_range=(lo, hi), **kw)
     np.testing.assert_allclose(part[lo:hi], full[lo:hi], rtol=0, atol=1e-5)
     assert not part[:lo].any() and full[:lo].any()
+    # the command: a threshold that marks most of the body makes one component reaching into the abdomen;
+    # with the gate on (the demo preset's), only its part on the predicted slices is there
+    from lungtumor.volume import write_volume
+
+    write_volume(vol, tmp_path / "ct.nii.gz")
+    t = float(np.quantile(full[lo:hi][full[lo:hi] > 0], 0.3))
+    assert load_config(None, "demo").infer.lung_gate
+    for gate, name in ((["--lung-gate"], "on"), (["--no-postprocess"], "off")):
+        args = ["predict", str(tmp_path / "ct.nii.gz"), "--model", str(out / "run"), "--threshold", str(t)]
+        assert main([*args, *gate, "--out", str(tmp_path / name), "-q"]) == 0
+    on = read_mask(tmp_path / "on" / "ct_tumour.nii.gz").array
+    off = read_mask(tmp_path / "off" / "ct_tumour.nii.gz").array
+    assert on[lo:].any() and not on[:lo].any() and off[:lo].any()
 
 
 def _splitting_threshold(run, ct) -> float:

@@ -93,6 +93,16 @@ def test_sparse_resample_equals_the_whole_one(shape_in, shape_out, box):
     assert not resample_sparse(np.zeros(shape_in, np.float32), shape_out).any()
 
 
+@pytest.mark.parametrize(
+    ("shape_in", "shape_out"), [((30, 20, 20), (38, 21, 21)), ((7, 7, 15), (29, 29, 26))]
+)
+def test_torch_resample_of_predict_equals_the_scipy_one(shape_in, shape_out):
+    from lungtumor.nodule_train import _resample_torch
+
+    a = np.random.default_rng(0).uniform(-1000, 400, shape_in).astype(np.float32)
+    np.testing.assert_allclose(_resample_torch(a, shape_out), resample(a, shape_out), rtol=0, atol=0.01)  # HU
+
+
 def test_resample_keeps_the_last_plane():
     out = resample(np.ones((7, 7, 15), np.float32), (29, 29, 26))  # 25 x 14/25 is 14.000000000000002
     assert out.min() == 1.0

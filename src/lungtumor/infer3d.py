@@ -209,12 +209,12 @@ def predict_any(
     tta: bool = False,
     precision: str = "32",
     keep_prob: bool = True,
-    lungs_only: bool = False,
+    z_range: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """``inference.predict_volume`` for 2D checkpoints, :func:`predict_volume_3d` for 3D ones.
 
     ``keep_prob`` False: the probabilities come back as None (the 2D path then never holds the float32 map
-    on the input grid). ``lungs_only``: see ``predict_volume`` (2D checkpoints only)."""
+    on the input grid). ``z_range``: see ``predict_volume`` (2D checkpoints only; 3D ones predict everywhere)."""
     if is_3d(loaded.config):
         return predict_volume_3d(
             loaded, vol, device=device, threshold=threshold, tta=tta, precision=precision, keep_prob=keep_prob
@@ -231,7 +231,7 @@ def predict_any(
         tta=tta,
         precision=precision,
         keep_prob=keep_prob,
-        lungs_only=lungs_only,
+        z_range=z_range,
     )
 
 

@@ -214,7 +214,7 @@ def predict_volume(
     tta: bool = False,
     precision: str = "32",
     keep_prob: bool = True,
-    lungs_only: bool = False,
+    z_range: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Predict one CT with a loaded checkpoint.
 
@@ -223,10 +223,10 @@ def predict_volume(
         vol: the CT in HU, array (z, y, x).
         keep_prob: return the probability map; False: None instead, and the mask is thresholded chunk by
             chunk while restoring (the same values), so the float32 map on the input grid never exists.
-        lungs_only: run the 2D model only on the lungs' slices plus 30 mm (``postprocess.lung_z_range``; all
-            slices when no lungs are found), probability 0 elsewhere: for when the lung gate follows, which
-            drops lesions away from the lungs anyway. Not on the on-device path (a GPU, no blob channel or
-            detector), which predicts every slice.
+        z_range: [lo, hi): run the 2D model only on these slices, probability 0 elsewhere; predict passes
+            the lungs' slices plus 30 mm (``postprocess.lung_z_range``) when the lung gate follows, which
+            drops lesions away from the lungs anyway. None: every slice. Not on the on-device path (a GPU,
+            no blob channel or detector), which predicts every slice.
 
     Returns:
         (probabilities float32 or None, mask uint8 {0, 1}), both (z, y, x) on ``vol``'s grid.
@@ -242,11 +242,6 @@ def predict_volume(
             loaded, vol, device=device, threshold=threshold, batch_size=batch_size, tta=tta,
             precision=precision, keep_prob=keep_prob,
         )  # fmt: skip
-    z_range = None
-    if lungs_only:  # the prepared frame keeps the input's slices
-        from lungtumor.postprocess import lung_z_range
-
-        z_range = lung_z_range(vol.array, vol.spacing)
     x, blob, geom = preprocess_inputs(vol, cfg.prep, loaded.stats)
     prob_small = predict_probabilities(
         loaded.model,
@@ -258,7 +253,7 @@ def predict_volume(
         tta=tta,
         context_step=slice_step(cfg.train.context_mm, float(vol.spacing[2])),
         blob=blob,
-        z_range=z_range,
+        z_range=z_range,  # the prepared frame keeps the input's slices
     )
     if nodule is not None:  # lesions the 3D nodule detector finds and the 2D model missed
         from lungtumor.nodule_train import detector_probability, input_to_hu
@@ -284,16 +279,23 @@ def predict_volume(
 
 
 def postprocess_mask(
-    mask: np.ndarray, ct: Volume, *, min_lesion_mm3: float, lung_gate: bool, min_z_extent_ratio: float = 0.0
+    mask: np.ndarray,
+    ct: Volume,
+    *,
+    min_lesion_mm3: float,
+    lung_gate: bool,
+    min_z_extent_ratio: float = 0.0,
+    lung_air: tuple[np.ndarray, int] | None = None,
 ) -> np.ndarray:
     """Drop components under ``min_lesion_mm3``, those flatter along z than ``min_z_extent_ratio`` allows
-    (``postprocess.remove_flat_components``) and, optionally, those away from the lungs. (z, y, x) uint8."""
+    (``postprocess.remove_flat_components``) and, optionally, those away from the lungs. (z, y, x) uint8.
+    ``lung_air``: ``postprocess.lung_air_hu`` of ``ct`` when already computed (the gate closes it in place)."""
     from lungtumor.postprocess import filter_components, gate_to_lungs_hu
 
     if min_lesion_mm3 > 0 or min_z_extent_ratio > 0:  # one labelling for both filters
         mask = filter_components(mask, ct.spacing, min_mm3=min_lesion_mm3, min_z_ratio=min_z_extent_ratio)
     if lung_gate and mask.any():
-        gated = gate_to_lungs_hu(mask, ct.array, ct.spacing)  # lung mask on its coarse grid only
+        gated = gate_to_lungs_hu(mask, ct.array, ct.spacing, air=lung_air)  # lung mask on its coarse grid
         if gated is not None:  # None: no lungs found (e.g. not in HU); gating would delete every lesion
             mask = gated
     return mask.astype(np.uint8, copy=False)
@@ -320,6 +322,7 @@ def predict_paths(
 
     from lungtumor.infer3d import is_3d, load_any, predict_any, predict_ensemble
     from lungtumor.orientation import from_canonical, to_canonical
+    from lungtumor.postprocess import lung_air_hu, lung_z_range
 
     opts = opts or PredictOptions()
     device = resolve_device(opts.device)
@@ -386,6 +389,10 @@ def predict_paths(
             stored = read_volume(src)
             # the models see axial slices in LPS order: any other storage is reordered (a view) and back
             vol, ro = to_canonical(stored)
+            air = z_range = None
+            if opts.postprocess and lung_gate:  # the gate's lung air, and the slices worth predicting
+                air = lung_air_hu(vol.array, vol.spacing)
+                z_range = lung_z_range(vol.array, vol.spacing, air=air)
             # without --save-prob the float32 map on the input grid (the largest array) is never made
             if len(models) > 1:
                 prob, mask = predict_ensemble(
@@ -407,7 +414,7 @@ def predict_paths(
                     tta=tta,
                     precision=precision,
                     keep_prob=opts.save_prob,
-                    lungs_only=opts.postprocess and lung_gate,  # the gate drops what lies away from them
+                    z_range=z_range,  # the gate drops what lies away from the lungs
                 )
             if prob is not None:
                 res.outputs.append(
@@ -416,8 +423,9 @@ def predict_paths(
             del prob  # free it before postprocessing allocates
             if opts.postprocess:
                 mask = postprocess_mask(
-                    mask, vol, min_lesion_mm3=min_mm3, lung_gate=lung_gate, min_z_extent_ratio=z_ratio
-                )
+                    mask, vol, min_lesion_mm3=min_mm3, lung_gate=lung_gate, min_z_extent_ratio=z_ratio,
+                    lung_air=air,
+                )  # fmt: skip
             mask_vol = vol.with_array(mask)  # canonical: measured and shown as axial slices
             res.mask_path = write_volume(from_canonical(mask, stored, ro), out / f"{stem}_tumour.nii.gz")
             res.outputs.append(res.mask_path)

@@ -422,30 +422,45 @@ def lung_mask_from_hu(
     return lung if f == 1 else _upsample(lung, f, np.shape(ct_hu))
 
 
+def lung_air_hu(
+    ct_hu: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    threshold_hu: float = -400.0,
+    min_fraction: float = 0.1,
+    coarse_mm: float = 1.5,
+) -> tuple[np.ndarray, int]:
+    """The lungs' air before closing, on the coarse grid, and its step f: what :func:`gate_to_lungs_hu` starts
+    from (the same defaults), for callers that also want :func:`lung_z_range` from it.
+
+    Returns:
+        (bool (z, ceil(y / f), ceil(x / f)), f); ``spacing`` is (x, y, z) in mm.
+    """
+    f = lung_grid_step(spacing, coarse_mm)
+    return _lung_air(np.asarray(ct_hu), f, threshold_hu, min_fraction), f
+
+
 def lung_z_range(
     ct_hu: np.ndarray,
     spacing: Sequence[float],
     *,
     margin_mm: float = 30.0,
-    coarse_mm: float = 1.5,
-    threshold_hu: float = -400.0,
-    min_fraction: float = 0.1,
+    air: tuple[np.ndarray, int] | None = None,
 ) -> tuple[int, int] | None:
     """Slices [lo, hi) that hold the lungs' air plus ``margin_mm`` each side; None when no lung-like air is
-    found. ``spacing`` is (x, y, z) in mm.
+    found. ``spacing`` is (x, y, z) in mm; ``air``: :func:`lung_air_hu` of ``ct_hu`` when already computed.
 
-    The air is :func:`gate_to_lungs_hu`'s own (the same grid and thresholds by default), and the lung mask the
-    gate tests lesions against is that air closed and filled, which adds no slice beyond the air's. So a lesion
-    the gate keeps has voxels inside this range, and predicting only these slices changes at most the part of a
-    lesion lying more than ``margin_mm`` above or below every lung voxel; and when this finds no lungs, neither
-    does the gate (which then keeps everything: predict then runs on every slice)."""
-    ct = np.asarray(ct_hu)
-    air = _lung_air(ct, lung_grid_step(spacing, coarse_mm), threshold_hu, min_fraction)
-    zz = np.flatnonzero(air.any(axis=(1, 2)))
+    The air is :func:`gate_to_lungs_hu`'s own, and the lung mask the gate tests lesions against is that air
+    closed and filled, which adds no slice beyond the air's. So a lesion the gate keeps has voxels inside this
+    range, and predicting only these slices changes at most the part of a lesion lying more than ``margin_mm``
+    above or below every lung voxel; and when this finds no lungs, neither does the gate (which then keeps
+    everything: predict then runs on every slice)."""
+    a, _ = air if air is not None else lung_air_hu(ct_hu, spacing)
+    zz = np.flatnonzero(a.any(axis=(1, 2)))
     if len(zz) == 0:
         return None
     m = int(np.ceil(margin_mm / float(spacing[2])))
-    return max(0, int(zz[0]) - m), min(ct.shape[0], int(zz[-1]) + m + 1)
+    return max(0, int(zz[0]) - m), min(len(a), int(zz[-1]) + m + 1)
 
 
 def _lung_window(lung: np.ndarray, f: int, window: tuple[slice, ...]) -> np.ndarray:
@@ -525,6 +540,7 @@ def gate_to_lungs_hu(
     close_mm: float = 10.0,
     min_fraction: float = 0.1,
     coarse_mm: float = 1.5,
+    air: tuple[np.ndarray, int] | None = None,
 ) -> np.ndarray | None:
     """``gate_to_lungs(mask, lung_mask_from_hu(ct_hu, spacing, ...))`` without a full-size lung mask.
 
@@ -537,6 +553,8 @@ def gate_to_lungs_hu(
         mask: (z, y, x) binary lesion mask.
         ct_hu: (z, y, x) CT in HU, the mask's grid.
         spacing: voxel size (x, y, z) in mm.
+        air: :func:`lung_air_hu` of ``ct_hu`` with these settings, when already computed (it is closed in
+            place here).
 
     Returns:
         uint8 (z, y, x) mask in {0, 1}, or None when no lung-like air is found (gating would remove every
@@ -545,8 +563,11 @@ def gate_to_lungs_hu(
     ct = np.asarray(ct_hu)
     if mask.shape != ct.shape:
         raise ValueError(f"mask shape {mask.shape} differs from CT shape {ct.shape}")
-    f = lung_grid_step(spacing, coarse_mm)
-    air = _lung_air(ct, f, threshold_hu, min_fraction)
+    if air is None:
+        air = lung_air_hu(
+            ct, spacing, threshold_hu=threshold_hu, min_fraction=min_fraction, coarse_mm=coarse_mm
+        )
+    air, f = air
     if not air.any():
         return None
     spacing_zyx = (float(spacing[2]), float(spacing[1]) * f, float(spacing[0]) * f)
