@@ -31,18 +31,25 @@ def iso_shape(
 
 def resample(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Linear resampling of (z, y, x) to ``shape``, first and last voxels in place (float32; scipy only, so
-    it is safe in forked worker processes). Edges are extended (``mode="nearest"``): the last output plane's
-    coordinate can round to a hair past the last input plane, where the default mode would give 0."""
+    it is safe in forked worker processes).
+
+    Known quirk, kept: for some shape pairs the last output plane's coordinate rounds to a hair past the last
+    input plane (e.g. 25 x 14/25 = 14.000000000000002), and scipy's default ``mode="constant"`` then gives 0
+    there. The detector's training cubes are cut from frames made this way; extending the edges instead
+    (``mode="nearest"``) retrained a different detector that scored 0.03 lower over the 40 held-out phantoms
+    and missed one of the demo's 10 lesions (one run each, BENCHMARKS.md "Session 11"), so the change waits
+    for a measurement over several training seeds."""
     a = np.asarray(a, dtype=np.float32)
     if tuple(a.shape) == tuple(shape):
         return a.copy()
     factors = [int(o) / int(i) for o, i in zip(shape, a.shape, strict=True)]
-    return ndi.zoom(a, factors, order=1, mode="nearest", prefilter=False, grid_mode=False)
+    return ndi.zoom(a, factors, order=1, prefilter=False, grid_mode=False)
 
 
 def resample_sparse(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """:func:`resample` of an ``a`` that is 0 outside a small box (the detector's pasted cubes): only the output
-    voxels whose interpolation reaches that box are computed, the same values (to 1e-7), 0 elsewhere.
+    voxels whose interpolation reaches that box are computed, the same values (to 1e-7), 0 elsewhere; on a
+    last plane that :func:`resample` reads as 0 (its quirk), this gives the interpolated value.
     """
     a = np.asarray(a, dtype=np.float32)
     shape = tuple(int(n) for n in shape)
