@@ -26,21 +26,26 @@ def _stored(perm: tuple[int, int, int], flips: tuple[bool, bool, bool], oblique:
     return Volume.from_sitk(img)
 
 
-CASES = [(p, f) for p in itertools.permutations(range(3)) for f in itertools.product((False, True), repeat=3)]
-
-
-@pytest.mark.parametrize(("perm", "flips"), CASES)
-def test_canonical_grid_is_dicomorient_lps(perm, flips):
-    vol = _stored(perm, flips)
+def _matches_dicomorient(vol: Volume) -> tuple[Volume, Reorient]:
+    """to_canonical(vol), checked against SimpleITK's DICOMOrient(img, "LPS") and undone exactly."""
     can, ro = to_canonical(vol)
     ref = sitk.DICOMOrient(vol.to_sitk(), "LPS")
     np.testing.assert_array_equal(can.array, sitk.GetArrayFromImage(ref))
     np.testing.assert_allclose(can.spacing, ref.GetSpacing(), atol=1e-9)
     np.testing.assert_allclose(can.origin, ref.GetOrigin(), atol=1e-6)
     np.testing.assert_allclose(can.direction, ref.GetDirection(), atol=1e-9)
+    np.testing.assert_array_equal(ro.restore(can.array), vol.array)  # and back, exactly
+    return can, ro
+
+
+CASES = [(p, f) for p in itertools.permutations(range(3)) for f in itertools.product((False, True), repeat=3)]
+
+
+@pytest.mark.parametrize(("perm", "flips"), CASES)
+def test_canonical_grid_is_dicomorient_lps(perm, flips):
+    can, ro = _matches_dicomorient(_stored(perm, flips))
     np.testing.assert_allclose(can.direction, np.eye(3).ravel(), atol=1e-9)  # axis-aligned input: identity
     assert ro.identity == (perm == (0, 1, 2) and not any(flips))
-    np.testing.assert_array_equal(ro.restore(can.array), vol.array)  # and back, exactly
 
 
 @pytest.mark.parametrize("oblique", [20.0, -35.0])
@@ -69,14 +74,7 @@ def test_any_rotation_gives_dicomorients_grid():
     for r in rots:
         m = r.as_matrix()
         vol = _stored((0, 1, 2), (False, False, False))
-        vol = Volume(vol.array, vol.spacing, vol.origin, tuple(m.ravel()))
-        can, ro = to_canonical(vol)
-        ref = sitk.DICOMOrient(vol.to_sitk(), "LPS")
-        np.testing.assert_array_equal(can.array, sitk.GetArrayFromImage(ref))
-        np.testing.assert_allclose(can.spacing, ref.GetSpacing(), atol=1e-9)
-        np.testing.assert_allclose(can.origin, ref.GetOrigin(), atol=1e-6)
-        np.testing.assert_allclose(can.direction, ref.GetDirection(), atol=1e-9)
-        np.testing.assert_array_equal(ro.restore(can.array), vol.array)
+        _matches_dicomorient(Volume(vol.array, vol.spacing, vol.origin, tuple(m.ravel())))
 
 
 def test_canonical_input_is_returned_as_it_is():
