@@ -375,9 +375,9 @@ def coarse_lung_mask(
         (lung bool (z, ceil(y / f), ceil(x / f)), f): full-size voxel (z, y, x) is lung when
         ``lung[z, y // f, x // f]``; f = :func:`lung_grid_step`.
     """
-    ct = np.asarray(ct_hu)
-    f = lung_grid_step(spacing, coarse_mm)
-    lung = _lung_air(ct, f, threshold_hu, min_fraction)
+    lung, f = lung_air_hu(
+        ct_hu, spacing, threshold_hu=threshold_hu, min_fraction=min_fraction, coarse_mm=coarse_mm
+    )
     spacing_zyx = (float(spacing[2]), float(spacing[1]) * f, float(spacing[0]) * f)
     return _close_and_fill(lung, spacing_zyx, close_mm), f
 
