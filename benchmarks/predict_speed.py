@@ -14,7 +14,9 @@ the weights). Numbers go in BENCHMARKS.md with the machine and command.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -117,6 +119,7 @@ def main() -> int:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="lt-predict-speed-"))
+    atexit.register(shutil.rmtree, tmp, True)  # the 512x512x300 CT and outputs: about 190 MB
     ct = tmp / "ct512.nii.gz"
     make_ct(ct, args.matrix, args.slices)
     input_mb = args.matrix * args.matrix * args.slices * 4 / 2**20
