@@ -200,8 +200,10 @@ def test_predict_gives_the_same_world_mask_for_any_stored_orientation(demo_run, 
     sitk.WriteImage(sitk.Flip(sitk.PermuteAxes(sitk.ReadImage(str(ct)), perm), flips), str(other))
     t = str(_splitting_threshold(out / "run", ct))
     for src, dst in ((ct, tmp_path / "a"), (other, tmp_path / "b")):
-        args = [str(src), "--model", str(out / "run"), "--threshold", t, "--no-postprocess"]
+        args = [str(src), "--model", str(out / "run"), "--threshold", t, "--no-postprocess", "--report"]
         assert main(["predict", *args, "--out", str(dst), "-q"]) == 0
+    html = [(tmp_path / d / f"{case}_report.html").read_text(encoding="utf-8") for d in ("a", "b")]
+    assert "Stored array order" not in html[0] and "Stored array order" in html[1]  # the report says so
     a = sitk.ReadImage(str(tmp_path / "a" / f"{case}_tumour.nii.gz"))
     b = sitk.ReadImage(str(tmp_path / "b" / f"{case}_tumour.nii.gz"))
     stored = sitk.ReadImage(str(other))

@@ -321,7 +321,7 @@ def predict_paths(
     from tqdm import tqdm
 
     from lungtumor.infer3d import is_3d, load_any, predict_any, predict_ensemble
-    from lungtumor.orientation import from_canonical, to_canonical
+    from lungtumor.orientation import from_canonical, stored_order_note, to_canonical
     from lungtumor.postprocess import lung_air_hu, lung_z_range
 
     opts = opts or PredictOptions()
@@ -441,7 +441,10 @@ def predict_paths(
             if opts.report:
                 from lungtumor.report import write_all
 
-                res.outputs.extend(write_all(vol, mask_vol, out, case, lesions=lesions, run_dir=run_dir))
+                meta = stored_order_note(stored, ro)
+                res.outputs.extend(
+                    write_all(vol, mask_vol, out, case, lesions=lesions, run_dir=run_dir, meta=meta)
+                )
         except InputError as e:
             res.error = str(e)
         except MemoryError:

@@ -111,3 +111,16 @@ def canonical_pair(image: Volume, label: Volume) -> tuple[Volume, Volume]:
     if ro.identity:
         return image, label
     return can, can.with_array(ro.apply(label.array))
+
+
+def stored_order_note(stored: Volume, ro: Reorient) -> dict[str, str]:
+    """A report metadata row saying that ``stored`` was reordered (empty when it was canonical already)."""
+    if ro.identity:
+        return {}
+    d = np.asarray(stored.direction).reshape(3, 3)
+    rows = " / ".join("(" + ", ".join(f"{v:.3g}" for v in r) + ")" for r in d)
+    shape = " × ".join(str(n) for n in stored.shape)
+    return {
+        "Stored array order": f"reordered to axial LPS slices for prediction and display; as stored: shape "
+        f"(z, y, x) {shape}, direction {rows} (outputs are written in this order)"
+    }

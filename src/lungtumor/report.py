@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from lungtumor.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
-from lungtumor.orientation import canonical_pair
+from lungtumor.orientation import stored_order_note, to_canonical
 from lungtumor.volume import Volume, case_name, read_mask, read_volume
 
 #: Display windows as (width, level) in HU.
@@ -452,10 +452,11 @@ def report_files(
     Raises:
         InputError: missing or unreadable files, mask not on the CT's grid, bad output folder.
     """
-    img = read_volume(image)
-    img, msk = canonical_pair(img, read_mask(mask, reference=img))  # shown as axial slices, LPS order
+    stored = read_volume(image)
+    img, ro = to_canonical(stored)  # shown as axial slices, LPS order
+    msk = img.with_array(ro.apply(read_mask(mask, reference=stored).array))
     out_dir = ensure_writable_dir(out)
-    meta = {"Image file": Path(image).name, "Mask file": Path(mask).name}
+    meta = {"Image file": Path(image).name, "Mask file": Path(mask).name, **stored_order_note(stored, ro)}
     return write_all(img, msk, out_dir, case_name(image), run_dir=run_dir, meta=meta)
 
 
