@@ -36,9 +36,9 @@ def resample(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     Known quirk, kept: for some shape pairs the last output plane's coordinate rounds to a hair past the last
     input plane (e.g. 25 x 14/25 = 14.000000000000002), and scipy's default ``mode="constant"`` then gives 0
     there. The detector's training cubes are cut from frames made this way; extending the edges instead
-    (``mode="nearest"``) retrained a different detector that scored 0.03 lower over the 40 held-out phantoms
-    and missed one of the demo's 10 lesions (one run each, BENCHMARKS.md "Session 11"), so the change waits
-    for a measurement over several training seeds."""
+    (``mode="nearest"``) trains other detectors: over three seeds they scored 0.538 against 0.559 on the 40
+    held-out phantoms, inside the seeds' own spread of 0.09 (BENCHMARKS.md "Session 11: the resample edge"),
+    and seed 0's missed one of the demo's 10 lesions. Nothing argues for the change yet."""
     a = np.asarray(a, dtype=np.float32)
     if tuple(a.shape) == tuple(shape):
         return a.copy()
