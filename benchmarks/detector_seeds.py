@@ -14,6 +14,7 @@ edges extended (the last-plane quirk of ``nodules.resample`` fixed) to compare t
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 from pathlib import Path
@@ -23,11 +24,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def main() -> int:
-    import numpy as np
     import torch
-    from scipy import ndimage as ndi
 
     import lungtumor.nodule_train as nt
+    import lungtumor.nodules as nodules
     from lungtumor.checkpoint import load_checkpoint
     from lungtumor.data import PreparedCache
 
@@ -42,16 +42,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
 
-    if a.resample_edge == "nearest":
-
-        def resample_nearest(arr: np.ndarray, shape) -> np.ndarray:
-            arr = np.asarray(arr, dtype=np.float32)
-            if tuple(arr.shape) == tuple(shape):
-                return arr.copy()
-            factors = [int(o) / int(i) for o, i in zip(shape, arr.shape, strict=True)]
-            return ndi.zoom(arr, factors, order=1, mode="nearest", prefilter=False, grid_mode=False)
-
-        nt.resample = resample_nearest  # the forked workers that cut the cubes inherit it
+    if a.resample_edge == "nearest":  # the forked workers that cut the cubes inherit it
+        nt.resample = functools.partial(nodules.resample, mode="nearest")
     torch.set_num_threads(a.threads)
     (a.out / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copy(a.run / "config.yaml", a.out / "config.yaml")

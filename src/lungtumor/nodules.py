@@ -29,7 +29,7 @@ def iso_shape(
     )
 
 
-def resample(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+def resample(a: np.ndarray, shape: Sequence[int], mode: str = "constant") -> np.ndarray:
     """Linear resampling of (z, y, x) to ``shape``, first and last voxels in place (float32; scipy only, so
     it is safe in forked worker processes).
 
@@ -38,12 +38,13 @@ def resample(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     there. The detector's training cubes are cut from frames made this way; extending the edges instead
     (``mode="nearest"``) trains other detectors: over three seeds they scored 0.538 against 0.559 on the 40
     held-out phantoms, inside the seeds' own spread of 0.09 (BENCHMARKS.md "Session 11: the resample edge"),
-    and seed 0's missed one of the demo's 10 lesions. Nothing argues for the change yet."""
+    and seed 0's missed one of the demo's 10 lesions. Nothing argues for the change yet (``mode`` is there
+    to measure it: ``benchmarks/detector_seeds.py --resample-edge nearest``)."""
     a = np.asarray(a, dtype=np.float32)
     if tuple(a.shape) == tuple(shape):
         return a.copy()
     factors = [int(o) / int(i) for o, i in zip(shape, a.shape, strict=True)]
-    return ndi.zoom(a, factors, order=1, prefilter=False, grid_mode=False)
+    return ndi.zoom(a, factors, order=1, mode=mode, prefilter=False, grid_mode=False)
 
 
 def resample_sparse(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
