@@ -114,6 +114,13 @@ def main() -> None:
     ap.add_argument(
         "--model", type=Path, action="append", default=[], help="run(s) to score; several = ensemble"
     )
+    ap.add_argument(
+        "--score-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="score with this inference setting (e.g. nodule.tta=true) changed in copies of the checkpoints",
+    )
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -133,6 +140,9 @@ def main() -> None:
     runs = a.model or [out / "run"]
     if a.model:
         res["models"] = [str(m) for m in a.model]
+    if a.score_set:
+        res["score_set"] = a.score_set
+        runs = [patched_checkpoint(r, a.score_set, out / "models" / f"{i}.ckpt") for i, r in enumerate(runs)]
     for i, test in enumerate(a.test):
         pred = out / (f"pred_{i}" if z is None else f"pred_{i}_z{z:g}")
         res[test.name or f"test{i}"] = score(runs, test, pred, a.tta, a.device, z)
@@ -148,6 +158,24 @@ def main() -> None:
         + " | ".join(cells)
         + " |"
     )
+
+
+def patched_checkpoint(run: Path, overrides: list[str], dest: Path) -> Path:
+    """A copy of ``run``'s best checkpoint (or the .ckpt ``run``) at ``dest`` whose stored config has the
+    ``KEY=VALUE`` ``overrides`` applied: the same weights predicting with other inference settings."""
+    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.config import to_dict
+
+    src = run if run.suffix == ".ckpt" else run / "checkpoints" / "best.ckpt"
+    cfg = load_checkpoint(src).config
+    for kv in overrides:
+        key, _, value = kv.partition("=")
+        apply_override(cfg, key, value)
+    ck = torch.load(src, map_location="cpu", weights_only=True)
+    ck["hyper_parameters"]["lungtumor"]["config"] = to_dict(cfg)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ck, dest)
+    return dest
 
 
 def train_one(cache: Path, out: Path, preset_name: str, overrides: list[str]) -> dict:

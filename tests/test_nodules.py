@@ -8,6 +8,7 @@ import torch
 
 from lungtumor.config import NoduleConfig, load_config, validate
 from lungtumor.errors import InputError
+from lungtumor.models.nodule3d import NodulePatchNet, normalise_hu
 from lungtumor.nodule_train import (
     CKPT_KEY,
     PatchSet,
@@ -21,6 +22,7 @@ from lungtumor.nodule_train import (
 )
 from lungtumor.nodules import (
     add_missed_lesions,
+    cut_patches,
     extract_patches,
     find_candidates,
     iso_shape,
@@ -199,3 +201,33 @@ def test_nodule_config_is_checked():
     cfg.nodule.patch = 10
     with pytest.raises(InputError, match="nodule.patch"):
         validate(cfg)
+
+
+def test_flip_tta_scores_only_what_can_reach_the_threshold():
+    """With ``tta`` each candidate's score is the mean over the 8 axis flips; pruning the candidates that
+    cannot reach the threshold gives the same scores and cubes above it as flipping every candidate."""
+    hu, _, _ = _chest()
+    cfg = NoduleConfig(patch=8, channels=(4, 8, 8), steps=3, batch_size=4)
+    torch.manual_seed(0)
+    net = NodulePatchNet(cfg.channels).eval()
+    centres = find_candidates(hu, 2.0, cfg.radii_mm, cfg.min_response, cfg.min_hu)
+    assert len(centres) >= 3
+    plain, _ = score_candidates(net, hu, centres, cfg, bf16=False)
+    full, full_cubes = score_candidates(net, hu, centres, cfg, bf16=False, tta=True)
+    assert full.shape == plain.shape and full_cubes.shape == (len(centres), 8, 8, 8)
+    assert not np.allclose(full, plain)  # a random net is not flip-invariant
+    # by hand for the first candidate: the mean over the 8 flips of its cube
+    padded = np.pad(np.clip(hu, -1000, 400), 4, constant_values=-1000)
+    cube = torch.from_numpy(cut_patches(padded, centres[:1], 8).astype(np.float32))[:, None]
+    flips = [[d for d in (2, 3, 4) if k >> (d - 2) & 1] for k in range(8)]
+    with torch.no_grad():
+        by_hand = np.mean(
+            [torch.sigmoid(net(normalise_hu(cube.flip(f) if f else cube))[0]).item() for f in flips]
+        )
+    assert full[0] == pytest.approx(by_hand, rel=1e-5)
+    t = float(np.sort(full)[len(full) // 2])  # half the candidates reach it
+    pruned, cubes = score_candidates(net, hu, centres, cfg, bf16=False, tta=True, seg_from=t)
+    above = full >= t
+    np.testing.assert_allclose(pruned[above], full[above], rtol=1e-6)
+    assert (pruned[~above] < t).all()
+    np.testing.assert_allclose(cubes, full_cubes[above], rtol=1e-5, atol=1e-6)

@@ -205,6 +205,8 @@ class NoduleConfig:
         threshold: smallest candidate score that adds a lesion.
         min_diameter_mm: smallest lesion the detector adds, as the diameter of a sphere of its volume (its
             false positives are mostly smaller: BENCHMARKS.md "Session 9").
+        tta: at predict, score and segment each candidate that can still reach ``threshold`` as the mean
+            over the 8 flips of its cube's axes (the flips it was trained with).
     """
 
     enabled: bool = False
@@ -221,6 +223,7 @@ class NoduleConfig:
     mine_pool: int = 4096
     threshold: float = 0.98
     min_diameter_mm: float = 8.0
+    tta: bool = False
 
 
 @dataclass

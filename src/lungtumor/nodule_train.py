@@ -306,9 +306,15 @@ def score_candidates(
     batch: int | None = None,
     device: torch.device | str = "cpu",
     seg_from: float | None = None,
+    tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores (N,) in [0, 1] of the candidates ``centres`` (N, 3) of ``hu_iso`` (HU on the detector's frame),
     and the segmentation probability cubes (M, P, P, P) of those scoring at least ``seg_from`` (all when None).
+
+    ``tta``: a candidate's score and cube are the means over the 8 flips of the cube's three axes
+    (:func:`_flip_mean`). Only candidates that can still reach ``seg_from`` get them: the mean of 8 scores,
+    each at most 1, reaches t only when the unflipped score is at least 8t - 7, so the others keep their
+    one-pass score (below ``seg_from`` either way) and the result is that of flipping every candidate.
 
     ``batch`` None: 32 cubes at a time on the CPU (against 128, predict's peak memory on a 512x512x300 CT is
     0.4-0.65x of the input lower and the step is faster: BENCHMARKS.md "Session 10", ``predict_memory.py``), 256
@@ -320,6 +326,7 @@ def score_candidates(
     if batch is None:
         batch = 32 if dev.type == "cpu" else 256
     net.to(dev, memory_format=_CL3D).eval()
+    first_pass_seg = seg_from if not tta else 2.0  # with tta the cubes come from the flipped passes
     for i in range(0, len(centres), batch):
         c = centres[i : i + batch]
         x = _cubes_in(cut_patches(padded, c, p), dev)
@@ -327,10 +334,38 @@ def score_candidates(
             score, seg = net(x)
         sc = torch.sigmoid(score.float()).cpu().numpy()
         scores.append(sc)
-        keep = np.ones(len(sc), bool) if seg_from is None else sc >= seg_from
+        keep = np.ones(len(sc), bool) if first_pass_seg is None else sc >= first_pass_seg
         if keep.any():
             cubes.append(torch.sigmoid(seg.float())[torch.from_numpy(keep).to(dev)].cpu().numpy())
-    return np.concatenate(scores), np.concatenate(cubes)
+    out = np.concatenate(scores)
+    if not tta:
+        return out, np.concatenate(cubes)
+    bound = -np.inf if seg_from is None else 8 * seg_from - 7 - 1e-6
+    sel = np.flatnonzero(out >= bound)
+    cubes = [np.zeros((0, p, p, p), np.float32)]
+    for i in range(0, len(sel), batch):
+        j = sel[i : i + batch]
+        sc, cu = _flip_mean(net, _cubes_in(cut_patches(padded, centres[j], p), dev), bf16)
+        out[j] = sc
+        keep = np.ones(len(sc), bool) if seg_from is None else sc >= seg_from
+        cubes.append(cu[keep])
+    return out, np.concatenate(cubes)
+
+
+def _flip_mean(net: NodulePatchNet, x: torch.Tensor, bf16: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean score (B,) and segmentation probability (B, P, P, P) over the 8 flips of the three axes of the
+    network input ``x`` (B, 1, P, P, P), each cube flipped back before averaging."""
+    score = torch.zeros(x.shape[0], device=x.device)
+    seg = torch.zeros(x.shape[:1] + x.shape[2:], device=x.device)
+    for k in range(8):
+        dims = [d for d, bit in zip((2, 3, 4), (1, 2, 4), strict=True) if k & bit]
+        xf = torch.flip(x, dims) if dims else x
+        with _autocast(x.device, bf16):
+            s, g = net(xf)
+        score += torch.sigmoid(s.float())
+        g = torch.sigmoid(g.float())
+        seg += torch.flip(g, [d - 1 for d in dims]) if dims else g
+    return (score / 8).cpu().numpy(), (seg / 8).cpu().numpy()
 
 
 def detector_probability(
@@ -352,7 +387,9 @@ def detector_probability(
     out = np.zeros(hu_frame.shape, np.float32)
     if len(centres) == 0:
         return out
-    scores, cubes = score_candidates(net, hu, centres, cfg, bf16=bf16, device=device, seg_from=cfg.threshold)
+    scores, cubes = score_candidates(
+        net, hu, centres, cfg, bf16=bf16, device=device, seg_from=cfg.threshold, tta=cfg.tta
+    )
     keep = scores >= cfg.threshold
     if not keep.any():
         return out
