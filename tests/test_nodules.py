@@ -23,6 +23,7 @@ from lungtumor.nodule_train import (
 from lungtumor.nodules import (
     add_missed_lesions,
     cut_patches,
+    drop_unconfirmed_small,
     extract_patches,
     find_candidates,
     iso_shape,
@@ -231,3 +232,24 @@ def test_flip_tta_scores_only_what_can_reach_the_threshold():
     np.testing.assert_allclose(pruned[above], full[above], rtol=1e-6)
     assert (pruned[~above] < t).all()
     np.testing.assert_allclose(cubes, full_cubes[above], rtol=1e-5, atol=1e-6)
+
+
+def test_small_2d_lesions_stand_only_where_the_detector_agrees():
+    prob = np.zeros((20, 30, 30), np.float32)
+    prob[2:4, 2:4, 2:4] = 0.9  # 8 voxels, no detector lesion near: dropped
+    prob[10:12, 2:4, 2:4] = 0.8  # 8 voxels, the detector's lesion touches it: kept
+    prob[2:8, 15:25, 15:25] = 0.95  # 600 voxels: large, kept whatever the detector says
+    prob[15, 20, 20] = 0.3  # below the threshold: untouched
+    det = np.zeros_like(prob)
+    det[12:14, 2:4, 2:4] = 0.7  # adjacent (26-neighbourhood) to the second one
+    out = drop_unconfirmed_small(prob, det, 0.5, min_voxels=9)
+    assert out[2:4, 2:4, 2:4].max() == 0
+    np.testing.assert_array_equal(out[10:12, 2:4, 2:4], prob[10:12, 2:4, 2:4])
+    np.testing.assert_array_equal(out[2:8, 15:25, 15:25], prob[2:8, 15:25, 15:25])
+    assert out[15, 20, 20] == np.float32(0.3)
+    assert prob[2, 2, 2] == np.float32(0.9)  # the input is not changed
+    # one voxel further away the detector no longer confirms it
+    det2 = np.zeros_like(prob)
+    det2[13:15, 2:4, 2:4] = 0.7
+    assert drop_unconfirmed_small(prob, det2, 0.5, min_voxels=9)[10:12, 2:4, 2:4].max() == 0
+    np.testing.assert_array_equal(drop_unconfirmed_small(prob, det, 0.5, min_voxels=0), prob)

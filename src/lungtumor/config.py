@@ -205,6 +205,9 @@ class NoduleConfig:
         threshold: smallest candidate score that adds a lesion.
         min_diameter_mm: smallest lesion the detector adds, as the diameter of a sphere of its volume (its
             false positives are mostly smaller: BENCHMARKS.md "Session 9").
+        confirm_small: at predict, the 2D model's lesions smaller than ``min_diameter_mm`` are kept only
+            where one of the detector's lesions touches them (a vessel's cross-section looks like a small
+            nodule on a few slices; the 2D model's are mostly that).
         tta: at predict, score and segment each candidate that can still reach ``threshold`` as the mean
             over the 8 flips of its cube's axes (the flips it was trained with).
     """
@@ -223,6 +226,7 @@ class NoduleConfig:
     mine_pool: int = 4096
     threshold: float = 0.98
     min_diameter_mm: float = 8.0
+    confirm_small: bool = False
     tta: bool = False
 
 

@@ -257,7 +257,7 @@ def predict_volume(
     )
     if nodule is not None:  # lesions the 3D nodule detector finds and the 2D model missed
         from lungtumor.nodule_train import detector_probability, input_to_hu
-        from lungtumor.nodules import add_missed_lesions
+        from lungtumor.nodules import add_missed_lesions, drop_unconfirmed_small
         from lungtumor.prepgeom import frame_spacing
 
         hu = input_to_hu(x, loaded.prep, loaded.stats)
@@ -266,6 +266,8 @@ def predict_volume(
         det = detector_probability(nodule, hu, spacing, cfg.nodule, bf16=precision == "bf16", device=device)
         del hu
         min_voxels = int(np.ceil(np.pi / 6 * cfg.nodule.min_diameter_mm**3 / np.prod(spacing)))
+        if cfg.nodule.confirm_small:
+            prob_small = drop_unconfirmed_small(prob_small, det, threshold, min_voxels)
         prob_small = add_missed_lesions(prob_small, det, threshold, min_voxels)
         del det
     else:

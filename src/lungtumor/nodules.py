@@ -175,6 +175,32 @@ def paste_max(shape: Sequence[int], centres: np.ndarray, cubes: np.ndarray) -> n
     return out[h : h + shape[0], h : h + shape[1], h : h + shape[2]] if h else out
 
 
+def drop_unconfirmed_small(
+    prob: np.ndarray, detector_prob: np.ndarray, threshold: float, min_voxels: int
+) -> np.ndarray:
+    """The 2D model's small lesions stand only where the detector agrees (both (z, y, x) on one grid).
+
+    A component of ``prob >= threshold`` of fewer than ``min_voxels`` voxels that no voxel of
+    ``detector_prob >= 0.5`` touches (26-neighbourhood) is set to 0: on a few axial slices a vessel's
+    cross-section looks like a small nodule, and the 3D detector is the judge of those. Larger components and
+    everything else keep ``prob``. Returns float32 (z, y, x), a new array.
+    """
+    out = np.array(prob, dtype=np.float32, copy=True)
+    if min_voxels <= 0:
+        return out
+    labels, n = ndi.label(out >= threshold, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return out
+    small = np.bincount(labels.ravel(), minlength=n + 1) < min_voxels
+    small[0] = False
+    if not small.any():
+        return out
+    near = ndi.binary_dilation(detector_prob >= 0.5, structure=np.ones((3, 3, 3), bool))
+    small[np.unique(labels[near])] = False
+    out[small[labels]] = 0.0
+    return out
+
+
 def add_missed_lesions(
     prob: np.ndarray, detector_prob: np.ndarray, threshold: float, min_voxels: int = 0
 ) -> np.ndarray:
