@@ -2,12 +2,13 @@
 
     python benchmarks/preset_sweep.py NAME --cache CACHE --test DIR [--test DIR ...] --out OUT
         [--preset demo] [--set train.lr=1e-3 ...] [--threads N] [--tta] [--device cuda]
-        [--train-only | --score-only [--model RUN ...]]
+        [--train-only | --score-only [--model RUN ...]] [--score-set nodule.tta=true ...]
 
 A 3D preset (`--preset 3d`, model.arch unet3d) trains with the 3D trainer on a 3D cache
 (`lungtumor prepare DIR CACHE --preset 3d`). `--train-only` trains and writes OUT/NAME/train.json (several runs can
 then train side by side, e.g. on one GPU); `--score-only` scores OUT/NAME/run, or the `--model` runs averaged as
-an ensemble, without training.
+an ensemble, without training. `--score-set KEY=VALUE` scores copies of the checkpoints whose stored config has
+that inference setting changed (the same weights, e.g. `nodule.tta=true` or `infer.min_lesion_mm3=200`).
 
 CACHE is a `lungtumor prepare` cache (the training and validation cases); each DIR is a `lungtumor synth` folder
 whose imagesTs/labelsTs are scored (images in DIR/img and labels in DIR/gt work too). Each run trains with the
