@@ -6,7 +6,8 @@ Cuts the detector's candidate cubes from every case of CACHE (the cache RUN trai
 does), scores them with each RUN's detector, one pass and flip-averaged (``nodule.tta``: only cubes scoring
 >= 0.84 in one pass are flipped, the others cannot reach 0.98), and prints per threshold the non-tumour
 candidates scoring at least that, per case, and the share of tumour candidates that do. Over detector seeds
-this follows their false positives on held-out phantoms (BENCHMARKS.md "Session 12"). About 1 minute for the
+this follows their false positives on held-out phantoms (BENCHMARKS.md "Session 12"). The cubes are cut
+with the first model's ``nodule`` settings: compare detectors of one run (``detector_seeds.py``). About 1 minute for the
 cubes and 1-2 minutes a model on 2 CPU cores (the demo's 35 cases, 29,794 candidates).
 """
 
@@ -25,8 +26,11 @@ sys.path.insert(0, str(ROOT / "src"))
 THRESHOLDS = (0.98, 0.99, 0.995)
 
 
-def scores(net: torch.nn.Module, hu: np.ndarray, flip_from: float = 0.84) -> tuple[np.ndarray, np.ndarray]:
-    """(one-pass, flip-averaged) scores (N,) of HU cubes (N, P, P, P); only cubes >= ``flip_from`` are flipped."""
+def scores(
+    net: torch.nn.Module, hu: np.ndarray, flip_from: float = 8 * min(THRESHOLDS) - 7 - 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
+    """(one-pass, flip-averaged) scores (N,) of HU cubes (N, P, P, P); only cubes >= ``flip_from`` are
+    flipped (the others cannot reach the smallest threshold and keep their one-pass score)."""
     import lungtumor.nodule_train as nt
 
     cpu = torch.device("cpu")
@@ -40,7 +44,7 @@ def scores(net: torch.nn.Module, hu: np.ndarray, flip_from: float = 0.84) -> tup
         sel = np.flatnonzero(one >= flip_from)
         for i in range(0, len(sel), 256):
             j = sel[i : i + 256]
-            flip[j] = nt._flip_mean(net, nt._cubes_in(hu[j], cpu), True)[0]
+            flip[j] = (one[j] + nt._flip_sum(net, nt._cubes_in(hu[j], cpu), True)[0]) / 8
     return one, flip
 
 

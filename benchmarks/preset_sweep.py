@@ -8,7 +8,8 @@ A 3D preset (`--preset 3d`, model.arch unet3d) trains with the 3D trainer on a 3
 (`lungtumor prepare DIR CACHE --preset 3d`). `--train-only` trains and writes OUT/NAME/train.json (several runs can
 then train side by side, e.g. on one GPU); `--score-only` scores OUT/NAME/run, or the `--model` runs averaged as
 an ensemble, without training. `--score-set KEY=VALUE` scores copies of the checkpoints whose stored config has
-that inference setting changed (the same weights, e.g. `nodule.tta=true` or `infer.min_lesion_mm3=200`).
+that inference setting changed (the same weights, e.g. `nodule.tta=true` or `infer.min_lesion_mm3=200`), in
+OUT/NAME/models: give each setting its own NAME (predictions go to OUT/NAME/pred_I).
 
 CACHE is a `lungtumor prepare` cache (the training and validation cases); each DIR is a `lungtumor synth` folder
 whose imagesTs/labelsTs are scored (images in DIR/img and labels in DIR/gt work too). Each run trains with the
@@ -155,25 +156,27 @@ def main() -> None:
         for r in (res[t.name or f"test{i}"] for i, t in enumerate(a.test))
     ]
     print(
-        f"| {a.name}{'' if z is None else f' (flat filter {z:g})'} | {' '.join(res['set']) or '-'} | {res.get('train_s', '?')} | "
+        f"| {a.name}{'' if z is None else f' (flat filter {z:g})'} | {' '.join(res['set'] + a.score_set) or '-'} | {res.get('train_s', '?')} | "
         + " | ".join(cells)
         + " |"
     )
 
 
 def patched_checkpoint(run: Path, overrides: list[str], dest: Path) -> Path:
-    """A copy of ``run``'s best checkpoint (or the .ckpt ``run``) at ``dest`` whose stored config has the
-    ``KEY=VALUE`` ``overrides`` applied: the same weights predicting with other inference settings."""
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.config import to_dict
+    """A copy of ``run``'s best checkpoint (or the .ckpt ``run``; 2D or 3D) at ``dest`` whose stored config has
+    the ``KEY=VALUE`` ``overrides`` applied and validated: the same weights, other inference settings."""
+    from lungtumor.checkpoint import checkpoint_file
+    from lungtumor.config import config_from_dict, to_dict, validate
 
-    src = run if run.suffix == ".ckpt" else run / "checkpoints" / "best.ckpt"
-    cfg = load_checkpoint(src).config
+    src = checkpoint_file(run)
+    ck = torch.load(src, map_location="cpu", weights_only=True)
+    stored = ck["hyper_parameters"]["lungtumor"]
+    cfg = config_from_dict(stored["config"], str(src))
     for kv in overrides:
         key, _, value = kv.partition("=")
         apply_override(cfg, key, value)
-    ck = torch.load(src, map_location="cpu", weights_only=True)
-    ck["hyper_parameters"]["lungtumor"]["config"] = to_dict(cfg)
+    validate(cfg, f"--score-set {' '.join(overrides)}")
+    stored["config"] = to_dict(cfg)
     dest.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ck, dest)
     return dest

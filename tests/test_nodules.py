@@ -205,32 +205,46 @@ def test_nodule_config_is_checked():
 
 
 def test_flip_tta_scores_only_what_can_reach_the_threshold():
-    """With ``tta`` each candidate's score is the mean over the 8 axis flips; pruning the candidates that
-    cannot reach the threshold gives the same scores and cubes above it as flipping every candidate."""
+    """With ``tta`` each candidate's score and cube are the means over the 8 axis flips; pruning the
+    candidates that cannot reach the threshold gives the same scores and cubes above it as flipping every
+    candidate."""
     hu, _, _ = _chest()
-    cfg = NoduleConfig(patch=8, channels=(4, 8, 8), steps=3, batch_size=4)
+    cfg = NoduleConfig(patch=8, channels=(4, 8, 8))
     torch.manual_seed(0)
     net = NodulePatchNet(cfg.channels).eval()
     centres = find_candidates(hu, 2.0, cfg.radii_mm, cfg.min_response, cfg.min_hu)
-    assert len(centres) >= 3
+    plain, _ = score_candidates(net, hu, centres, cfg, bf16=False)
+    logit = np.log(plain / (1 - plain))
+    k = 3.0 / max(float(logit.std()), 1e-6)
+    with torch.no_grad():  # logits k (l - mean) + 4: scores spread over (0.5, 1), so the bound prunes some
+        net.score.weight.mul_(k)
+        net.score.bias.copy_(k * (net.score.bias - float(logit.mean())) + 4.0)
     plain, _ = score_candidates(net, hu, centres, cfg, bf16=False)
     full, full_cubes = score_candidates(net, hu, centres, cfg, bf16=False, tta=True)
     assert full.shape == plain.shape and full_cubes.shape == (len(centres), 8, 8, 8)
     assert not np.allclose(full, plain)  # a random net is not flip-invariant
-    # by hand for the first candidate: the mean over the 8 flips of its cube
+    # by hand for the first candidate: the mean over the 8 flips of its cube, segmentations flipped back
     padded = np.pad(np.clip(hu, -1000, 400), 4, constant_values=-1000)
-    cube = torch.from_numpy(cut_patches(padded, centres[:1], 8).astype(np.float32))[:, None]
+    cube = normalise_hu(torch.from_numpy(cut_patches(padded, centres[:1], 8).astype(np.float32))[:, None])
     flips = [[d for d in (2, 3, 4) if k >> (d - 2) & 1] for k in range(8)]
     with torch.no_grad():
-        by_hand = np.mean(
-            [torch.sigmoid(net(normalise_hu(cube.flip(f) if f else cube))[0]).item() for f in flips]
-        )
+        outs = [net(cube.flip(f) if f else cube) for f in flips]
+    by_hand = np.mean([torch.sigmoid(o[0]).item() for o in outs])
+    seg = np.mean(
+        [torch.sigmoid(o[1]).flip([d - 1 for d in f]).numpy() for o, f in zip(outs, flips, strict=True)], 0
+    )
     assert full[0] == pytest.approx(by_hand, rel=1e-5)
-    t = float(np.sort(full)[len(full) // 2])  # half the candidates reach it
+    np.testing.assert_allclose(full_cubes[0], seg[0], rtol=1e-5, atol=1e-6)
+    # a threshold whose bound 8t - 7 lies inside the one-pass scores: some candidates are pruned
+    t = float(np.quantile(full, 0.75))
+    bound = 8 * t - 7
+    assert (plain < bound).any() and (plain >= bound).any()
     pruned, cubes = score_candidates(net, hu, centres, cfg, bf16=False, tta=True, seg_from=t)
     above = full >= t
+    assert above.any()
     np.testing.assert_allclose(pruned[above], full[above], rtol=1e-6)
     assert (pruned[~above] < t).all()
+    np.testing.assert_array_equal(pruned[plain < bound], plain[plain < bound])  # not flipped
     np.testing.assert_allclose(cubes, full_cubes[above], rtol=1e-5, atol=1e-6)
 
 

@@ -206,10 +206,13 @@ class NoduleConfig:
         min_diameter_mm: smallest lesion the detector adds, as the diameter of a sphere of its volume (its
             false positives are mostly smaller: BENCHMARKS.md "Session 9").
         confirm_small: at predict, the 2D model's lesions smaller than ``min_diameter_mm`` are kept only
-            where one of the detector's lesions touches them (a vessel's cross-section looks like a small
-            nodule on a few slices; the 2D model's are mostly that).
+            where a voxel of the detector's segmentation (>= 0.5, of a candidate scoring >= ``threshold``)
+            lies in them or next to them (26-neighbourhood), also one of a size the detector would not add
+            itself (a vessel's cross-section looks like a small nodule on a few slices; the 2D model's small
+            lesions are mostly that). No effect with ``min_diameter_mm`` 0.
         tta: at predict, score and segment each candidate that can still reach ``threshold`` as the mean
             over the 8 flips of its cube's axes (the flips it was trained with).
+        Both are read from the checkpoint, so a checkpoint saved before they existed predicts without them.
     """
 
     enabled: bool = False

@@ -311,10 +311,11 @@ def score_candidates(
     """Scores (N,) in [0, 1] of the candidates ``centres`` (N, 3) of ``hu_iso`` (HU on the detector's frame),
     and the segmentation probability cubes (M, P, P, P) of those scoring at least ``seg_from`` (all when None).
 
-    ``tta``: a candidate's score and cube are the means over the 8 flips of the cube's three axes
-    (:func:`_flip_mean`). Only candidates that can still reach ``seg_from`` get them: the mean of 8 scores,
-    each at most 1, reaches t only when the unflipped score is at least 8t - 7, so the others keep their
-    one-pass score (below ``seg_from`` either way) and the result is that of flipping every candidate.
+    ``tta``: a candidate's score and cube are the means over the 8 flips of the cube's three axes (the
+    unflipped pass and :func:`_flip_sum`). Only candidates that can still reach ``seg_from`` get them: the
+    mean of 8 scores, each at most 1, reaches t only when the unflipped score is at least 8t - 7, so the
+    others keep their one-pass score (below ``seg_from`` either way) and the result is that of flipping every
+    candidate.
 
     ``batch`` None: 32 cubes at a time on the CPU (against 128, predict's peak memory on a 512x512x300 CT is
     0.4-0.65x of the input lower and the step is faster: BENCHMARKS.md "Session 10", ``predict_memory.py``), 256
@@ -326,7 +327,10 @@ def score_candidates(
     if batch is None:
         batch = 32 if dev.type == "cpu" else 256
     net.to(dev, memory_format=_CL3D).eval()
-    first_pass_seg = seg_from if not tta else 2.0  # with tta the cubes come from the flipped passes
+    # with tta: candidates that can still reach seg_from (one-pass score >= 8t - 7, the mean of 8 scores each
+    # <= 1 reaching t needs that) keep their one-pass score and cube as the unflipped term of the mean
+    bound = None if not tta else (-np.inf if seg_from is None else 8 * seg_from - 7 - 1e-6)
+    cube_from = seg_from if bound is None else bound
     for i in range(0, len(centres), batch):
         c = centres[i : i + batch]
         x = _cubes_in(cut_patches(padded, c, p), dev)
@@ -334,38 +338,37 @@ def score_candidates(
             score, seg = net(x)
         sc = torch.sigmoid(score.float()).cpu().numpy()
         scores.append(sc)
-        keep = np.ones(len(sc), bool) if first_pass_seg is None else sc >= first_pass_seg
+        keep = np.ones(len(sc), bool) if cube_from is None else sc >= cube_from
         if keep.any():
             cubes.append(torch.sigmoid(seg.float())[torch.from_numpy(keep).to(dev)].cpu().numpy())
-    out = np.concatenate(scores)
-    if not tta:
-        return out, np.concatenate(cubes)
-    bound = -np.inf if seg_from is None else 8 * seg_from - 7 - 1e-6
-    sel = np.flatnonzero(out >= bound)
-    cubes = [np.zeros((0, p, p, p), np.float32)]
+    out, first = np.concatenate(scores), np.concatenate(cubes)
+    if bound is None:
+        return out, first
+    sel = np.flatnonzero(out >= bound)  # the candidates whose cubes are in `first`, in order
+    flipped = [np.zeros((0, p, p, p), np.float32)]
     for i in range(0, len(sel), batch):
         j = sel[i : i + batch]
-        sc, cu = _flip_mean(net, _cubes_in(cut_patches(padded, centres[j], p), dev), bf16)
-        out[j] = sc
-        keep = np.ones(len(sc), bool) if seg_from is None else sc >= seg_from
-        cubes.append(cu[keep])
-    return out, np.concatenate(cubes)
+        sc, cu = _flip_sum(net, _cubes_in(cut_patches(padded, centres[j], p), dev), bf16)
+        out[j] = (out[j] + sc) / 8
+        cu = (first[i : i + batch] + cu) / 8
+        flipped.append(cu if seg_from is None else cu[out[j] >= seg_from])
+    return out, np.concatenate(flipped)
 
 
-def _flip_mean(net: NodulePatchNet, x: torch.Tensor, bf16: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Mean score (B,) and segmentation probability (B, P, P, P) over the 8 flips of the three axes of the
-    network input ``x`` (B, 1, P, P, P), each cube flipped back before averaging."""
+@torch.no_grad()
+def _flip_sum(net: NodulePatchNet, x: torch.Tensor, bf16: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Summed scores (B,) and segmentation probabilities (B, P, P, P) over the 7 flips of one, two or all
+    three axes of the network input ``x`` (B, 1, P, P, P) (the unflipped pass is the caller's), each
+    segmentation flipped back before summing."""
     score = torch.zeros(x.shape[0], device=x.device)
     seg = torch.zeros(x.shape[:1] + x.shape[2:], device=x.device)
-    for k in range(8):
+    for k in range(1, 8):
         dims = [d for d, bit in zip((2, 3, 4), (1, 2, 4), strict=True) if k & bit]
-        xf = torch.flip(x, dims) if dims else x
         with _autocast(x.device, bf16):
-            s, g = net(xf)
+            s, g = net(torch.flip(x, dims))
         score += torch.sigmoid(s.float())
-        g = torch.sigmoid(g.float())
-        seg += torch.flip(g, [d - 1 for d in dims]) if dims else g
-    return (score / 8).cpu().numpy(), (seg / 8).cpu().numpy()
+        seg += torch.flip(torch.sigmoid(g.float()), [d - 1 for d in dims])
+    return score.cpu().numpy(), seg.cpu().numpy()
 
 
 def detector_probability(
