@@ -34,17 +34,12 @@ def scores(
     import lungtumor.nodule_train as nt
 
     cpu = torch.device("cpu")
-    one = []
-    with torch.no_grad():
-        for i in range(0, len(hu), 256):
-            with nt._autocast(cpu, True):
-                one.append(torch.sigmoid(net(nt._cubes_in(hu[i : i + 256], cpu))[0].float()).numpy())
-        one = np.concatenate(one) if one else np.zeros(0, np.float32)
-        flip = one.copy()
-        sel = np.flatnonzero(one >= flip_from)
-        for i in range(0, len(sel), 256):
-            j = sel[i : i + 256]
-            flip[j] = (one[j] + nt._flip_sum(net, nt._cubes_in(hu[j], cpu), True)[0]) / 8
+    one = torch.sigmoid(torch.from_numpy(nt.cube_logits(net, hu, cpu, True))).numpy()
+    flip = one.copy()
+    sel = np.flatnonzero(one >= flip_from)
+    for i in range(0, len(sel), 256):
+        j = sel[i : i + 256]
+        flip[j] = (one[j] + nt._flip_sum(net, nt._cubes_in(hu[j], cpu), True)[0]) / 8
     return one, flip
 
 

@@ -286,13 +286,27 @@ def _mine(
     """Indices of the hardest quarter of ``cfg.mine_pool`` random negatives (highest scores)."""
     pool = rng.choice(neg, min(len(neg), cfg.mine_pool), replace=False)
     net.eval()
-    scores = []
-    for i in range(0, len(pool), 256):
-        x = _cubes_in(patches.hu[pool[i : i + 256]], dev)
-        with _autocast(dev, bf16):
-            scores.append(net(x)[0].float().cpu())
-    order = np.argsort(-torch.cat(scores).numpy(), kind="stable")
+    order = np.argsort(-cube_logits(net, patches.hu, dev, bf16, pool), kind="stable")
     return pool[order[: max(1, len(pool) // 4)]]
+
+
+@torch.no_grad()
+def cube_logits(
+    net: NodulePatchNet,
+    hu: np.ndarray,
+    dev: torch.device,
+    bf16: bool,
+    index: np.ndarray | None = None,
+    batch: int = 256,
+) -> np.ndarray:
+    """Score logits (N,) float32 of the HU cubes ``hu[index]`` (all when None; (N, P, P, P)), ``batch`` at a
+    time, so that only one batch of cubes is copied at once."""
+    index = np.arange(len(hu)) if index is None else np.asarray(index)
+    out = [np.zeros(0, np.float32)]
+    for i in range(0, len(index), batch):
+        with _autocast(dev, bf16):
+            out.append(net(_cubes_in(hu[index[i : i + batch]], dev))[0].float().cpu().numpy())
+    return np.concatenate(out)
 
 
 @torch.no_grad()
