@@ -162,12 +162,20 @@ def test_lungs_only_predicts_the_lungs_slices_and_nothing_else(demo_run, tmp_pat
     write_volume(vol, tmp_path / "ct.nii.gz")
     t = float(np.quantile(full[lo:hi][full[lo:hi] > 0], 0.3))
     assert load_config(None, "demo").infer.lung_gate
-    for gate, name in ((["--lung-gate"], "on"), (["--no-postprocess"], "off")):
+    runs = (
+        ([], "default"),
+        (["--lung-gate"], "on"),
+        (["--no-postprocess"], "off"),
+        (["--no-lung-gate"], "nogate"),
+    )
+    for gate, name in runs:
         args = ["predict", str(tmp_path / "ct.nii.gz"), "--model", str(out / "run"), "--threshold", str(t)]
         assert main([*args, *gate, "--out", str(tmp_path / name), "-q"]) == 0
     on = read_mask(tmp_path / "on" / "ct_tumour.nii.gz").array
     off = read_mask(tmp_path / "off" / "ct_tumour.nii.gz").array
     assert on[lo:].any() and not on[:lo].any() and off[:lo].any()
+    np.testing.assert_array_equal(read_mask(tmp_path / "default" / "ct_tumour.nii.gz").array, on)
+    assert read_mask(tmp_path / "nogate" / "ct_tumour.nii.gz").array[:lo].any()  # the gate alone turned off
 
 
 def _splitting_threshold(run, ct) -> float:
@@ -241,3 +249,29 @@ def test_predict_tta_flag_averages_the_mirrored_prediction(demo_run, tmp_path):
     kw = {"device": torch.device("cpu"), "batch_size": 4, "precision": prec}
     ref, _ = predict_volume(loaded, read_volume(ct), threshold=0.5, tta=True, **kw)
     assert np.allclose(on, ref, atol=1e-3)
+
+
+def test_predict_says_what_a_folder_holds_that_it_does_not_predict(demo_run, tmp_path, capsys):
+    """A batch over a folder skips nothing silently: other files, sub-folders without a DICOM series, a
+    stray DICOM file beside the CTs and predict's own outputs are named on stderr; the CTs are predicted."""
+    import shutil
+
+    out, _ = demo_run
+    ct = sorted((out / "data" / "imagesTs").glob("*.nii.gz"))[0]
+    inp = tmp_path / "in"
+    (inp / "nested").mkdir(parents=True)
+    shutil.copy(ct, inp / "a.nii.gz")
+    shutil.copy(ct, inp / "nested" / "b.nii.gz")
+    (inp / "notes.txt").write_text("x")
+    (inp / "stray.dcm").write_bytes(b"\0" * 200)
+    (inp / ".hidden").write_text("x")
+    shutil.copy(ct, inp / "old_tumour.nii.gz")
+    rc = main(["predict", str(inp), "--model", str(out / "run"), "--out", str(tmp_path / "o"), "-q"])
+    cap = capsys.readouterr()
+    assert rc == 0 and (tmp_path / "o" / "a_tumour.nii.gz").exists()
+    assert len(list((tmp_path / "o").glob("*_tumour.nii.gz"))) == 1
+    notes = cap.err.strip().splitlines()
+    assert len(notes) == 4 and all(n.startswith("note: skipped ") for n in notes), notes
+    for name, why in (("nested", "sub-folders are not searched"), ("notes.txt", "not a CT image"),
+                      ("stray.dcm", "DICOM file beside other CT images"), ("old_tumour.nii.gz", "lungtumor output")):  # fmt: skip
+        assert any(name in n and why in n for n in notes), (name, notes)

@@ -191,3 +191,51 @@ def test_real_label_volume(realdata):
     big = les[0]
     assert big.long_axis_mm >= big.short_axis_mm > 0
     assert big.diameter_3d_mm >= big.long_axis_mm
+
+
+@pytest.mark.parametrize("r_mm", [3.0, 7.7, 14.0, 20.3])
+def test_short_axis_never_exceeds_long_axis_on_pixel_centred_discs(r_mm):
+    # a disc centred on a pixel centre: its perpendicular run is n pixels, its centre Feret n - 1 (+ half)
+    sp = (0.7, 0.7, 1.25)
+    n = int(2 * r_mm / sp[0]) + 7
+    y, x = np.indices((n, n), dtype=float) - (n - 1) / 2
+    disc = ((x * sp[0]) ** 2 + (y * sp[1]) ** 2 <= r_mm**2).astype(np.uint8)
+    m = np.stack([np.zeros_like(disc), disc, disc, np.zeros_like(disc)])
+    (s,) = measure_lesions(Volume(m, spacing=sp))
+    assert s.short_axis_mm <= s.long_axis_mm
+    assert s.long_axis_mm == pytest.approx(2 * r_mm, abs=sp[0])
+    assert s.short_axis_mm == pytest.approx(2 * r_mm, abs=sp[0])
+
+
+def test_cli_measures_folders_and_goes_on_past_a_bad_mask(tmp_path, capsys):
+    m = ellipsoid((6.0, 6.0, 6.0), shape=(12, 30, 30))
+    pred = tmp_path / "pred"  # a predict output folder: its *_tumour masks, not its probability maps
+    pred.mkdir()
+    write_volume(Volume(m, spacing=SPACING), pred / "a_tumour.nii.gz")
+    write_volume(Volume(m.astype(np.float32) * 0.7, spacing=SPACING), pred / "a_prob.nii.gz")
+    (pred / "a_lesions.json").write_text("{}")
+    labels = tmp_path / "labels"  # a folder of labels: every image in it
+    labels.mkdir()
+    write_volume(Volume(m, spacing=SPACING), labels / "b.nii.gz")
+    bad = write_volume(Volume(np.full((3, 4, 4), 3, np.uint8)), tmp_path / "bad.nii.gz")
+    out = tmp_path / "out"
+    assert main(["measure", str(pred), str(bad), str(labels), "--out", str(out)]) == 2
+    cap = capsys.readouterr()
+    assert "a_tumour: 1 lesion(s)" in cap.out and "b: 1 lesion(s)" in cap.out
+    assert (out / "a_tumour_lesions.json").exists() and (out / "b_lesions.json").exists()
+    assert not (out / "a_prob_lesions.json").exists()
+    errs = cap.err.strip().splitlines()
+    assert errs[0].startswith("error:") and "bad.nii.gz" in errs[0]
+    assert errs[-1] == "error: 1 of 3 masks failed; the other 2 were measured"
+
+
+def test_cli_bad_masks_alone_leave_no_output_folder(tmp_path, capsys):
+    bad = write_volume(Volume(np.full((3, 4, 4), 3, np.uint8)), tmp_path / "bad.nii.gz")
+    assert main(["measure", str(bad), str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "o")]) == 2
+    errs = capsys.readouterr().err.strip().splitlines()
+    assert len(errs) == 2 and "bad.nii.gz" in errs[0] and "missing.nii.gz" in errs[1]
+    assert not (tmp_path / "o").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["measure", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "folder holds no mask files" in capsys.readouterr().err

@@ -147,6 +147,7 @@ def test_evaluate_cli_writes_csv_and_json(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "evaluated 3 cases" in out and "c3" in out and "extra" in out
+    assert "warning: 1 case(s) without prediction, scored as empty: c3" in out and "error" not in out
     rows = {r["case"]: r for r in csv.DictReader((tmp_path / "ev" / "evaluation_cases.csv").open())}
     assert set(rows) == {"c1", "c2", "c3", "extra"}
     assert float(rows["c1"]["dice"]) == 1.0
@@ -185,3 +186,15 @@ def test_evaluate_empty_folder_is_input_error(tmp_path):
     _write(tmp_path / "g", "c1.nii.gz", _two_lesions())
     with pytest.raises(InputError, match="no image files"):
         evaluate_dirs(tmp_path / "p", tmp_path / "g", tmp_path / "o")
+
+
+def test_evaluate_with_no_matching_names_is_input_error(tmp_path, capsys):
+    _write(tmp_path / "gt", "c1.nii.gz", _two_lesions())
+    _write(tmp_path / "pred", "other_tumour.nii.gz", _two_lesions())
+    rc = main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "no prediction matches a ground-truth case" in err and "c1" in err and "other" in err
+    assert not (tmp_path / "ev").exists()
+    rc = main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt" / "c1.nii.gz")])
+    assert rc == 2 and "ground-truth path is a file, not a folder" in capsys.readouterr().err

@@ -248,7 +248,13 @@ def _add_predict(sub) -> None:
         "(one-slice false positives; 0 = off; default from the checkpoint)",
     )
     p.add_argument("--no-postprocess", action="store_true", help="keep every component")
-    p.add_argument("--lung-gate", action="store_true", help="keep only lesions inside or touching the lungs")
+    p.add_argument(
+        "--lung-gate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep only lesions inside or touching the lungs (a lung mask from HU); default from the checkpoint "
+        "(on in the demo preset)",
+    )
     p.add_argument("--save-prob", action="store_true", help="also write the tumour probability map")
     p.add_argument("--report", action="store_true", help="also write the HTML report for each case")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -269,15 +275,35 @@ def _add_predict(sub) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
+def _print_skipped(skipped: list[tuple[Path, str]]) -> None:
+    """One ``note:`` line per skipped folder entry; many of one kind in one folder share a line."""
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    for path, why in skipped:
+        groups.setdefault((path.parent, why), []).append(path)
+    for (parent, why), items in groups.items():
+        if len(items) <= 3:
+            for path in items:
+                print(f"note: skipped {path}: {why}", file=sys.stderr)
+        else:
+            print(
+                f"note: skipped {len(items)} entries of {parent} ({items[0].name}, ...): {why}",
+                file=sys.stderr,
+            )
+
+
 def _cmd_predict(args) -> int:
-    from lungtumor.inference import PredictOptions, predict_paths
+    from lungtumor.inference import PredictOptions, collect_inputs, predict_paths
+
+    skipped: list[tuple[Path, str]] = []
+    collect_inputs(args.inputs, skipped)  # the same walk predict_paths makes: say what it leaves out, first
+    _print_skipped(skipped)
 
     opts = PredictOptions(
         threshold=args.threshold,
         min_lesion_mm3=args.min_lesion_mm3,
         min_z_extent_ratio=args.min_z_extent_ratio,
         postprocess=not args.no_postprocess,
-        lung_gate=args.lung_gate or None,
+        lung_gate=args.lung_gate,
         save_prob=args.save_prob,
         report=args.report,
         device=args.device,
@@ -312,7 +338,12 @@ def _add_measure(sub) -> None:
         description="Writes <case>_lesions.json and <case>_lesions.csv. The size category follows AJCC 8th edition T "
         "thresholds by greatest dimension; it is a size category only, not a stage.",
     )
-    p.add_argument("masks", nargs="+", type=Path, help="mask files")
+    p.add_argument(
+        "masks",
+        nargs="+",
+        type=Path,
+        help="mask files, or folders of them (a predict output folder: its *_tumour masks)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=_cmd_measure)
 
@@ -320,9 +351,19 @@ def _add_measure(sub) -> None:
 def _cmd_measure(args) -> int:
     from lungtumor.measure import measure_files
 
-    for line in measure_files(args.masks, args.out):
+    errors: list[str] = []
+    n = 0
+    for line in measure_files(args.masks, args.out, errors):
         print(line)
-    return 0
+        n += 1
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    if errors and n:
+        print(
+            f"error: {len(errors)} of {len(errors) + n} masks failed; the other {n} were measured",
+            file=sys.stderr,
+        )
+    return 2 if errors else 0
 
 
 # ----------------------------------------------------------------------------- evaluate

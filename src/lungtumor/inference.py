@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -81,31 +82,44 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _is_dicom_file(f: Path) -> bool:
+    """A ``.dcm`` file, or one with the DICOM preamble's ``DICM`` marker."""
+    if f.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(f, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
 def _looks_like_dicom_dir(p: Path) -> bool:
-    for f in p.iterdir():
-        if f.is_file():
-            if f.suffix.lower() == ".dcm":
-                return True
-            try:
-                with open(f, "rb") as fh:
-                    head = fh.read(132)
-                if head[128:132] == b"DICM":
-                    return True
-            except OSError:
-                continue
-    return False
+    """A folder holding DICOM files and no image file of another format (then it is one series)."""
+    files = [f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")]
+    return not any(is_image_path(f) for f in files) and any(_is_dicom_file(f) for f in files)
 
 
-def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[tuple[str, Path]]:
+#: What ``predict`` writes beside a mask; a folder of inputs that holds them (a rerun into the input folder)
+#: does not take them for CTs.
+OUTPUT_SUFFIXES = ("_tumour", "_prob")
+
+
+def collect_inputs(
+    paths: Iterable[str | os.PathLike], skipped: list[tuple[Path, str]] | None = None
+) -> list[tuple[str, Path]]:
     """Expand CLI inputs into (case name, path) pairs.
 
-    A file with an image suffix is one case; a folder holding DICOM files is one case (the series);
-    any other folder contributes each image file and each DICOM sub-folder in it (sorted).
+    A file is one case; a folder holding DICOM files and no other image file is one case (the series); any
+    other folder contributes each image file and each DICOM sub-folder in it (sorted). What such a folder
+    holds and is not taken (other files, sub-folders without a DICOM series, DICOM files beside other images,
+    ``predict``'s own ``*_tumour``/``*_prob`` outputs) is appended to ``skipped`` as (path, reason), so that
+    the caller can say so; hidden files are passed over.
 
     Raises:
         InputError: an input does not exist, a folder holds nothing readable, or two inputs share a case name.
     """
     out: list[tuple[str, Path]] = []
+    skip = skipped if skipped is not None else []
     for raw in paths:
         p = Path(raw)
         if not p.exists():
@@ -120,9 +134,21 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[tuple[str, Path]]
                 if child.name.startswith("."):
                     continue
                 if child.is_file() and is_image_path(child):
-                    found.append((case_name(child), child))
-                elif child.is_dir() and _looks_like_dicom_dir(child):
-                    found.append((child.name, child))
+                    if case_name(child).endswith(OUTPUT_SUFFIXES):
+                        skip.append((child, "a lungtumor output (*_tumour / *_prob), not a CT"))
+                    else:
+                        found.append((case_name(child), child))
+                elif child.is_dir():
+                    if _looks_like_dicom_dir(child):
+                        found.append((child.name, child))
+                    else:
+                        skip.append((child, "a folder without a DICOM series (sub-folders are not searched)"))
+                elif _is_dicom_file(child):
+                    skip.append(
+                        (child, "a DICOM file beside other CT images (give a series a folder of its own)")
+                    )
+                else:
+                    skip.append((child, f"not a CT image ({', '.join(IMAGE_SUFFIXES)}) or DICOM series"))
             if not found:
                 raise InputError(
                     p, f"folder holds no CT images ({', '.join(IMAGE_SUFFIXES)}) or DICOM series"
@@ -358,11 +384,15 @@ def predict_paths(
     if not 0 < threshold < 1:
         raise InputError("--threshold", f"{threshold} is not a probability in (0, 1)")
     min_mm3 = opts.min_lesion_mm3 if opts.min_lesion_mm3 is not None else icfg.min_lesion_mm3
-    if min_mm3 < 0:
-        raise InputError("--min-lesion-mm3", "must be >= 0")
+    if not (math.isfinite(min_mm3) and min_mm3 >= 0):
+        raise InputError("--min-lesion-mm3", f"must be a finite number >= 0, got {min_mm3}")
     z_ratio = opts.min_z_extent_ratio if opts.min_z_extent_ratio is not None else icfg.min_z_extent_ratio
-    if z_ratio < 0:
-        raise InputError("--min-z-extent-ratio", "must be >= 0 (0 = off)")
+    if not (math.isfinite(z_ratio) and z_ratio >= 0):
+        raise InputError("--min-z-extent-ratio", f"must be a finite number >= 0 (0 = off), got {z_ratio}")
+    if opts.threads is not None and opts.threads < 1:
+        raise InputError("--threads", f"must be at least 1, got {opts.threads}")
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise InputError("--batch-size", f"must be at least 1, got {opts.batch_size}")
     lung_gate = opts.lung_gate if opts.lung_gate is not None else icfg.lung_gate
     batch = opts.batch_size or icfg.batch_size
     tta = (

@@ -10,7 +10,8 @@ large discs, 1 px for elongated ellipses) and the Feret diameter of the voxel *c
 smallest voxel edge** (half an in-plane pixel), which stays within about half a pixel of the analytic value for
 round and elongated shapes. The short axis is the longest straight line perpendicular to the long axis
 (RECIST), on the same slice, that stays inside the lesion's pixels (a line crossing n pixels measures n pixels,
-which is unbiased for 1D sampling). "Axial" means the array's z planes. Known limit: a lesion whose
+which is unbiased for 1D sampling), and at most the long axis (the two estimators differ by up to half a
+pixel on a disc centred on a pixel). "Axial" means the array's z planes. Known limit: a lesion whose
 greatest dimension runs along z is under-read by up to about one slice thickness, since its ends fall
 between slices.
 """
@@ -30,9 +31,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
-from lungtumor.errors import atomic_write_text, ensure_writable_dir
+from lungtumor.errors import InputError, atomic_write_text, ensure_writable_dir
 from lungtumor.postprocess import component_sizes, label_components_in_box
-from lungtumor.volume import Volume, case_name, read_mask
+from lungtumor.volume import IMAGE_SUFFIXES, Volume, case_name, is_image_path, read_mask
 
 #: Size categories by greatest dimension (mm), AJCC 8th edition lung T thresholds (upper bounds, inclusive).
 AJCC8_T_SIZE_MM: tuple[tuple[float, str], ...] = (
@@ -176,7 +177,10 @@ def _axial_diameters(comp: np.ndarray, spacing_xyz: np.ndarray, z0: int) -> tupl
         pts = np.argwhere(edge) * sp_yx
         long_mm, u = _feret(pts, sp_yx)
         if long_mm > best[0]:
-            short_mm = _longest_perpendicular_chord(sl, sp_yx, u)
+            # the two estimators differ by up to half a pixel (a disc centred on a pixel centre reads its
+            # perpendicular run n pixels long, its long axis n - 1 pixels + half): RECIST's short axis never
+            # exceeds the long one
+            short_mm = min(_longest_perpendicular_chord(sl, sp_yx, u), long_mm)
             best = (long_mm, short_mm, z0 + k)
     return best
 
@@ -306,15 +310,52 @@ def summary_line(case: str, lesions: Sequence[Lesion]) -> str:
     )
 
 
-def measure_files(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Iterator[str]:
-    """Measure each mask file and write its JSON and CSV into ``out_dir``; yields one printable line per file.
+def collect_masks(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The mask files to measure: a file as given; a folder gives its ``*_tumour`` masks when it has any (a
+    ``predict`` output folder, whose ``*_prob`` maps are not masks), otherwise every image file in it (a
+    folder of labels), sorted. A folder without either is an error.
 
     Raises:
-        InputError: a mask is missing, unreadable or not binary; the output folder is not writable.
+        InputError: a folder holds no mask files.
     """
-    ensure_writable_dir(out_dir)
-    for p in paths:
-        vol = read_mask(p)
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.is_dir():
+            out.append(p)  # a missing or unreadable file is that mask's own error
+            continue
+        files = sorted(
+            f for f in p.iterdir() if f.is_file() and is_image_path(f) and not f.name.startswith(".")
+        )
+        masks = [f for f in files if case_name(f).endswith("_tumour")]
+        chosen = masks or [f for f in files if not case_name(f).endswith("_prob")]
+        if not chosen:
+            raise InputError(p, f"folder holds no mask files ({', '.join(IMAGE_SUFFIXES)})")
+        out.extend(chosen)
+    return out
+
+
+def measure_files(
+    paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, errors: list[str] | None = None
+) -> Iterator[str]:
+    """Measure each mask file (folders as :func:`collect_masks` expands them) and write its JSON and CSV into
+    ``out_dir``; yields one printable line per mask.
+
+    ``errors``: a mask that cannot be measured (missing, unreadable, not binary) appends its one-line
+    message here and the others go on; None: its :class:`InputError` is raised.
+
+    Raises:
+        InputError: (besides the above) the output folder is not writable, or a folder holds no masks.
+    """
+    for p in collect_masks(paths):
+        try:
+            vol = read_mask(p)
+        except InputError as e:
+            if errors is None:
+                raise
+            errors.append(str(e))
+            continue
+        ensure_writable_dir(out_dir)  # made once a mask is read: bad masks alone leave no folder behind
         case = case_name(p)
         lesions = measure_lesions(vol)
         json_path, _ = write_lesions(lesions, case, out_dir)

@@ -359,6 +359,8 @@ class EvaluationSummary:
 
 def _index(folder: Path, what: str, strip_suffix: bool) -> dict[str, Path]:
     if not folder.is_dir():
+        if folder.exists():
+            raise InputError(folder, f"{what} path is a file, not a folder")
         raise InputError(folder, f"{what} folder does not exist")
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
@@ -391,8 +393,9 @@ def evaluate_dirs(
     ``<case>.<ext>`` (.nii.gz, .nii, .nrrd, .mha, ...); ``<case>_prob.<ext>`` probability maps are skipped.
 
     Raises:
-        InputError: a folder is missing or empty, a mask unreadable or not binary, a prediction not on its
-            ground truth's grid, bad options, or an unwritable output folder.
+        InputError: a folder is missing or empty, no prediction matches a ground-truth case, a mask
+            unreadable or not binary, a prediction not on its ground truth's grid, bad options, or an
+            unwritable output folder.
     """
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise InputError("--tolerance-mm", f"must be a finite number >= 0, got {tolerance_mm}")
@@ -400,6 +403,13 @@ def evaluate_dirs(
         raise InputError("--lesion-overlap", f"must be in (0, 1], got {lesion_overlap}")
     gts = _index(Path(gt_dir), "ground-truth", strip_suffix=False)
     preds = _index(Path(pred_dir), "prediction", strip_suffix=True)
+    if not set(gts) & set(preds):  # surely the wrong folder: every case would score as an empty prediction
+        raise InputError(
+            pred_dir,
+            f"no prediction matches a ground-truth case by name (ground truth: {', '.join(list(gts)[:3])}"
+            f"{', ...' if len(gts) > 3 else ''}; predictions: {', '.join(list(preds)[:3])}"
+            f"{', ...' if len(preds) > 3 else ''})",
+        )
     out = ensure_writable_dir(out_dir)
     acc = SegmentationMetrics(tolerance_mm=tolerance_mm, lesion_overlap=lesion_overlap)
     for name, gt_path in gts.items():
@@ -483,7 +493,7 @@ def format_summary(summary: EvaluationSummary) -> str:
         lines.append("found by size  " + ", ".join(bins) + " (volume-equivalent diameter)")
     if a["missing_prediction"]:
         lines.append(
-            f"error: {len(a['missing_prediction'])} case(s) without prediction, scored as empty: "
+            f"warning: {len(a['missing_prediction'])} case(s) without prediction, scored as empty: "
             + ", ".join(a["missing_prediction"])
         )
     if a["no_ground_truth"]:

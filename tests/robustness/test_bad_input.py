@@ -540,6 +540,20 @@ def unknown_device(fx: Fx) -> Bad:
     return Bad(argv, ("--device", "unknown device 'tpu'; use auto, cpu or cuda"), [out])
 
 
+def threads_below_one(fx: Fx) -> Bad:
+    ct = _ct(fx.tmp / "ct.nii.gz")
+    out = fx.tmp / "out"
+    argv = ["predict", ct, "--model", fx.tiny_run, "--out", out, "--threads", "0", "-q"]
+    return Bad(argv, ("--threads", "must be at least 1, got 0"), [out])
+
+
+def min_lesion_nan(fx: Fx) -> Bad:
+    ct = _ct(fx.tmp / "ct.nii.gz")
+    out = fx.tmp / "out"
+    argv = ["predict", ct, "--model", fx.tiny_run, "--out", out, "--min-lesion-mm3", "nan", "-q"]
+    return Bad(argv, ("--min-lesion-mm3", "must be a finite number >= 0, got nan"), [out])
+
+
 def synth_bad_matrix(fx: Fx) -> Bad:
     out = fx.tmp / "synth"
     return Bad(["synth", out, "--matrix", "10", "-q"], ("--matrix", "between 48 and 1024"), [out])
@@ -553,6 +567,22 @@ def evaluate_missing_dir(fx: Fx) -> Bad:
     gt.mkdir()
     _ct(gt / "c0.nii.gz", np.zeros(SHAPE, np.uint8))
     return Bad(["evaluate", fx.tmp / "preds", gt, "-q"], ("preds",))
+
+
+def evaluate_no_matching_case(fx: Fx) -> Bad:
+    gt, preds, out = fx.tmp / "gt", fx.tmp / "preds", fx.tmp / "ev"
+    gt.mkdir()
+    preds.mkdir()
+    _ct(gt / "c0.nii.gz", np.zeros(SHAPE, np.uint8))
+    _ct(preds / "other_tumour.nii.gz", np.zeros(SHAPE, np.uint8))
+    return Bad(["evaluate", preds, gt, "--out", out, "-q"], ("preds", "no prediction matches"), [out])
+
+
+def measure_folder_without_masks(fx: Fx) -> Bad:
+    masks, out = fx.tmp / "masks", fx.tmp / "m"
+    masks.mkdir()
+    (masks / "notes.txt").write_text("not a mask")
+    return Bad(["measure", masks, "--out", out], ("masks", "folder holds no mask files"), [out])
 
 
 def report_mask_off_grid(fx: Fx) -> Bad:
@@ -650,8 +680,12 @@ KINDS: dict[str, tuple[str, Callable[[Fx], Bad]]] = {
     "missing required option": ("predict", option_missing),
     "--threshold out of range": ("predict", threshold_out_of_range),
     "unknown --device": ("predict", unknown_device),
+    "--threads below 1": ("predict", threads_below_one),
+    "--min-lesion-mm3 not a number": ("predict", min_lesion_nan),
     "synth --matrix out of range": ("synth", synth_bad_matrix),
     "evaluate: prediction folder missing": ("evaluate", evaluate_missing_dir),
+    "evaluate: no prediction matches a case by name": ("evaluate", evaluate_no_matching_case),
+    "measure: folder without masks": ("measure", measure_folder_without_masks),
     "report: mask not on the CT grid": ("report", report_mask_off_grid),
     "demo: output under a regular file": ("demo", demo_out_under_a_file),
     "train: folder that is not a cache": ("train", train_not_a_cache),
