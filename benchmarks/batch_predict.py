@@ -62,8 +62,8 @@ def tiny_model(work: Path) -> Path:
 
 
 def write_phantoms(folder: Path, n: int, matrix: int, slices: int) -> list[Path]:
-    from lungtumor.phantom import make_case
-    from lungtumor.volume import write_volume
+    from lungtumor.data.phantom import make_case
+    from lungtumor.imaging.io import write_volume
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -5,7 +5,7 @@ Usage: python benchmarks/compare_3d_2d.py DATASET OUT [--quick] [--epochs2d N] [
 
 DATASET is a `lungtumor synth` folder (imagesTs/labelsTs are the held-out phantoms). Each recipe is prepared,
 trained (its own cache and run folder under OUT), then every held-out phantom is predicted on its original grid
-and scored with lungtumor.metrics (raw mask at threshold 0.5, and after removing components < 20 mm3).
+and scored with lungtumor.evaluation.metrics (raw mask at threshold 0.5, and after removing components < 20 mm3).
 Prints one JSON line per recipe.
 """
 
@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungtumor.config import preset
-from lungtumor.infer3d import load_any, predict_any
-from lungtumor.metrics import evaluate_case
-from lungtumor.postprocess import remove_small_components
-from lungtumor.volume import read_mask, read_volume
+from lungtumor.core.config import preset
+from lungtumor.evaluation.metrics import evaluate_case
+from lungtumor.imaging.io import read_mask, read_volume
+from lungtumor.inference.checkpoint import load_any
+from lungtumor.inference.predictor import predict_any
+from lungtumor.postprocessing.filters import remove_small_components
 
 
 def score(run: Path, data: Path) -> dict:
@@ -57,8 +58,8 @@ def main() -> None:
     ap.add_argument("--only", default="")
     a = ap.parse_args()
     if a.only != "3d":
-        from lungtumor.prepare import prepare_dataset
-        from lungtumor.training import train
+        from lungtumor.preprocessing.prepare import prepare_dataset
+        from lungtumor.training.seg2d import train
 
         c = preset("default")
         if a.epochs2d:
@@ -77,8 +78,8 @@ def main() -> None:
         res.update(score(a.out / "run2d", a.dataset), total_s=time.perf_counter() - t0)
         print(json.dumps(res), flush=True)
     if a.only != "2d":
-        from lungtumor.prepare3d import prepare_dataset_3d
-        from lungtumor.train3d import train3d
+        from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
+        from lungtumor.training.seg3d import train3d
 
         c = preset("3d")
         if a.epochs3d:

@@ -31,22 +31,22 @@ def scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(one-pass, flip-averaged) scores (N,) of HU cubes (N, P, P, P); only cubes >= ``flip_from`` are
     flipped (the others cannot reach the smallest threshold and keep their one-pass score)."""
-    import lungtumor.nodule_train as nt
+    import lungtumor.inference.detector as det
 
     cpu = torch.device("cpu")
-    one = torch.sigmoid(torch.from_numpy(nt.cube_logits(net, hu, cpu, True))).numpy()
+    one = torch.sigmoid(torch.from_numpy(det.cube_logits(net, hu, cpu, True))).numpy()
     flip = one.copy()
     sel = np.flatnonzero(one >= flip_from)
     for i in range(0, len(sel), 256):
         j = sel[i : i + 256]
-        flip[j] = (one[j] + nt._flip_sum(net, nt._cubes_in(hu[j], cpu), True)[0]) / 8
+        flip[j] = (one[j] + det._flip_sum(net, det._cubes_in(hu[j], cpu), True)[0]) / 8
     return one, flip
 
 
 def main() -> int:
-    import lungtumor.nodule_train as nt
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.data import PreparedCache
+    import lungtumor.training.detector as nt
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.preprocessing.cache import PreparedCache
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, required=True, help="the prepared cache the runs trained on")

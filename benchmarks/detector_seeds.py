@@ -4,10 +4,10 @@
     python benchmarks/preset_sweep.py NAME --cache CACHE --test DIR ... --out SWEEP --score-only --model OUT
 
 Copies RUN's config.yaml and checkpoints/best.ckpt to OUT, cuts the detector's training cubes from the cached
-cases as ``lungtumor train`` does (``nodule_train.cache_patches``), trains the detector with ``seed`` and
+cases as ``lungtumor train`` does (``training.detector.cache_patches``), trains the detector with ``seed`` and
 stores it in OUT's checkpoint; the 2D model stays as it is. With RUN's own seed this reproduces its detector bit
 for bit (checked in session 11). ``--resample-edge nearest`` cuts the cubes from frames resampled with the
-edges extended (the last-plane quirk of ``nodules.resample`` fixed) to compare that change over seeds. About
+edges extended (the last-plane quirk of ``imaging.resample.resample`` fixed) to compare that change over seeds. About
 2 minutes a seed on 2 CPU cores (the demo's 35 cases). BENCHMARKS.md "Session 11: the resample edge".
 """
 
@@ -26,10 +26,11 @@ sys.path.insert(0, str(ROOT / "src"))
 def main() -> int:
     import torch
 
-    import lungtumor.nodule_train as nt
-    import lungtumor.nodules as nodules
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.data import PreparedCache
+    import lungtumor.imaging.resample as resampling
+    import lungtumor.inference.detector as det
+    import lungtumor.training.detector as nt
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.preprocessing.cache import PreparedCache
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -43,7 +44,7 @@ def main() -> int:
     a = ap.parse_args()
 
     if a.resample_edge == "nearest":  # the forked workers that cut the cubes inherit it
-        nt.resample = functools.partial(nodules.resample, mode="nearest")
+        det.resample = functools.partial(resampling.resample, mode="nearest")
     torch.set_num_threads(a.threads)
     (a.out / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copy(a.run / "config.yaml", a.out / "config.yaml")

@@ -50,12 +50,12 @@ def main() -> int:
 
     import torch
 
+    import lungtumor.evaluation.measure as meas
     import lungtumor.inference as inf
-    import lungtumor.measure as meas
-    import lungtumor.nodule_train as nodule_train
-    import lungtumor.prepgeom as prep
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.volume import read_volume
+    import lungtumor.preprocessing.frame as prep
+    import lungtumor.training.detector as nodule_train
+    from lungtumor.imaging.io import read_volume
+    from lungtumor.inference.checkpoint import load_checkpoint
 
     tmp = Path(tempfile.mkdtemp(prefix="lt-predict-memory-"))
     atexit.register(shutil.rmtree, tmp, True)  # the 512x512x300 CT and outputs: about 190 MB

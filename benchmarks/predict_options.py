@@ -94,7 +94,7 @@ def ort_probabilities(sess, x, context_slices: int, z_range, batch_size: int):
     import numpy as np
     import torch
 
-    from lungtumor.data import stack_context
+    from lungtumor.preprocessing.cache import stack_context
 
     lo, hi = z_range
     vol = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -112,9 +112,9 @@ def time_model(mpath: Path, vol, zr: tuple[int, int], repeats: int, tmp: Path) -
     import numpy as np
     import torch
 
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.inference import predict_probabilities
-    from lungtumor.prepgeom import preprocess_inputs
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.inference.slices import predict_probabilities
+    from lungtumor.preprocessing.frame import preprocess_inputs
 
     loaded = load_checkpoint(mpath)
     cfg = loaded.config
@@ -175,8 +175,8 @@ def main() -> int:
     import torch
     from predict_speed import make_ct
 
-    from lungtumor.postprocess import lung_z_range
-    from lungtumor.volume import read_volume
+    from lungtumor.imaging.io import read_volume
+    from lungtumor.imaging.lungs import lung_z_range
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 CHILD = r"""
 import json, resource, sys, time, torch
-from lungtumor.inference import PredictOptions, predict_paths
-from lungtumor.checkpoint import load_checkpoint
+from lungtumor.workflows.predict import PredictOptions, predict_paths
+from lungtumor.inference.checkpoint import load_checkpoint
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 def rss_mb():
@@ -58,7 +58,7 @@ print(json.dumps({"seconds": dt, "baseline_mb": base, "peak_mb": peak}))
 def make_ct(path: Path, matrix: int, slices: int) -> None:
     """Write one phantom CT (int16 HU NIfTI) in a subprocess, so its generation memory is not counted."""
     code = (
-        "import sys; from lungtumor.phantom import make_case; from lungtumor.volume import write_volume; "
+        "import sys; from lungtumor.data.phantom import make_case; from lungtumor.imaging.io import write_volume; "
         f"img, _, _ = make_case(7, matrix={matrix}, slices={slices}); write_volume(img, sys.argv[1])"
     )
     subprocess.run([sys.executable, "-c", code, str(path)], check=True, env=_env())
@@ -76,7 +76,7 @@ def untrained_checkpoint(preset: str, path: Path, **overrides) -> Path:
     """An untrained checkpoint of a preset's architecture and preprocessing, in our checkpoint format."""
     import torch
 
-    from lungtumor.config import load_config, to_dict
+    from lungtumor.core.config import load_config, to_dict
     from lungtumor.models import create_model
 
     cfg = load_config(None, preset)
@@ -98,8 +98,8 @@ def untrained_checkpoint(preset: str, path: Path, **overrides) -> Path:
     if (
         cfg.nodule.enabled
     ):  # an untrained 3D nodule detector: candidates are found and scored as with a trained one
+        from lungtumor.inference.detector import CKPT_KEY
         from lungtumor.models.nodule3d import NodulePatchNet
-        from lungtumor.nodule_train import CKPT_KEY
 
         ck[CKPT_KEY] = NodulePatchNet(cfg.nodule.channels).state_dict()
     torch.save(ck, path)

@@ -2,7 +2,7 @@
 
     python benchmarks/prepare.py [--cases 10] [--matrix 256] [--slices 100] [--data DIR] [--repeat 3]
 
-Writes (or reuses, with ``--data``) a dataset of ``--cases`` labelled cases (``lungtumor.phantom.make_case``
+Writes (or reuses, with ``--data``) a dataset of ``--cases`` labelled cases (``lungtumor.data.phantom.make_case``
 when available, otherwise random CT-like volumes), reads every file once to warm the page cache, then times,
 alternating in one process, (a) ``read_volume`` of every image and label (the files prepare reads), (b) a
 full ``prepare_dataset`` into a fresh folder with its default number of processes and (c) the same with
@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungtumor.config import preset
-from lungtumor.prepare import prepare_dataset
-from lungtumor.volume import Volume, read_volume, write_volume
+from lungtumor.core.config import preset
+from lungtumor.imaging.io import read_volume, write_volume
+from lungtumor.imaging.volume import Volume
+from lungtumor.preprocessing.prepare import prepare_dataset
 
 
 def _fallback_case(i: int, matrix: int, slices: int) -> tuple[Volume, Volume]:
@@ -54,13 +55,13 @@ def make_dataset(root: Path, n: int, matrix: int, slices: int, generator: str = 
     try:
         if generator != "phantom":
             raise ImportError
-        from lungtumor.phantom import make_case
+        from lungtumor.data.phantom import make_case
 
         def gen(i: int):
             img, lab, _ = make_case(i, matrix=matrix, slices=slices)
             return img, lab
 
-        source = "lungtumor.phantom.make_case"
+        source = "lungtumor.data.phantom.make_case"
     except ImportError:
         gen = lambda i: _fallback_case(i, matrix, slices)  # noqa: E731
         source = "random CT-like volumes"
@@ -93,7 +94,7 @@ def main() -> None:
         "--generator",
         choices=("phantom", "random"),
         default="phantom",
-        help="phantom: lungtumor.phantom.make_case (if present); random: noisy CT-like volumes",
+        help="phantom: lungtumor.data.phantom.make_case (if present); random: noisy CT-like volumes",
     )
     args = ap.parse_args()
 

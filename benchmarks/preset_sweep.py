@@ -63,8 +63,8 @@ def score(
     z_ratio: float | None = None,
 ) -> dict:
     """Predict and evaluate one test folder (several runs: their averaged probabilities); the row's numbers."""
-    from lungtumor.inference import PredictOptions, predict_paths
-    from lungtumor.metrics import evaluate_dirs
+    from lungtumor.evaluation.metrics import evaluate_dirs
+    from lungtumor.workflows.predict import PredictOptions, predict_paths
 
     img, gt = (
         (test / "imagesTs", test / "labelsTs")
@@ -165,8 +165,8 @@ def main() -> None:
 def patched_checkpoint(run: Path, overrides: list[str], dest: Path) -> Path:
     """A copy of ``run``'s best checkpoint (or the .ckpt ``run``; 2D or 3D) at ``dest`` whose stored config has
     the ``KEY=VALUE`` ``overrides`` applied and validated: the same weights, other inference settings."""
-    from lungtumor.checkpoint import checkpoint_file
-    from lungtumor.config import config_from_dict, to_dict, validate
+    from lungtumor.core.config import config_from_dict, to_dict, validate
+    from lungtumor.inference.checkpoint import checkpoint_file
 
     src = checkpoint_file(run)
     ck = torch.load(src, map_location="cpu", weights_only=True)
@@ -184,7 +184,7 @@ def patched_checkpoint(run: Path, overrides: list[str], dest: Path) -> Path:
 
 def train_one(cache: Path, out: Path, preset_name: str, overrides: list[str]) -> dict:
     """Train ``preset_name`` + ``overrides`` on ``cache`` into ``out/run`` (2D or 3D trainer by model.arch)."""
-    from lungtumor.config import load_config
+    from lungtumor.core.config import load_config
 
     cfg = load_config(None, preset_name)
     for kv in overrides:
@@ -192,11 +192,11 @@ def train_one(cache: Path, out: Path, preset_name: str, overrides: list[str]) ->
         apply_override(cfg, key, value)
     t0 = time.perf_counter()
     if cfg.model.arch == "unet3d":
-        from lungtumor.train3d import train3d
+        from lungtumor.training.seg3d import train3d
 
         r = train3d(cache, out / "run", cfg, resume=False, progress=False)
     else:
-        from lungtumor.training import train
+        from lungtumor.training.seg2d import train
 
         r = train(cache, out / "run", cfg, resume=False, progress=False)
     return {"train_s": round(time.perf_counter() - t0), "val_dice": round(r.best_dice, 3),

@@ -32,9 +32,9 @@ CASES = {
 
 
 def main() -> int:
-    from lungtumor.inference import PredictOptions, predict_paths
-    from lungtumor.metrics import evaluate_case
-    from lungtumor.volume import read_mask, read_volume
+    from lungtumor.evaluation.metrics import evaluate_case
+    from lungtumor.imaging.io import read_mask, read_volume
+    from lungtumor.workflows.predict import PredictOptions, predict_paths
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True, help="phantom-trained checkpoint or run folder")

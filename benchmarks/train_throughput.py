@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from lungtumor.augment import augment_batch, augment_numpy  # noqa: E402
-from lungtumor.config import AugmentConfig, ModelConfig  # noqa: E402
-from lungtumor.losses import bce_loss, dice_bce_loss  # noqa: E402
+from lungtumor.core.config import AugmentConfig, ModelConfig  # noqa: E402
 from lungtumor.models import create_model  # noqa: E402
+from lungtumor.training.augment import augment_batch, augment_numpy  # noqa: E402
+from lungtumor.training.losses import bce_loss, dice_bce_loss  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -26,16 +26,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from lungtumor.augment import augment_crop_batch
-from lungtumor.config import AugmentConfig, ModelConfig, PrepConfig, from_dict
-from lungtumor.data import PreparedCache
-from lungtumor.inference import postprocess_mask
-from lungtumor.losses import dice_bce_loss
-from lungtumor.metrics import evaluate_dirs, format_summary
+from lungtumor.core.config import AugmentConfig, ModelConfig, PrepConfig, from_dict
+from lungtumor.evaluation.metrics import evaluate_dirs, format_summary
+from lungtumor.imaging.io import read_volume, write_volume
+from lungtumor.imaging.volume import Volume
 from lungtumor.models import create_model
-from lungtumor.prepgeom import preprocess_volume, restore_geometry
-from lungtumor.trainer_setup import warmup_cosine
-from lungtumor.volume import Volume, read_volume, write_volume
+from lungtumor.postprocessing.filters import postprocess_mask
+from lungtumor.preprocessing.cache import PreparedCache
+from lungtumor.preprocessing.frame import preprocess_volume, restore_geometry
+from lungtumor.training.augment import augment_crop_batch
+from lungtumor.training.losses import dice_bce_loss
+from lungtumor.training.trainer import warmup_cosine
 
 ISO = 2.0
 CUBE = 192

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lungtumor.volume import Volume, write_volume
+from lungtumor.imaging.io import write_volume
+from lungtumor.imaging.volume import Volume
 
 SHAPE = (6, 16, 18)  # (z, y, x)
 GEOM = {"spacing": (0.8, 0.8, 2.5), "origin": (-10.0, 5.0, 100.0)}

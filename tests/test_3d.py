@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from lungtumor.config import ModelConfig, load_config, preset
-from lungtumor.data3d import augment_batch_3d, plan_patch, plan_pools
-from lungtumor.infer3d import gaussian_importance, sliding_window_probs
+from lungtumor.core.config import ModelConfig, load_config, preset
+from lungtumor.imaging.volume import Volume
+from lungtumor.inference.sliding_window import gaussian_importance, sliding_window_probs
 from lungtumor.models import create_model
 from lungtumor.models.unet3d import UNet3D, divisor, make_pools
-from lungtumor.prepare3d import ct_stats, resampled_shape
-from lungtumor.train3d import deep_supervision_loss, ds_weights
-from lungtumor.volume import Volume
+from lungtumor.preprocessing.prepare3d import ct_stats, resampled_shape
+from lungtumor.training.patches import augment_batch_3d, plan_patch, plan_pools
+from lungtumor.training.seg3d import deep_supervision_loss, ds_weights
 
 
 def test_unet3d_shapes_and_deep_supervision():
@@ -42,9 +42,9 @@ def test_ds_loss_weights():
 
 def test_3d_training_uses_the_configured_loss():
     """train.loss reaches the 3D trainer (it was always Dice + BCE); every loss takes 5D tensors."""
-    from lungtumor.config import LOSS_NAMES, RunConfig, to_dict
-    from lungtumor.losses import LOSSES
-    from lungtumor.train3d import Seg3DModule
+    from lungtumor.core.config import LOSS_NAMES, RunConfig, to_dict
+    from lungtumor.training.losses import LOSSES
+    from lungtumor.training.seg3d import Seg3DModule
 
     t = torch.zeros(2, 1, 4, 16, 16)
     t[0, 0, 1:3, 4:7, 4:7] = 1
@@ -121,8 +121,8 @@ def test_planning_and_helpers():
 def test_preprocess_3d_leaves_a_flipped_float_ct_alone():
     """At the target spacing already, a flipped float32 view (a RAS-stored CT in canonical order) gives a
     contiguous model input, and the CT's HU are not normalised in place."""
-    from lungtumor.orientation import to_canonical
-    from lungtumor.prepare3d import preprocess_3d
+    from lungtumor.imaging.orientation import to_canonical
+    from lungtumor.preprocessing.prepare3d import preprocess_3d
 
     hu = np.random.default_rng(0).uniform(-1000, 400, (6, 5, 4)).astype(np.float32)
     stored = Volume(hu.copy(), spacing=(1.0, 1.0, 2.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
@@ -135,7 +135,7 @@ def test_preprocess_3d_leaves_a_flipped_float_ct_alone():
 
 
 def _phantom(path, name: str, seed: int, shape=(20, 40, 40)) -> None:
-    from lungtumor.volume import write_volume
+    from lungtumor.imaging.io import write_volume
 
     rng = np.random.default_rng(seed)
     z, y, x = np.indices(shape)
@@ -160,11 +160,11 @@ def tiny_dataset(tmp_path_factory):
 def test_tiny_3d_training_lowers_loss_and_predicts_on_original_grid(tiny_dataset, tmp_path):
     import csv
 
-    from lungtumor.checkpoint import _read_checkpoint
-    from lungtumor.infer3d import load_any, predict_volume_3d
-    from lungtumor.prepare3d import prepare_dataset_3d
-    from lungtumor.train3d import train3d
-    from lungtumor.volume import read_volume
+    from lungtumor.imaging.io import read_volume
+    from lungtumor.inference.checkpoint import _read_checkpoint, load_any
+    from lungtumor.inference.sliding_window import predict_volume_3d
+    from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
+    from lungtumor.training.seg3d import train3d
 
     cfg = load_config(None, "3d")
     cfg.model.base_channels, cfg.model.depth = 4, 2

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from lungtumor.augment import augment_batch, augment_numpy
-from lungtumor.config import AugmentConfig
+from lungtumor.core.config import AugmentConfig
+from lungtumor.training.augment import augment_batch, augment_numpy
 
 
 def squares(b: int = 6, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +61,7 @@ def test_numpy_augment_binary_and_aligned():
 
 
 def test_random_crop_keeps_alignment_and_finds_tumour():
-    from lungtumor.augment import random_crop
+    from lungtumor.training.augment import random_crop
 
     img = torch.zeros(4, 3, 64, 64)
     seg = torch.zeros(4, 1, 64, 64)
@@ -75,7 +75,7 @@ def test_random_crop_keeps_alignment_and_finds_tumour():
 
 
 def test_augment_crop_binary_aligned_and_keeps_tumour_in_view():
-    from lungtumor.augment import augment_crop_batch
+    from lungtumor.training.augment import augment_crop_batch
 
     img, seg = squares(8, 96)
     cfg = dataclasses.replace(AugmentConfig(), intensity_jitter=0.0, elastic_p=1.0)
@@ -91,7 +91,7 @@ def test_augment_crop_binary_aligned_and_keeps_tumour_in_view():
 
 
 def test_augment_crop_is_an_exact_crop_when_augmentation_is_off():
-    from lungtumor.augment import augment_crop_batch, random_crop
+    from lungtumor.training.augment import augment_crop_batch, random_crop
 
     img, seg = squares(4, 64)
     img = img + torch.linspace(0, 1, 64)  # a ramp, so any resampling would show

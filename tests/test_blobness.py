@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lungtumor.blobness import blobness
-from lungtumor.config import PrepConfig
+from lungtumor.core.config import PrepConfig
+from lungtumor.preprocessing.blobness import blobness
 
 
 def _lung_with_sphere_and_tube(spacing_zyx=(2.0, 1.0, 1.0), shape_mm=(60, 80, 80), r_sphere=4.0, r_tube=2.5):
@@ -57,13 +57,14 @@ def test_prepare_train_predict_with_the_blob_channel(tmp_path: Path):
     from test_prepare import _dataset
     from test_training import tiny_config
 
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.data import PreparedCache, ResidentSlices, SliceDataset, SliceTable
-    from lungtumor.inference import predict_volume
-    from lungtumor.prepare import prepare_dataset
-    from lungtumor.prepgeom import preprocess_inputs
-    from lungtumor.training import train
-    from lungtumor.volume import read_volume
+    from lungtumor.imaging.io import read_volume
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.inference.slices import predict_volume
+    from lungtumor.preprocessing.cache import PreparedCache, SliceTable
+    from lungtumor.preprocessing.frame import preprocess_inputs
+    from lungtumor.preprocessing.prepare import prepare_dataset
+    from lungtumor.training.sampling import ResidentSlices, SliceDataset
+    from lungtumor.training.seg2d import train
 
     ds = _dataset(tmp_path / "data", n=3)
     prep = PrepConfig(size=(64, 64), spacing_mm=1.5, blob=True)
@@ -95,9 +96,9 @@ def test_prepare_train_predict_with_the_blob_channel(tmp_path: Path):
 def test_a_cache_without_its_blob_files_is_refused(tmp_path: Path):
     from test_prepare import _dataset
 
-    from lungtumor.data import PreparedCache
-    from lungtumor.errors import InputError
-    from lungtumor.prepare import prepare_dataset
+    from lungtumor.core.errors import InputError
+    from lungtumor.preprocessing.cache import PreparedCache
+    from lungtumor.preprocessing.prepare import prepare_dataset
 
     ds = _dataset(tmp_path / "data", n=2)
     prepare_dataset(ds, tmp_path / "c", PrepConfig(size=(64, 64), blob=True), folds=0, seed=0)
@@ -108,7 +109,7 @@ def test_a_cache_without_its_blob_files_is_refused(tmp_path: Path):
 
 def test_slabs_match_the_whole_volume():
     """The measure runs in slabs of slices with margins; a long volume gives what one slab would."""
-    import lungtumor.blobness as bm
+    import lungtumor.preprocessing.blobness as bm
 
     hu, _, _, _ = _lung_with_sphere_and_tube((2.0, 1.0, 1.0), shape_mm=(200, 60, 80))
     whole = bm._measure(np.clip(hu, *bm.BLOB_HU), (1.0, 1.0, 2.0))

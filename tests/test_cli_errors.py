@@ -11,7 +11,8 @@ import SimpleITK as sitk
 from lt_testdata import GEOM, SHAPE, tiny_dataset
 
 from lungtumor.cli import main
-from lungtumor.volume import Volume, write_volume
+from lungtumor.imaging.io import write_volume
+from lungtumor.imaging.volume import Volume
 
 
 def _dataset(root: Path, n: int = 3) -> Path:
@@ -141,7 +142,7 @@ def test_output_not_writable(tmp_path: Path, capsys) -> None:
 
 def test_output_write_fails_midway(tmp_path: Path, capsys, monkeypatch) -> None:
     """A write error (e.g. disk full) is a one-line error too, and the new cache folder is removed."""
-    import lungtumor.prepare as prep_mod
+    import lungtumor.preprocessing.prepare as prep_mod
 
     ds = _dataset(tmp_path / "ds")
     out = tmp_path / "cache"

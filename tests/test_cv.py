@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from lungtumor.cv import _box, choose_postprocessing
-from lungtumor.prepare import make_splits
+from lungtumor.preprocessing.prepare import make_splits
+from lungtumor.workflows.cv import _box, choose_postprocessing
 
 
 @pytest.mark.parametrize("n,k", [(10, 5), (7, 3), (3, 5)])
@@ -77,7 +77,8 @@ def test_cv_end_to_end_3d_tiny(tmp_path):
     import yaml
 
     from lungtumor.cli import main
-    from lungtumor.volume import Volume, write_volume
+    from lungtumor.imaging.io import write_volume
+    from lungtumor.imaging.volume import Volume
 
     def _phantom(root, name, seed, shape):
         rng = np.random.default_rng(seed)
@@ -115,7 +116,7 @@ def test_cv_end_to_end_3d_tiny(tmp_path):
     assert {"min_lesion_mm3", "lung_gate", "mean_dice_raw", "mean_dice_chosen"} <= set(pp)
     summary = json.loads((out / "cv_summary.json").read_text())
     assert summary["folds"] == 2 and summary["n_cases"] == 4
-    from lungtumor.infer3d import load_any
+    from lungtumor.inference.checkpoint import load_any
 
     loaded = load_any(out / "fold_0")
     assert loaded.config.infer.min_lesion_mm3 == pp["min_lesion_mm3"]

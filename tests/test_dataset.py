@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from lungtumor.cli import main
-from lungtumor.dataset import check_dataset, format_check_report, load_dataset
-from lungtumor.errors import InputError
-from lungtumor.volume import Volume, write_volume
+from lungtumor.core.errors import InputError
+from lungtumor.data.msd import check_dataset, format_check_report, load_dataset
+from lungtumor.imaging.io import write_volume
+from lungtumor.imaging.volume import Volume
 
 SPACING = (0.8, 0.8, 2.5)
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from lungtumor.cli import main
-from lungtumor.config import load_config
-from lungtumor.demo import run_demo
-from lungtumor.volume import read_mask, read_volume
+from lungtumor.core.config import load_config
+from lungtumor.imaging.io import read_mask, read_volume
+from lungtumor.workflows.demo import run_demo
 
 
 def _tiny_cfg():
@@ -60,7 +60,7 @@ def test_demo_writes_everything_on_the_input_grid(demo_run):
     assert "held-out phantoms" in str(res)
     import torch
 
-    from lungtumor.nodule_train import CKPT_KEY
+    from lungtumor.inference.detector import CKPT_KEY
 
     ck = torch.load(out / "run" / "checkpoints" / "best.ckpt", weights_only=True)
     assert CKPT_KEY in ck  # the demo preset trains the 3D nodule detector beside the 2D model
@@ -104,8 +104,8 @@ def test_predict_without_prob_map_gives_the_same_mask(demo_run, tmp_path):
     """Without --save-prob the mask is thresholded chunk by chunk; it equals the --save-prob path's mask."""
     import torch
 
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.inference import predict_volume
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.inference.slices import predict_volume
 
     out, _ = demo_run
     ct = sorted((out / "data" / "imagesTs").glob("*.nii.gz"))[0]
@@ -137,9 +137,9 @@ def test_lungs_only_predicts_the_lungs_slices_and_nothing_else(demo_run, tmp_pat
     import torch
     from scipy import ndimage as ndi
 
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.inference import predict_volume
-    from lungtumor.postprocess import lung_z_range
+    from lungtumor.imaging.lungs import lung_z_range
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.inference.slices import predict_volume
 
     out, _ = demo_run
     vol = read_volume(sorted((out / "data" / "imagesTs").glob("*.nii.gz"))[0])
@@ -157,7 +157,7 @@ def test_lungs_only_predicts_the_lungs_slices_and_nothing_else(demo_run, tmp_pat
     assert not part[:lo].any() and full[:lo].any()
     # the command: a threshold that marks most of the body makes one component reaching into the abdomen;
     # with the gate on (the demo preset's), only its part on the predicted slices is there
-    from lungtumor.volume import write_volume
+    from lungtumor.imaging.io import write_volume
 
     write_volume(vol, tmp_path / "ct.nii.gz")
     t = float(np.quantile(full[lo:hi][full[lo:hi] > 0], 0.3))
@@ -182,8 +182,8 @@ def _splitting_threshold(run, ct) -> float:
     """A threshold that makes the tiny model mark about 10 % of the voxels of ``ct`` (it is barely trained)."""
     import torch
 
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.inference import predict_volume
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.inference.slices import predict_volume
 
     loaded, dev = load_checkpoint(run), torch.device("cpu")
     prob, _ = predict_volume(loaded, read_volume(ct), threshold=0.5, device=dev, batch_size=4)
@@ -230,8 +230,8 @@ def test_predict_tta_flag_averages_the_mirrored_prediction(demo_run, tmp_path):
     """`predict --tta` = mean of the prediction and the mirrored prediction of the mirrored CT."""
     import torch
 
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.inference import predict_volume
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.inference.slices import predict_volume
 
     out, _ = demo_run
     ct = sorted((out / "data" / "imagesTs").glob("*.nii.gz"))[0]
@@ -242,10 +242,10 @@ def test_predict_tta_flag_averages_the_mirrored_prediction(demo_run, tmp_path):
     off = read_volume(tmp_path / "off" / f"{case}_prob.nii.gz").array
     on = read_volume(tmp_path / "on" / f"{case}_prob.nii.gz").array
     assert not np.allclose(on, off, atol=1e-4)  # the flag changes something
-    from lungtumor.inference import _cpu_has_bf16
+    from lungtumor.core.runtime import cpu_has_bf16
 
     loaded = load_checkpoint(out / "run")
-    prec = "bf16" if _cpu_has_bf16() else "32"  # what predict's precision "auto" picks on this CPU
+    prec = "bf16" if cpu_has_bf16() else "32"  # what predict's precision "auto" picks on this CPU
     kw = {"device": torch.device("cpu"), "batch_size": 4, "precision": prec}
     ref, _ = predict_volume(loaded, read_volume(ct), threshold=0.5, tta=True, **kw)
     assert np.allclose(on, ref, atol=1e-3)

@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from lungtumor.checkpoint import LoadedModel
-from lungtumor.config import ModelConfig, PrepConfig, RunConfig
-from lungtumor.infer_device import predict_volume_on_device, prepare_on_device, restore_on_device
-from lungtumor.inference import predict_volume
+from lungtumor.core.config import ModelConfig, PrepConfig, RunConfig
+from lungtumor.imaging.volume import Volume
+from lungtumor.inference.checkpoint import LoadedModel
+from lungtumor.inference.slices import (
+    predict_volume,
+    predict_volume_on_device,
+    prepare_on_device,
+    restore_on_device,
+)
 from lungtumor.models import create_model
-from lungtumor.prepgeom import _geometry, preprocess_volume, restore_geometry, restore_mask
-from lungtumor.volume import Volume
+from lungtumor.preprocessing.frame import _geometry, preprocess_volume, restore_geometry, restore_mask
 
 STATS = {"mean": -600.0, "std": 420.0}
 PREPS = {

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungtumor.errors import InputError
-from lungtumor.inference import PredictOptions, collect_inputs, predict_paths
-from lungtumor.volume import Volume, write_volume
+from lungtumor.core.errors import InputError
+from lungtumor.imaging.io import write_volume
+from lungtumor.imaging.volume import Volume
+from lungtumor.workflows.predict import PredictOptions, collect_inputs, predict_paths
 
 
 def _ct(path: Path) -> Path:
@@ -79,7 +80,7 @@ def test_a_folder_with_nothing_to_predict_is_an_input_error(tmp_path):
 def test_bad_options_are_input_errors_before_any_output(opts, needle, tmp_path):
     import torch
 
-    from lungtumor.config import RunConfig, to_dict
+    from lungtumor.core.config import RunConfig, to_dict
     from lungtumor.models import create_model
 
     cfg = RunConfig()

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungtumor.inference import PredictOptions, predict_paths
-from lungtumor.volume import read_mask, read_volume
+from lungtumor.imaging.io import read_mask, read_volume
+from lungtumor.workflows.predict import PredictOptions, predict_paths
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "legacy_ckpt"
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from lungtumor.cli import main
-from lungtumor.measure import measure_files, measure_lesions, size_category_ajcc8, write_lesions
-from lungtumor.volume import Volume, read_mask, write_volume
+from lungtumor.evaluation.measure import measure_files, measure_lesions, size_category_ajcc8, write_lesions
+from lungtumor.imaging.io import read_mask, write_volume
+from lungtumor.imaging.volume import Volume
 
 SPACING = (0.7, 0.7, 2.5)  # (x, y, z) mm
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lungtumor.cli import main
-from lungtumor.errors import InputError
-from lungtumor.metrics import (
+from lungtumor.core.errors import InputError
+from lungtumor.evaluation.metrics import (
     SegmentationMetrics,
     dice,
     evaluate_dirs,
@@ -20,7 +20,8 @@ from lungtumor.metrics import (
     lesion_rows,
     nsd,
 )
-from lungtumor.volume import Volume, write_volume
+from lungtumor.imaging.io import write_volume
+from lungtumor.imaging.volume import Volume
 
 SPACING_ZYX = (2.5, 0.7, 0.7)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lungtumor.config import ModelConfig
-from lungtumor.errors import InputError
+from lungtumor.core.config import ModelConfig
+from lungtumor.core.errors import InputError
 from lungtumor.models import MODELS, UNet2D, check_input_shape, create_model, padded_size
 
 

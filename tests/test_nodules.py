@@ -6,31 +6,24 @@ import numpy as np
 import pytest
 import torch
 
-from lungtumor.config import NoduleConfig, load_config, validate
-from lungtumor.errors import InputError
-from lungtumor.models.nodule3d import NodulePatchNet, normalise_hu
-from lungtumor.nodule_train import (
+from lungtumor.core.config import NoduleConfig, load_config, validate
+from lungtumor.core.errors import InputError
+from lungtumor.imaging.resample import iso_shape, resample, resample_sparse
+from lungtumor.inference.checkpoint import add_detector_to_checkpoint
+from lungtumor.inference.detector import (
     CKPT_KEY,
-    PatchSet,
-    add_detector_to_checkpoint,
-    case_patches,
-    detector_probability,
-    input_to_hu,
-    load_detector,
-    score_candidates,
-    train_detector,
-)
-from lungtumor.nodules import (
-    add_missed_lesions,
     cut_patches,
-    drop_unconfirmed_small,
+    detector_probability,
     extract_patches,
     find_candidates,
-    iso_shape,
+    input_to_hu,
+    load_detector,
     paste_max,
-    resample,
-    resample_sparse,
+    score_candidates,
 )
+from lungtumor.models.nodule3d import NodulePatchNet, normalise_hu
+from lungtumor.postprocessing.detector import add_missed_lesions, drop_unconfirmed_small
+from lungtumor.training.detector import PatchSet, case_patches, train_detector
 
 
 def _chest(shape=(40, 60, 60), h=2.0):
@@ -95,7 +88,7 @@ def test_sparse_resample_equals_the_whole_one(shape_in, shape_out, box):
     ("shape_in", "shape_out"), [((30, 20, 20), (38, 21, 21)), ((11, 20, 20), (16, 11, 11))]
 )
 def test_torch_resample_of_predict_equals_the_scipy_one(shape_in, shape_out):
-    from lungtumor.nodule_train import _resample_torch
+    from lungtumor.inference.detector import _resample_torch
 
     a = np.random.default_rng(0).uniform(-1000, 400, shape_in).astype(np.float32)
     np.testing.assert_allclose(_resample_torch(a, shape_out), resample(a, shape_out), rtol=0, atol=0.01)  # HU

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lungtumor.orientation import Reorient, to_canonical
-from lungtumor.volume import Volume
+from lungtumor.imaging.orientation import Reorient, to_canonical
+from lungtumor.imaging.volume import Volume
 
 
 def _stored(perm: tuple[int, int, int], flips: tuple[bool, bool, bool], oblique: float = 0.0) -> Volume:

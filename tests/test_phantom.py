@@ -1,4 +1,4 @@
-"""Tests of the built-in phantoms (lungtumor.phantom)."""
+"""Tests of the built-in phantoms (lungtumor.data.phantom)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungtumor.errors import InputError
-from lungtumor.phantom import build_case, make_case, sample_lesion_plan, synth_dataset
-from lungtumor.volume import read_mask, read_volume
+from lungtumor.core.errors import InputError
+from lungtumor.data.phantom import build_case, make_case, sample_lesion_plan, synth_dataset
+from lungtumor.imaging.io import read_mask, read_volume
 
 SOLID = {"juxtapleural": 1, "hilar": 1, "intrapulmonary": 1}
 
@@ -130,7 +130,7 @@ def test_rich_basal_plan_adds_a_large_mass_on_the_diaphragm_to_some_cases():
 
 
 def test_widen_near_root_thickens_the_trunk_and_leaves_the_periphery():
-    from lungtumor.phantom_anatomy import widen_near_root
+    from lungtumor.data.anatomy import widen_near_root
 
     root = np.array([30.0, 0.0, 100.0])
     segs = np.array(
@@ -178,7 +178,7 @@ def test_train_lesions_changes_training_cases_only(tmp_path: Path):
     with pytest.raises(InputError, match="unknown plan"):
         synth_dataset(tmp_path / "bad", train_lesions="lots", **kw)
     from lungtumor.cli import build_parser
-    from lungtumor.phantom import LESION_PLANS
+    from lungtumor.data.phantom import LESION_PLANS
 
     for cmd in ("synth", "demo"):
         sub = next(a for a in build_parser()._actions if a.dest == "command").choices[cmd]
@@ -199,11 +199,11 @@ def test_val_cases_are_drawn_like_the_test_cases_and_listed(tmp_path: Path):
         assert (v / rel).read_bytes() != (rich / rel).read_bytes()
     assert json.loads((v / "dataset.json").read_text())["validation"] == ["lung_002"]
     assert "validation" not in json.loads((rich / "dataset.json").read_text())
-    from lungtumor.dataset import load_dataset
+    from lungtumor.data.msd import load_dataset
 
     assert load_dataset(v).validation == ["lung_002"]
-    from lungtumor.config import PrepConfig
-    from lungtumor.prepare import prepare_dataset
+    from lungtumor.core.config import PrepConfig
+    from lungtumor.preprocessing.prepare import prepare_dataset
 
     prepare_dataset(v, tmp_path / "cache", PrepConfig(size=(64, 64), spacing_mm=3.0), folds=0, workers=1)
     assert json.loads((tmp_path / "cache" / "splits.json").read_text())["val"] == ["lung_002"]

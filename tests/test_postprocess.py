@@ -6,19 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from lungtumor.postprocess import (
-    component_sizes,
+from lungtumor.imaging.components import component_sizes, label_components, label_components_in_box
+from lungtumor.imaging.lungs import lung_grid_step, lung_mask_from_hu, lung_z_range
+from lungtumor.postprocessing.filters import (
     filter_components,
-    gate_to_lungs,
-    gate_to_lungs_hu,
-    label_components,
-    label_components_in_box,
-    lung_grid_step,
-    lung_mask_from_hu,
-    lung_z_range,
     remove_flat_components,
     remove_small_components,
 )
+from lungtumor.postprocessing.lung_gate import gate_to_lungs, gate_to_lungs_hu
 
 SPACING = (0.8, 0.8, 2.5)  # (x, y, z) mm
 
@@ -74,7 +69,7 @@ def test_lung_z_range_is_the_lungs_slices_plus_the_margin():
 def test_ball_test_matches_scipy_distance_transform_with_anisotropic_spacing():
     """The threaded float32 distance transform decides "within r mm" exactly as scipy's float64 one does,
     axes in the array's order, voxels on the ball's surface included."""
-    from lungtumor.postprocess import _edt_at_most
+    from lungtumor.imaging.lungs import _edt_at_most
 
     rng = np.random.default_rng(3)
     a = ~ndi.binary_dilation(rng.random((30, 40, 50)) > 0.98, iterations=2)
@@ -179,7 +174,7 @@ def test_coarse_gate_decisions_match_full_resolution_on_phantom():
     """On a 512² phantom (0.81 mm pixels: a 1.6 mm lung grid) the gate keeps the same components as the former
     full-resolution lung mask: every tumour, and the same random blobs except a few that lie within two coarse
     pixels of the lung border."""
-    from lungtumor.phantom import build_case
+    from lungtumor.data.phantom import build_case
 
     case = build_case(0, matrix=512, slices=24)
     ct, sp = case.image.array, case.image.spacing
@@ -210,7 +205,7 @@ def test_label_components_is_26_connected():
 
 @pytest.mark.realdata
 def test_real_tumour_inside_or_touching_lung_mask(realdata):
-    from lungtumor.volume import read_mask, read_volume
+    from lungtumor.imaging.io import read_mask, read_volume
 
     img = read_volume(realdata / "pyradiomics" / "lung2_image.nrrd")
     lab = read_mask(realdata / "pyradiomics" / "lung2_label.nrrd", reference=img)
@@ -263,7 +258,7 @@ def test_real_lesions_pass_the_flat_filter_of_the_demo_preset(realdata):
     demo preset's ratio asks: the filter removes model artefacts, not tumours."""
     import SimpleITK as sitk
 
-    from lungtumor.config import load_config
+    from lungtumor.core.config import load_config
 
     ratio = load_config(None, "demo").infer.min_z_extent_ratio
     assert ratio > 0
@@ -283,8 +278,8 @@ def test_real_lesions_pass_the_flat_filter_of_the_demo_preset(realdata):
 
 
 def test_predict_postprocessing_applies_the_flat_filter():
-    from lungtumor.inference import postprocess_mask
-    from lungtumor.volume import Volume
+    from lungtumor.imaging.volume import Volume
+    from lungtumor.postprocessing.filters import postprocess_mask
 
     spacing = (0.8, 0.8, 1.0)
     sphere = _ball((40, 64, 64), (15, 20, 20), (6, 6, 6), spacing)

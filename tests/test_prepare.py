@@ -9,20 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lungtumor.prepgeom as geom_mod
-import lungtumor.prepwrite as write_mod
-from lungtumor.config import PrepConfig, preset
-from lungtumor.errors import InputError
-from lungtumor.prepare import (
+import lungtumor.preprocessing.cache_writer as write_mod
+import lungtumor.preprocessing.frame as geom_mod
+from lungtumor.core.config import PrepConfig, preset
+from lungtumor.core.errors import InputError
+from lungtumor.imaging.io import write_volume
+from lungtumor.imaging.volume import Volume
+from lungtumor.preprocessing.frame import (
     PrepGeometry,
-    make_splits,
-    prepare_dataset,
     preprocess_mask,
     preprocess_volume,
     restore_geometry,
     restore_mask,
 )
-from lungtumor.volume import Volume, write_volume
+from lungtumor.preprocessing.prepare import make_splits, prepare_dataset
 
 RECIPES = {
     "seed2d": preset("seed2d").prep,
@@ -208,7 +208,7 @@ def small_ds(tmp_path_factory) -> Path:
 
 
 def test_cache_format(small_ds: Path, tmp_path: Path) -> None:
-    from lungtumor.volume import read_mask, read_volume
+    from lungtumor.imaging.io import read_mask, read_volume
 
     p = PrepConfig(size=(64, 64))
     prepare_dataset(small_ds, tmp_path / "c", p, folds=2, seed=1)
@@ -427,7 +427,7 @@ def test_dataset_json_validation_fixes_the_split(tmp_path):
     with pytest.raises(InputError, match="fixes 2 validation cases"):
         make_splits(names, 3, fixed_val=["c09", "c03"])
 
-    from lungtumor.dataset import load_dataset
+    from lungtumor.data.msd import load_dataset
 
     root = tmp_path / "ds"
     (root / "imagesTr").mkdir(parents=True)

@@ -13,8 +13,10 @@ import pytest
 from PIL import Image
 
 from lungtumor.cli import main
-from lungtumor.errors import InputError
-from lungtumor.report import (
+from lungtumor.core.errors import InputError
+from lungtumor.imaging.io import write_volume
+from lungtumor.imaging.volume import Volume
+from lungtumor.report.writer import (
     report_files,
     safe_filename,
     select_slices,
@@ -22,7 +24,6 @@ from lungtumor.report import (
     write_montage,
     write_report,
 )
-from lungtumor.volume import Volume, write_volume
 
 EVIL = "<script>alert(1)</script>"
 EVIL_TAG = "<img src=x onerror=alert(2)>"
@@ -146,7 +147,7 @@ def test_report_measures_lesions_itself(case, tmp_path):
 
 
 def test_report_fallback_without_measure_module(case, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "lungtumor.measure", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "lungtumor.evaluation.measure", None)  # import raises ImportError
     img, mask = case
     html = _html(write_report(img, mask, tmp_path, "c3"))
     assert "connected components" in html

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from lungtumor.config import RunConfig, load_config, save_config, to_dict, validate
-from lungtumor.errors import InputError
+from lungtumor.core.config import RunConfig, load_config, save_config, to_dict, validate
+from lungtumor.core.errors import InputError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -80,8 +80,8 @@ def cache(tmp_path_factory) -> Path:
 
 
 def test_train_writes_run_and_checkpoint_loads(cache, tmp_path):
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.training import train
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.training.seg2d import train
 
     res = train(cache, tmp_path / "run", tiny_config(), progress=False)
     run = tmp_path / "run"
@@ -108,8 +108,8 @@ def test_train_writes_run_and_checkpoint_loads(cache, tmp_path):
 
 
 def test_resident_path_and_bad_checkpoints(cache, tmp_path):
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.training import train
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.training.seg2d import train
 
     train(cache, tmp_path / "run", tiny_config(epochs=1, data_on_device="always"), progress=False)
     with pytest.raises(InputError, match="already holds a training run"):
@@ -128,8 +128,8 @@ def test_resident_path_and_bad_checkpoints(cache, tmp_path):
 
 
 def test_one_step_lowers_loss_on_fixed_batch():
-    from lungtumor.losses import dice_bce_loss
     from lungtumor.models import create_model
+    from lungtumor.training.losses import dice_bce_loss
 
     torch.manual_seed(0)
     cfg = tiny_config()
@@ -146,7 +146,7 @@ def test_one_step_lowers_loss_on_fixed_batch():
 
 
 def test_sampler_tumour_fraction_matches_weights():
-    from lungtumor.data import EpochBatchSampler, oversample_weights
+    from lungtumor.training.sampling import EpochBatchSampler, oversample_weights
 
     tumour = np.zeros(1000, bool)
     tumour[::10] = True  # 100 tumour, 900 other slices
@@ -166,7 +166,8 @@ def test_sampler_tumour_fraction_matches_weights():
 
 
 def test_lesion_balance_spreads_tumour_mass_over_lesions(tmp_path):
-    from lungtumor.data import PreparedCache, SliceTable, lesion_balanced_weights, oversample_weights
+    from lungtumor.preprocessing.cache import PreparedCache, SliceTable
+    from lungtumor.training.sampling import lesion_balanced_weights, oversample_weights
 
     root = write_cache(tmp_path / "c", n_cases=3, z=30, n_val=1)
     seg = np.load(root / "cases" / "case_000_seg.npy")
@@ -191,20 +192,8 @@ def test_lesion_balance_spreads_tumour_mass_over_lesions(tmp_path):
         assert big / small == pytest.approx((20 / 2) ** (1 - power), rel=1e-6)
 
 
-def test_names_moved_out_of_training_are_still_importable_from_it():
-    from lungtumor import checkpoint, run_artifacts, trainer_setup, training
-
-    for mod, names in (
-        (checkpoint, ("LoadedModel", "load_checkpoint")),
-        (run_artifacts, ("example_figure", "write_loss_curves")),
-        (trainer_setup, ("AtomicCheckpointIO", "HistoryInCheckpoint", "TrainResult", "warmup_cosine")),
-    ):
-        for name in names:
-            assert getattr(training, name) is getattr(mod, name), name
-
-
 def test_dice_empty_cases():
-    from lungtumor.losses import dice_score
+    from lungtumor.training.losses import dice_score
 
     z = torch.zeros(3, 4, 4)
     o = torch.ones(3, 4, 4)
@@ -213,8 +202,8 @@ def test_dice_empty_cases():
 
 def test_sample_dice_weighs_a_small_lesion_like_a_big_one():
     """Per-sample Dice: a missed 2x2 nodule costs as much as a missed 30x30 mass; batch Dice barely sees it."""
-    from lungtumor.config import LOSS_NAMES
-    from lungtumor.losses import LOSSES, sample_dice_loss, soft_dice_loss
+    from lungtumor.core.config import LOSS_NAMES
+    from lungtumor.training.losses import LOSSES, sample_dice_loss, soft_dice_loss
 
     assert set(LOSSES) == set(LOSS_NAMES)
     t = torch.zeros(3, 1, 40, 40)
@@ -240,7 +229,7 @@ def test_sample_dice_weighs_a_small_lesion_like_a_big_one():
 def test_small_lesion_weights_lift_a_nodule_not_a_mass():
     """dice_bce_small: a nodule's pixels weigh several times a mass's interior; background stays 1; the
     per-slice weights of a 3D target equal the 2D ones; missing the nodule costs more than with plain BCE."""
-    from lungtumor.losses import bce_loss, dice_bce_small_loss, small_lesion_weights
+    from lungtumor.training.losses import bce_loss, dice_bce_small_loss, small_lesion_weights
 
     t = torch.zeros(2, 1, 64, 64)
     t[0, 0, 10:14, 10:14] = 1  # a 4x4 nodule
@@ -258,7 +247,7 @@ def test_small_lesion_weights_lift_a_nodule_not_a_mass():
 
 
 def test_seeded_runs_are_reproducible(cache, tmp_path):
-    from lungtumor.training import train
+    from lungtumor.training.seg2d import train
 
     for name in ("a", "b"):
         train(cache, tmp_path / name, tiny_config(epochs=1), progress=False)
@@ -280,7 +269,7 @@ def _env() -> dict[str, str]:
 
 def test_last_checkpoint_is_every_epoch(cache, tmp_path):
     """last.ckpt holds the final epoch even when val_dice stopped improving (what --resume continues from)."""
-    from lungtumor.training import train
+    from lungtumor.training.seg2d import train
 
     train(cache, tmp_path / "run", tiny_config(epochs=6, lr=1e-3), progress=False)
     best = torch.load(tmp_path / "run/checkpoints/best.ckpt", weights_only=True)
@@ -290,7 +279,7 @@ def test_last_checkpoint_is_every_epoch(cache, tmp_path):
 
 
 def test_resume_after_sigkill(cache, tmp_path):
-    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.inference.checkpoint import load_checkpoint
 
     cfg_path, run = tmp_path / "cfg.yaml", tmp_path / "run"
     save_config(tiny_config(epochs=6), cfg_path)
@@ -330,7 +319,7 @@ def test_resume_after_sigkill(cache, tmp_path):
 
 
 def test_resume_without_checkpoint_is_an_input_error(cache, tmp_path):
-    from lungtumor.training import train
+    from lungtumor.training.seg2d import train
 
     with pytest.raises(InputError, match="last.ckpt"):
         train(cache, tmp_path / "empty", tiny_config(), resume=True, progress=False)
@@ -338,7 +327,7 @@ def test_resume_without_checkpoint_is_an_input_error(cache, tmp_path):
 
 def _reference_val_dice(loaded, cache_dir: Path) -> float:
     """Per-patient Dice recomputed from the checkpoint, independently of the training loop."""
-    from lungtumor.data import stack_context
+    from lungtumor.preprocessing.cache import stack_context
 
     splits = json.loads((cache_dir / "splits.json").read_text())
     k = loaded.config.train.context_slices
@@ -356,7 +345,7 @@ def _reference_val_dice(loaded, cache_dir: Path) -> float:
 
 
 def test_ddp_two_cpu_processes(cache, tmp_path):
-    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.inference.checkpoint import load_checkpoint
 
     cfg_path, run = tmp_path / "cfg.yaml", tmp_path / "run"
     save_config(tiny_config(epochs=2), cfg_path)
@@ -384,7 +373,7 @@ def test_ddp_two_cpu_processes(cache, tmp_path):
 
 def test_last_epoch_is_always_validated(cache, tmp_path):
     """val_every_n_epochs=2 with 1 epoch still validates once and writes best.ckpt."""
-    from lungtumor.training import train
+    from lungtumor.training.seg2d import train
 
     res = train(cache, tmp_path / "run", tiny_config(epochs=1, val_every_n_epochs=2), progress=False)
     assert res.best_epoch == 0
@@ -393,8 +382,8 @@ def test_last_epoch_is_always_validated(cache, tmp_path):
 
 def test_no_nodule_candidates_leaves_a_complete_2d_model(cache, tmp_path, capsys):
     """The test cache has no lungs, so no blob candidates: train warns and best.ckpt is the 2D model alone."""
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.training import train
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.training.seg2d import train
 
     cfg = tiny_config(epochs=1)
     cfg.nodule.enabled, cfg.nodule.steps = True, 2
@@ -405,7 +394,7 @@ def test_no_nodule_candidates_leaves_a_complete_2d_model(cache, tmp_path, capsys
 
 
 def test_context_mm_interpolates_at_fixed_distances():
-    from lungtumor.data import stack_context
+    from lungtumor.preprocessing.cache import stack_context
 
     vol = torch.arange(10, dtype=torch.float32)[:, None, None].expand(10, 3, 3).contiguous()
     z = torch.arange(10)
@@ -420,7 +409,8 @@ def test_context_mm_interpolates_at_fixed_distances():
 
 
 def test_context_mm_gives_the_same_batches_on_both_data_paths(tmp_path):
-    from lungtumor.data import PreparedCache, ResidentSlices, SliceDataset, SliceTable
+    from lungtumor.preprocessing.cache import PreparedCache, SliceTable
+    from lungtumor.training.sampling import ResidentSlices, SliceDataset
 
     root = write_cache(tmp_path / "c", n_cases=3, z=10, size=48, n_val=1)
     cache = PreparedCache.open(root)
@@ -440,10 +430,10 @@ def test_context_mm_gives_the_same_batches_on_both_data_paths(tmp_path):
 
 
 def test_context_mm_is_trained_validated_and_predicted(cache, tmp_path):
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.inference import predict_volume
-    from lungtumor.training import train
-    from lungtumor.volume import Volume
+    from lungtumor.imaging.volume import Volume
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.inference.slices import predict_volume
+    from lungtumor.training.seg2d import train
 
     res = train(
         cache, tmp_path / "run", tiny_config(epochs=1, context_slices=2, context_mm=3.0), progress=False
@@ -459,7 +449,7 @@ def test_context_mm_is_trained_validated_and_predicted(cache, tmp_path):
 
 
 def test_validation_dice_leaves_out_tumour_free_patients_predicted_empty():
-    from lungtumor.training import patient_dice
+    from lungtumor.training.seg2d import patient_dice
 
     sums, counts = (
         torch.tensor([0.8, 0.0, 0.0], dtype=torch.float64),
@@ -474,8 +464,8 @@ def test_validation_dice_leaves_out_tumour_free_patients_predicted_empty():
 def test_a_checkpoint_from_before_an_option_loads_with_it_off(cache, tmp_path):
     """A checkpoint saved before prep.blob / train.context_mm existed keeps its 3 channels, although the
     demo preset it names has them on now."""
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.training import train
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.training.seg2d import train
 
     train(cache, tmp_path / "run", tiny_config(epochs=1), progress=False)
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -492,8 +482,8 @@ def test_a_checkpoint_from_before_an_option_loads_with_it_off(cache, tmp_path):
 def test_ema_weights_are_what_validation_scored_and_predict_loads(cache, tmp_path):
     """``train.ema_decay``: the checkpoint holds the moving average (not the raw weights), validation scored
     exactly those weights, and predict's loader takes them."""
-    from lungtumor.checkpoint import load_checkpoint
-    from lungtumor.training import train
+    from lungtumor.inference.checkpoint import load_checkpoint
+    from lungtumor.training.seg2d import train
 
     res = train(cache, tmp_path / "run", tiny_config(epochs=2, ema_decay=0.5), progress=False)
     ck = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
@@ -507,8 +497,8 @@ def test_ema_weights_are_what_validation_scored_and_predict_loads(cache, tmp_pat
 
 
 def test_ema_cannot_be_switched_on_a_resume_nor_set_for_3d(cache, tmp_path):
-    from lungtumor.config import load_config
-    from lungtumor.training import train
+    from lungtumor.core.config import load_config
+    from lungtumor.training.seg2d import train
 
     train(cache, tmp_path / "run", tiny_config(epochs=1), progress=False)
     with pytest.raises(InputError, match="ema_decay was switched"):

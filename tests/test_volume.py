@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lungtumor.errors import InputError
-from lungtumor.volume import Volume, read_mask, read_volume, write_volume
+from lungtumor.core.errors import InputError
+from lungtumor.imaging.io import read_mask, read_volume, write_volume
+from lungtumor.imaging.volume import Volume
 
 
 def _rotation(deg_z: float, deg_x: float) -> tuple[float, ...]:

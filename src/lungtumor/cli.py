@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lungtumor import __version__
-from lungtumor.errors import InputError
+from lungtumor.core.errors import InputError
 
 # ----------------------------------------------------------------------------- synth
 
@@ -67,7 +67,7 @@ def _add_hilar(p, default: bool = False) -> None:
 
 
 def _cmd_synth(args) -> int:
-    from lungtumor.phantom import synth_dataset
+    from lungtumor.data.phantom import synth_dataset
 
     summary = synth_dataset(
         args.out,
@@ -100,7 +100,7 @@ def _add_check(sub) -> None:
 
 
 def _cmd_check(args) -> int:
-    from lungtumor.dataset import check_dataset, format_check_report
+    from lungtumor.data.msd import check_dataset, format_check_report
 
     report = check_dataset(args.dataset, progress=not args.quiet)
     print(format_check_report(report))
@@ -136,12 +136,12 @@ def _add_prepare(sub) -> None:
 
 
 def _cmd_prepare(args) -> int:
-    from lungtumor.config import load_config
-    from lungtumor.prepare import prepare_dataset
+    from lungtumor.core.config import load_config
+    from lungtumor.preprocessing.prepare import prepare_dataset
 
     cfg = load_config(args.config, args.preset)
-    if cfg.model.arch == "unet3d":  # the 3D recipe has its own cache (lungtumor.prepare3d)
-        from lungtumor.prepare3d import prepare_dataset_3d
+    if cfg.model.arch == "unet3d":  # the 3D recipe has its own cache (lungtumor.preprocessing.prepare3d)
+        from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
 
         print(prepare_dataset_3d(args.dataset, args.out, cfg.vol3d, val_cases=args.val_cases or None,
                                  folds=args.folds, seed=args.seed, progress=not args.quiet))  # fmt: skip
@@ -188,8 +188,8 @@ def _add_train(sub) -> None:
 def _cmd_train(args) -> int:
     import logging
 
-    from lungtumor.config import load_config
-    from lungtumor.training import train
+    from lungtumor.core.config import load_config
+    from lungtumor.training.seg2d import train
 
     run_cfg = args.out / "config.yaml"
     if args.resume and args.config is None and args.preset is None and run_cfg.is_file():
@@ -210,8 +210,8 @@ def _cmd_train(args) -> int:
         lg = logging.getLogger("lungtumor.training")
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)
-    if cfg.model.arch == "unet3d":  # the 3D recipe (lungtumor.train3d)
-        from lungtumor.train3d import train3d
+    if cfg.model.arch == "unet3d":  # the 3D recipe (lungtumor.training.seg3d)
+        from lungtumor.training.seg3d import train3d
 
         print(train3d(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet))
         return 0
@@ -292,7 +292,7 @@ def _print_skipped(skipped: list[tuple[Path, str]]) -> None:
 
 
 def _cmd_predict(args) -> int:
-    from lungtumor.inference import PredictOptions, collect_inputs, predict_paths
+    from lungtumor.workflows.predict import PredictOptions, collect_inputs, predict_paths
 
     skipped: list[tuple[Path, str]] = []
     collect_inputs(args.inputs, skipped)  # the same walk predict_paths makes: say what it leaves out, first
@@ -349,7 +349,7 @@ def _add_measure(sub) -> None:
 
 
 def _cmd_measure(args) -> int:
-    from lungtumor.measure import measure_files
+    from lungtumor.evaluation.measure import measure_files
 
     errors: list[str] = []
     n = 0
@@ -393,7 +393,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from lungtumor.metrics import evaluate_dirs, format_summary
+    from lungtumor.evaluation.metrics import evaluate_dirs, format_summary
 
     summary = evaluate_dirs(
         args.pred_dir,
@@ -422,7 +422,7 @@ def _add_report(sub) -> None:
 
 
 def _cmd_report(args) -> int:
-    from lungtumor.report import report_files
+    from lungtumor.report.writer import report_files
 
     paths = report_files(args.image, args.mask, args.out, run_dir=args.run_dir)
     for p in paths:
@@ -456,7 +456,7 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from lungtumor.demo import run_demo
+    from lungtumor.workflows.demo import run_demo
 
     result = run_demo(
         args.out,
@@ -497,7 +497,7 @@ def _add_cv(sub) -> None:
 
 
 def _cmd_cv(args) -> int:
-    from lungtumor.cv import format_cv_summary, run_cv
+    from lungtumor.workflows.cv import format_cv_summary, run_cv
 
     s = run_cv(args.dataset, args.out, args.preset, folds=args.folds, epochs=args.epochs, seed=args.seed,
                config_path=args.config, device=args.device, progress=not args.quiet)  # fmt: skip
@@ -524,7 +524,7 @@ def _add_benchmark_msd(sub) -> None:
 
 
 def _cmd_benchmark_msd(args) -> int:
-    from lungtumor.cv import run_benchmark_msd
+    from lungtumor.workflows.cv import run_benchmark_msd
 
     b = run_benchmark_msd(args.task_dir, args.out, preset_name=args.preset, folds=args.folds, epochs=args.epochs,
                           seed=args.seed, config_path=args.config, device=args.device,

@@ -50,7 +50,7 @@ def tiny_config(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """dataset.json + imagesTr (4) + labelsTr + imagesTs (2) + labelsTs of 64x64x16 phantoms."""
-    from lungtumor.phantom import synth_dataset
+    from lungtumor.data.phantom import synth_dataset
 
     root = tmp_path_factory.mktemp("ds") / "data"
     synth_dataset(root, n_train=4, n_test=2, seed=1, matrix=64, slices=16, workers=1)

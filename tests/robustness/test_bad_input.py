@@ -24,7 +24,8 @@ import SimpleITK as sitk
 import torch
 from lt_testdata import GEOM, SHAPE, tiny_dataset
 
-from lungtumor.volume import Volume, write_volume
+from lungtumor.imaging.io import write_volume
+from lungtumor.imaging.volume import Volume
 
 from ._util import one_error_line, record_error, run_cli
 
@@ -452,10 +453,10 @@ def disk_full_writing_mask(fx: Fx) -> Bad:
 
 
 def disk_full_after_the_mask(fx: Fx) -> Bad:
-    import lungtumor.measure
+    import lungtumor.evaluation.measure
 
     assert fx.tiny_run
-    fx.monkeypatch.setattr(lungtumor.measure, "atomic_write_text", _enospc)
+    fx.monkeypatch.setattr(lungtumor.evaluation.measure, "atomic_write_text", _enospc)
     ct = _ct(fx.tmp / "ct.nii.gz")
     return _predict(fx, ct, "ct.nii.gz", "No space left on device")  # and the case's mask is removed
 
@@ -715,8 +716,8 @@ def test_at_least_30_kinds() -> None:
 
 def test_huge_header_is_refused_before_allocating(tmp_path: Path) -> None:
     """The header's size is checked against the budget before any voxel is read: no big allocation."""
-    from lungtumor.errors import InputError
-    from lungtumor.volume import read_volume
+    from lungtumor.core.errors import InputError
+    from lungtumor.imaging.io import read_volume
 
     body = np.zeros(64, "<i2").tobytes()
     small = _nrrd(tmp_path / "big.nrrd", "4000 4000 1000", "(1,0,0) (0,1,0) (0,0,1)", body)  # claims 32 GB

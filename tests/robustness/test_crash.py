@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from lungtumor.cli import main
-from lungtumor.volume import read_mask
+from lungtumor.imaging.io import read_mask
 
 from ._util import console_script, subprocess_env
 
@@ -76,7 +76,7 @@ def _final_files(root: Path) -> list[Path]:
 
 def _assert_nothing_torn(root: Path) -> None:
     """Every file under a final name loads."""
-    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.inference.checkpoint import load_checkpoint
 
     for p in _final_files(root):
         if p.suffix == ".npy":
@@ -108,7 +108,7 @@ def test_prepare_killed_then_rerun_gives_the_same_bytes(
 
 
 def test_train_killed_then_resumed_finishes_the_same_run(tmp_path, tiny_cache, tiny_config, tiny_run):
-    from lungtumor.checkpoint import load_checkpoint
+    from lungtumor.inference.checkpoint import load_checkpoint
 
     rng = random.Random(12)
     run = tmp_path / "run"

@@ -16,9 +16,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lungtumor.dataset import Dataset, load_dataset
-from lungtumor.errors import InputError
-from lungtumor.volume import Volume, read_volume, write_volume
+from lungtumor.core.errors import InputError
+from lungtumor.data.msd import Dataset, load_dataset
+from lungtumor.imaging.io import read_volume, write_volume
+from lungtumor.imaging.volume import Volume
 
 N = int(os.environ.get("LUNGTUMOR_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lungtumor.volume import read_mask
+from lungtumor.imaging.io import read_mask
 
 from ._util import one_error_line, run_cli, run_console
 
@@ -27,7 +27,7 @@ class _Evil:
 
 
 def test_load_checkpoint_uses_weights_only() -> None:
-    from lungtumor import checkpoint
+    from lungtumor.inference import checkpoint
 
     src = inspect.getsource(checkpoint._read_checkpoint)
     assert "weights_only=True" in src

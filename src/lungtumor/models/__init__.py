@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from lungtumor.config import ModelConfig
-from lungtumor.errors import InputError
+from lungtumor.core.config import ModelConfig
+from lungtumor.core.errors import InputError
 from lungtumor.models.unet2d import UNet2D, check_input_shape, padded_size
 from lungtumor.models.unet3d import UNet3D
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lungtumor.config import ModelConfig
-from lungtumor.errors import InputError
+from lungtumor.core.config import ModelConfig
+from lungtumor.core.errors import InputError
 
 NORMS = ("batch", "instance", "group")
 

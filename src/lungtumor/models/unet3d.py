@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lungtumor.config import ModelConfig
+from lungtumor.core.config import ModelConfig
 
 Pool = tuple[int, int, int]
 

@@ -1,0 +1,604 @@
+"""Synthetic chest-CT phantoms with lung tumours of known volume: the project's built-in data.
+
+:func:`make_case` builds one case in memory; :func:`synth_dataset` writes a Medical Segmentation Decathlon
+Task06-style dataset::
+
+    OUT/dataset.json   name, description, modality, labels, numTraining, numTest, training, test
+    OUT/imagesTr/lung_000.nii.gz  int16 HU      OUT/labelsTr/lung_000.nii.gz  uint8 {0, 1}
+    OUT/imagesTs/lung_020.nii.gz                OUT/labelsTs/lung_020.nii.gz  (true masks, for scoring)
+    OUT/lesions.json   {"version": 1, "seed", "cases": [{"name", "split", "image", "label", "spacing",
+                        "shape", "lesions": [{"id", "kind", "texture", "spiculated", "diameter_mm",
+                        "equiv_diameter_mm", "volume_ml", "voxels", "centre_mm"}]}]}
+
+Each lesion's ``volume_ml`` is its voxel count in the label times the voxel volume; ``centre_mm`` is the
+world (LPS, x y z) position of its voxel centroid; ``diameter_mm`` is the designed (nominal) diameter.
+The same seed gives the same bytes; case ``i`` depends only on (seed, split, i).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from lungtumor.core.errors import InputError, atomic_write_text, ensure_writable_dir
+from lungtumor.data.anatomy import (
+    Anatomy,
+    Grid,
+    grow_tree,
+    raster_tubes,
+    render_anatomy,
+    sample_anatomy,
+    smooth_noise,
+    widen_near_root,
+)
+from lungtumor.imaging.components import label_components
+from lungtumor.imaging.io import write_volume
+from lungtumor.imaging.volume import Volume
+
+#: Where a tumour sits: against the chest wall, at the hilum (vessels, mediastinum), or inside the lung.
+LESION_KINDS = ("juxtapleural", "hilar", "intrapulmonary")
+#: Tumour textures.
+TEXTURES = ("solid", "necrotic", "cavitary", "subsolid")
+
+
+@dataclass
+class PhantomCase:
+    """One phantom: image (int16 HU) and label (uint8) on one grid, the lesion records, and helper masks
+    (z, y, x) bool: ``lung`` (lung parenchyma incl. vessels and tumours), ``vessels`` (vessel occupancy >= 0.5),
+    ``bone``."""
+
+    image: Volume
+    label: Volume
+    lesions: list[dict]
+    lung: np.ndarray
+    vessels: np.ndarray
+    bone: np.ndarray
+
+
+def _rng(rng_or_seed: np.random.Generator | int | np.random.SeedSequence) -> np.random.Generator:
+    if isinstance(rng_or_seed, np.random.Generator):
+        return rng_or_seed
+    return np.random.default_rng(rng_or_seed)
+
+
+#: Training-set lesion plans: ``"standard"`` draws training phantoms like test phantoms; ``"rich"`` gives
+#: training phantoms more tumours (0-5, mean 2.7) and more small ones (40 % under 15 mm), so that a few dozen
+#: training cases show the model many more lesions; ``"rich_basal"`` is ``"rich"`` plus, in 30 % of the cases,
+#: one large mass (50-110 mm) on the diaphragm (kind ``"basal"``), which real scans have (the IBSI CT's 359 mL
+#: tumour) and the other plans never place. Test phantoms are always ``"standard"``.
+LESION_PLANS = ("standard", "rich", "rich_basal")
+#: ``hilar_vessels``: vessel radii near a tree's hilar root times 1 + boost * exp(-d / length): (boost, length
+#: mm). 2.3x at the root (trunks about 19-31 mm across, like the main and lobar pulmonary arteries and veins at
+#: a real hilum), 1.5x 25 mm out, 1.2x at 50 mm.
+HILAR_BOOST = (1.3, 25.0)
+
+
+def sample_lesion_plan(rng: np.random.Generator, kind: str = "standard") -> list[dict]:
+    """Draw how many tumours a case has and each one's size, site and texture.
+
+    ``kind="standard"``: 0-3 tumours (about 12 % tumour-free), 30 % of them 5-15 mm, the rest 15-70 mm
+    (log-uniform). ``kind="rich"`` (training phantoms only): 0-5 tumours (5 % tumour-free), 40 % small.
+    Sites and textures are drawn the same way in both. ``kind="rich_basal"``: ``"rich"`` (the same draws),
+    then with probability 0.3 one more tumour of kind ``"basal"``, 50-110 mm, solid or necrotic, resting on
+    the diaphragm. Returns a list of {"diameter_mm", "kind", "texture", "spiculated"}, largest first.
+    """
+    plan_kind = kind
+    if kind in ("rich", "rich_basal"):
+        n, p_small = int(rng.choice(6, p=[0.05, 0.1, 0.25, 0.3, 0.2, 0.1])), 0.4
+    else:
+        n, p_small = int(rng.choice(4, p=[0.12, 0.53, 0.25, 0.10])), 0.3
+    plan = []
+    for _ in range(n):
+        if rng.random() < p_small:
+            d = float(np.exp(rng.uniform(np.log(5.0), np.log(15.0))))
+        else:
+            d = float(np.exp(rng.uniform(np.log(15.0), np.log(70.0))))
+        kind = str(rng.choice(LESION_KINDS, p=[0.38, 0.22, 0.40]))
+        u = rng.random()
+        if d < 30 and u < 0.15:
+            tex = "subsolid"
+        elif d > 30 and u < 0.4:
+            tex = "necrotic"
+        elif d > 25 and u > 0.9:
+            tex = "cavitary"
+        else:
+            tex = "solid"
+        plan.append(
+            {
+                "diameter_mm": round(d, 2),
+                "kind": kind,
+                "texture": tex,
+                "spiculated": bool(rng.random() < 0.45),
+            }
+        )
+    if plan_kind == "rich_basal" and rng.random() < 0.3:  # drawn after the "rich" draws, which stay the same
+        d = float(np.exp(rng.uniform(np.log(50.0), np.log(110.0))))
+        tex = "necrotic" if rng.random() < 0.4 else "solid"
+        plan.append({"diameter_mm": round(d, 2), "kind": "basal", "texture": tex, "spiculated": False})
+    return sorted(plan, key=lambda p: -p["diameter_mm"])
+
+
+def _sample_grid(rng: np.random.Generator, an: Anatomy, matrix: int, slices: int | None) -> Grid:
+    fov = max(rng.uniform(1.0, 1.5) * 310.0, 2 * an.A + 25.0) * (1.0 if matrix >= 256 else 1.05)
+    fov = min(fov, 2 * an.A * 1.55 + 40)
+    dx = fov / matrix
+    dz = float(rng.choice([1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0], p=[0.06, 0.12, 0.1, 0.2, 0.17, 0.15, 0.2]))
+    if slices is None:
+        extent = rng.uniform(180.0, 330.0)
+        nz = int(np.clip(round(extent / dz), 32, 128 if matrix <= 256 else 320))
+    else:
+        nz = int(slices)
+    ext = nz * dz
+    lung_lo, lung_hi = -an.dome_drop * 0.8, an.height
+    if ext >= lung_hi - lung_lo + 20:
+        z0 = lung_lo - rng.uniform(0.2, 0.8) * (ext - (lung_hi - lung_lo))
+    else:  # a partial scan: a window inside the lungs, mostly around the hila
+        z0 = rng.uniform(
+            lung_lo + 0.1 * an.height, max(lung_lo + 0.1 * an.height, lung_hi - ext - 0.1 * an.height)
+        )
+    shift = rng.uniform(-0.04, 0.04, 2) * fov
+    x0 = -(matrix - 1) / 2 * dx + shift[0]
+    y0 = -(matrix - 1) / 2 * dx + shift[1] + 0.05 * an.B_post
+    return Grid(nz, matrix, matrix, dx, dx, dz, x0, y0, z0)
+
+
+def _place(
+    rng, plan: dict, grid: Grid, depth, wall, floor, dss: tuple[int, int], taken: list, hila: np.ndarray
+):
+    """Pick a centre (x, y, z mm, body frame) and radius for a tumour; None when nothing fits.
+
+    ``depth``, ``wall`` and ``floor`` (mm, on the coarse lung grid) are the distances to the lung's boundary,
+    to the chest wall, and down to the diaphragm (:func:`_floor_distance`)."""
+    zc, yc, xc = grid.axes()
+    R = plan["diameter_mm"] / 2
+    dsz, ds = dss
+    for _ in range(4):
+        kind = plan["kind"]
+        if kind == "intrapulmonary":
+            ok = depth > R + (0.25 * R if plan["spiculated"] else 1.0)
+        elif kind == "juxtapleural":
+            ok = (depth > 0.3 * R) & (depth < 0.6 * R + 1) & (np.abs(wall - depth) < 3 + 0.1 * R)
+        elif kind == "basal":  # centre 0.25-0.5 R above the diaphragm: the mass is cut flat by its dome
+            ok = (depth > 0.25 * R) & (floor > 0.25 * R) & (floor < 0.5 * R + 2)
+        else:
+            ok = (depth > 0.3 * R) & (depth < 0.7 * R + 2)
+        kk, jj, ii = np.nonzero(ok)
+        if len(kk):
+            pts = np.stack([xc[ii * ds], yc[jj * ds], zc[kk * dsz]], 1)
+            zlo, zhi = zc[0] + min(R, 0.4 * (zc[-1] - zc[0])), zc[-1] - min(R, 0.4 * (zc[-1] - zc[0]))
+            good = (pts[:, 2] >= zlo) & (pts[:, 2] <= zhi)
+            for c, r in taken:
+                good &= np.linalg.norm(pts - c, axis=1) > R * 1.3 + r * 1.3 + 6
+            if kind == "hilar":
+                dh = np.min(np.linalg.norm(pts[:, None, :] - hila[None], axis=2), 1)
+                near = good & (dh < R + 40)
+                good = near if near.any() else good
+            idx = np.flatnonzero(good)
+            if len(idx):
+                c = pts[rng.choice(idx)] + rng.uniform(-0.5, 0.5, 3) * [
+                    grid.dx * ds,
+                    grid.dy * ds,
+                    grid.dz * dsz,
+                ]
+                return c, R
+        R *= 0.7
+        if R < 2.5:
+            break
+    return None
+
+
+def _floor_distance(lung: np.ndarray, dz: float) -> np.ndarray:
+    """(z, y, x) float32 mm from each lung voxel down (towards -z) to the first non-lung voxel of its column:
+    the height above the diaphragm. inf off the lung and where the lung runs down to the scan's first slice
+    (a partial scan: no diaphragm below)."""
+    out = np.full(lung.shape, np.inf, np.float32)
+    run = np.zeros(lung.shape[1:], np.float32)
+    from_edge = lung[0].copy()
+    for k in range(lung.shape[0]):
+        run = np.where(lung[k], run + dz, 0.0)
+        from_edge &= lung[k]
+        out[k] = np.where(lung[k] & ~from_edge, run - 0.5 * dz, np.inf)
+    return out
+
+
+def _render_tumour(
+    rng, img, lid, lung, k: int, c: np.ndarray, R: float, plan: dict, grid: Grid, an: Anatomy
+) -> None:
+    """Draw tumour ``k`` (centre ``c`` mm, radius ``R`` mm) into ``img`` and mark its voxels in ``lid``."""
+    h = grid.h
+    lobes = [(c, R * 0.8)]
+    for _ in range(rng.integers(2, 7)):
+        u = rng.normal(size=3)
+        u /= np.linalg.norm(u)
+        lobes.append((c + u * R * rng.uniform(0.25, 0.5), R * rng.uniform(0.35, 0.62)))
+    waves = [
+        (rng.normal(size=3) * 2 * np.pi / (R * rng.uniform(0.5, 1.3)), rng.uniform(0, 2 * np.pi))
+        for _ in range(5)
+    ]
+    amp = R * rng.uniform(0.03, 0.07)
+    spic = []
+    if plan["spiculated"]:
+        for _ in range(rng.integers(5, 16)):
+            u = rng.normal(size=3)
+            u /= np.linalg.norm(u)
+            spic.append((c + u * 0.6 * R, c + u * R * rng.uniform(1.15, 1.7), rng.uniform(0.6, 1.6)))
+    m = R * 1.8 + 3
+    lo = grid.to_index(c - m)
+    hi = grid.to_index(c + m)
+    k0, j0, i0 = (max(int(np.floor(v)), 0) for v in lo)
+    k1, j1, i1 = (min(int(np.ceil(v)) + 1, n) for v, n in zip(hi, grid.shape, strict=True))
+    if k0 >= k1 or j0 >= j1 or i0 >= i1:
+        return
+    zc, yc, xc = grid.axes()
+    X = xc[i0:i1][None, None, :]
+    Y = yc[j0:j1][None, :, None]
+    Z = zc[k0:k1][:, None, None]
+    f = None
+    for lc, lr in lobes:
+        d = np.sqrt((X - lc[0]) ** 2 + (Y - lc[1]) ** 2 + (Z - lc[2]) ** 2) - lr
+        f = d if f is None else np.minimum(f, d)
+    for kv, ph in waves:
+        f = f + amp * np.sin(X * kv[0] + Y * kv[1] + Z * kv[2] + ph)
+    for a, b, r0 in spic:
+        ab = b - a
+        t = np.clip(((X - a[0]) * ab[0] + (Y - a[1]) * ab[1] + (Z - a[2]) * ab[2]) / (ab @ ab), 0, 1)
+        d = np.sqrt((X - a[0] - t * ab[0]) ** 2 + (Y - a[1] - t * ab[1]) ** 2 + (Z - a[2] - t * ab[2]) ** 2)
+        f = np.minimum(f, d - r0 * (1 - 0.85 * t))
+    lbox = lung[k0:k1, j0:j1, i0:i1]
+    idb = lid[k0:k1, j0:j1, i0:i1]
+    free = lbox & (idb == 0)
+    occ = np.clip(0.5 - f / h, 0, 1) * free
+    inside = (f < 0) & free
+    # A tumour is one object: spicules thinner than a voxel would leave detached label fragments that count as
+    # extra lesions. Keep the 26-connected piece that holds the most voxels (the core).
+    comp, n = label_components(inside)
+    if n > 1:
+        inside = comp == (1 + int(np.argmax(np.bincount(comp.ravel())[1:])))
+    het = smooth_noise(rng, f.shape, (3.0 / grid.dz, 3.0 / grid.dy, 3.0 / grid.dx))
+    depth = -f
+    if plan["kind"] == "juxtapleural":
+        base = an.hu_muscle + rng.normal(0, 5)
+    else:
+        base = rng.uniform(18.0, 52.0) + (0.1 * (an.hu_blood - 40) if an.hu_blood > 100 else 0)
+    hu = base + rng.uniform(8, 20) * het
+    tex = plan["texture"]
+    if tex == "necrotic":
+        core = np.clip((depth - 0.35 * R) / (0.15 * R), 0, 1)
+        hu = hu - core * rng.uniform(15, 40)
+    elif tex == "cavitary":
+        u = rng.normal(size=3)
+        cc = c + u / np.linalg.norm(u) * 0.2 * R
+        dcav = np.sqrt((X - cc[0]) ** 2 + (Y - cc[1]) ** 2 + (Z - cc[2]) ** 2) - R * rng.uniform(0.2, 0.4)
+        dcav = dcav + 0.15 * R * het
+        hu = hu + (-960.0 - hu) * np.clip(0.5 - dcav / h, 0, 1)
+    if rng.random() < 0.1 and R > 8:  # calcification
+        hu = np.where(het > 2.3, 350.0, hu)
+    box = img[k0:k1, j0:j1, i0:i1]
+    if tex == "subsolid":
+        solid = np.clip((depth - R * rng.uniform(0.4, 0.9)) / h + 0.5, 0, 1)
+        ggo = rng.uniform(-700, -420) + 40 * het
+        hu = ggo * (1 - solid) + hu * solid
+        box[...] = np.maximum(box, box * (1 - occ) + hu * occ)
+    else:
+        box[...] = box * (1 - occ) + hu * occ
+    idb[inside] = k
+
+
+def build_case(
+    rng_or_seed: np.random.Generator | int | np.random.SeedSequence = 0,
+    matrix: int = 256,
+    slices: int | None = None,
+    plan: list[dict] | None = None,
+    lesion_plan: str = "standard",
+    hilar_vessels: bool = False,
+) -> PhantomCase:
+    """Build one phantom in memory.
+
+    Args:
+        rng_or_seed: a numpy Generator, or a seed for one.
+        matrix: in-plane size in pixels (spacing scales so the body fits: 0.6-0.95 mm at 512).
+        slices: number of slices (None: random, 32-128 at matrix <= 256).
+        plan: tumours to draw (as from :func:`sample_lesion_plan`); None draws them.
+        lesion_plan: how to draw them when ``plan`` is None (:data:`LESION_PLANS`).
+        hilar_vessels: widen the vessel trees near the hila to the calibre of the central pulmonary arteries
+            and veins (:data:`HILAR_BOOST`); the same random draws, so the same anatomy and tumours otherwise.
+    """
+    rng = _rng(rng_or_seed)
+    an = sample_anatomy(rng)
+    grid = _sample_grid(rng, an, matrix, slices)
+    if plan is None:
+        plan = sample_lesion_plan(rng, lesion_plan)
+    step = 5.0
+    tex = smooth_noise(rng, grid.shape, (step / grid.dz, step / grid.dy, step / grid.dx))
+    img, masks = render_anatomy(an, grid, tex, rng, table=bool(rng.random() < 0.75))
+    lung = masks["lung"]
+    # vessel trees: arteries and veins for each lung, from the hila to points spread through the lung
+    zc, yc, xc = grid.axes()
+    occ = np.zeros(grid.shape, np.float32)
+    ds = max(1, round(4.0 / grid.dx))
+    sub = lung[:, ::ds, ::ds]
+    hila = an.hila
+    r_leaf = rng.uniform(0.8, 1.05)
+    for si, sign in enumerate((1, -1)):
+        kk, jj, ii = np.nonzero(sub & (masks["side"][:, ::ds, ::ds] == sign))
+        if len(kk) < 8:
+            continue
+        for dzh in (10.0, -25.0):
+            n = min(len(kk), int(rng.integers(150, 260)))
+            pick = rng.choice(len(kk), n, replace=False)
+            pts = np.stack([xc[ii[pick] * ds], yc[jj[pick] * ds], zc[kk[pick]]], 1)
+            pts += rng.uniform(-0.5, 0.5, pts.shape) * [grid.dx * ds, grid.dy * ds, grid.dz]
+            root = hila[si] + [0.0, rng.uniform(-10, 10), dzh]
+            segs = grow_tree(rng, root, pts, r_leaf)
+            if hilar_vessels:
+                segs = widen_near_root(segs, root, *HILAR_BOOST)
+            raster_tubes(occ, segs, grid)
+    # a few vessel knots / granulomas: nodule-like bright dots that are not tumours
+    gran = []
+    if len(np.flatnonzero(sub)):
+        kk, jj, ii = np.nonzero(sub)
+        for q in rng.choice(len(kk), int(rng.integers(2, 9))):
+            p = np.array([xc[ii[q] * ds], yc[jj[q] * ds], zc[kk[q]]])
+            gran.append([*p, *(p + rng.normal(0, 1.0, 3)), rng.uniform(1.2, 3.0), rng.uniform(1.0, 2.5), 0])
+    occ *= masks["soft"]
+    vessels = occ >= 0.5
+    img += occ * (an.hu_blood - img)
+    # airways: main bronchi from the carina, lobar and segmental bronchi into each lung
+    air = [[*an.carina, *hila[0], 6.5, 5.5, 0], [*an.carina, *hila[1], 7.0, 6.0, 0]]
+    for si, sign in enumerate((1, -1)):
+        kk, jj, ii = np.nonzero(sub & (masks["side"][:, ::ds, ::ds] == sign))
+        if len(kk) >= 8:
+            pick = rng.choice(len(kk), min(len(kk), 14), replace=False)
+            pts = np.stack([xc[ii[pick] * ds], yc[jj[pick] * ds], zc[kk[pick]]], 1)
+            tr = grow_tree(rng, hila[si], pts, 2.2)
+            air += [list(t[:6]) + [t[6] * 0.8, t[7] * 0.5, t[8]] for t in tr if t[8] <= 2]
+    air = np.asarray(air)
+    w = np.zeros(grid.shape, np.float32)
+    raster_tubes(w, air, grid, grow=1.3)
+    w *= masks["soft"] | (np.abs(zc - an.carina[2]) < 80)[:, None, None]
+    img += w * (an.hu_muscle - img)
+    w[...] = 0
+    raster_tubes(w, air, grid)
+    w *= masks["soft"] | (np.abs(zc - an.carina[2]) < 80)[:, None, None]
+    img += w * (-1000.0 - img)
+    del w
+    if gran:
+        g = np.zeros(grid.shape, np.float32)
+        raster_tubes(g, np.asarray(gran), grid)
+        g *= lung
+        img += g * (rng.uniform(60, 400) - img)
+    # tumours
+    lid = np.zeros(grid.shape, np.uint8)
+    dsz = max(1, round(3.0 / grid.dz))
+    lds = lung[::dsz, ::ds, ::ds]
+    samp = (grid.dz * dsz, grid.dy * ds, grid.dx * ds)
+    depth = (
+        ndi.distance_transform_edt(lds, sampling=samp).astype(np.float32)
+        if lds.any()
+        else np.zeros(lds.shape)
+    )
+    wall = masks["wall_depth"][::dsz, ::ds, ::ds]
+    floor = _floor_distance(lds, samp[0]) if any(p["kind"] == "basal" for p in plan) else None
+    taken: list = []
+    placed = []
+    for p in plan:
+        got = _place(rng, p, grid, depth, wall, floor, (dsz, ds), taken, hila)
+        if got is None:
+            continue
+        c, R = got
+        k = len(placed) + 1
+        _render_tumour(rng, img, lid, lung, k, c, R, p, grid, an)
+        taken.append((c, R))
+        placed.append((k, p, R))
+    # scanner: point-spread blur, correlated noise
+    sxy = rng.uniform(0.45, 0.85) / grid.dx
+    ndi.gaussian_filter(img, (0.35 * max(1.0, 2.0 / grid.dz), sxy, sxy), output=img, truncate=3.0)
+    noise = rng.standard_normal(grid.shape, dtype=np.float32)
+    nc = rng.uniform(0.6, 1.1) * 0.7 / grid.dx * (1 if grid.dx < 1.2 else 1.2)
+    ndi.gaussian_filter(noise, (0, nc, nc), output=noise, truncate=3.0)
+    sigma = rng.uniform(12.0, 28.0) * np.sqrt(2.5 / max(grid.dz, 1.0)) ** 0.5
+    noise *= sigma / (float(noise[:: max(1, grid.nz // 8)].std()) + 1e-6)
+    noise[~masks["body"]] *= 0.3
+    img += noise
+    arr = np.clip(np.rint(img), -1024, 3071).astype(np.int16)
+    label = (lid > 0).astype(np.uint8)
+    origin = (
+        float(rng.uniform(-260, -140) + grid.x0 * 0),
+        float(rng.uniform(-330, -170)),
+        float(np.round(rng.uniform(-700, -100), 1)),
+    )
+    # float32-exact geometry, so volumes computed here equal those computed after a NIfTI round trip
+    spacing = tuple(float(np.float32(round(v, 4))) for v in (grid.dx, grid.dy, grid.dz))
+    origin = tuple(float(np.float32(v)) for v in origin)
+    image = Volume(arr, spacing=spacing, origin=origin)
+    lab = image.with_array(label)
+    vv = image.voxel_volume_mm3
+    lesions = []
+    if placed:
+        counts = np.bincount(lid.ravel(), minlength=len(placed) + 1)
+        nzi = np.nonzero(lid)
+        ids = lid[nzi]
+        cents = [[float(np.mean(a[ids == k])) if counts[k] else 0.0 for a in nzi] for k, _, _ in placed]
+        for (k, p, R), cm in zip(placed, cents, strict=True):
+            if counts[k] == 0:
+                continue
+            ml = counts[k] * vv / 1000.0
+            lesions.append(
+                {
+                    "id": len(lesions) + 1,
+                    "kind": p["kind"],
+                    "texture": p["texture"],
+                    "spiculated": p["spiculated"],
+                    "diameter_mm": round(2 * R, 2),
+                    "equiv_diameter_mm": round(float((6 * ml * 1000 / np.pi) ** (1 / 3)), 2),
+                    "volume_ml": ml,
+                    "voxels": int(counts[k]),
+                    "centre_mm": [round(float(v), 2) for v in image.index_to_world(np.array([cm]))[0]],
+                }
+            )
+    return PhantomCase(image, lab, lesions, lung, vessels, masks["bone"])
+
+
+def make_case(
+    rng_or_seed: np.random.Generator | int | np.random.SeedSequence = 0,
+    matrix: int = 256,
+    slices: int | None = None,
+) -> tuple[Volume, Volume, list[dict]]:
+    """One phantom in memory: (image Volume int16 HU, label Volume uint8 {0,1} on its grid, lesion records).
+
+    Small sizes (e.g. ``matrix=96, slices=24``) take well under a second.
+    """
+    c = build_case(rng_or_seed, matrix, slices)
+    return c.image, c.label, c.lesions
+
+
+def _case_seed(seed: int, split: int, i: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence(seed, spawn_key=(split, i))
+
+
+def _write_case(job: tuple) -> dict:
+    out, name, split, seed_seq, matrix, slices, lesion_plan, hilar = job
+    case = build_case(
+        np.random.default_rng(seed_seq), matrix, slices, lesion_plan=lesion_plan, hilar_vessels=hilar
+    )
+    img_dir, lab_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
+    write_volume(case.image, Path(out) / img_dir / f"{name}.nii.gz")
+    write_volume(case.label, Path(out) / lab_dir / f"{name}.nii.gz")
+    return {
+        "name": name,
+        "split": split,
+        "image": f"./{img_dir}/{name}.nii.gz",
+        "label": f"./{lab_dir}/{name}.nii.gz",
+        "spacing": list(case.image.spacing),
+        "shape": list(case.image.shape),
+        "lesions": case.lesions,
+    }
+
+
+def synth_dataset(
+    out: str | os.PathLike,
+    n_train: int = 20,
+    n_test: int = 4,
+    seed: int = 0,
+    matrix: int = 256,
+    slices: int | None = None,
+    progress: bool = False,
+    workers: int | None = None,
+    train_lesions: str = "standard",
+    val_cases: int = 0,
+    train_hilar_vessels: bool = False,
+) -> str:
+    """Write a Task06-style phantom dataset into ``out`` (see the module docstring); return a summary line.
+
+    ``workers`` processes build cases in parallel (default: up to the CPU count); the output does not depend
+    on it. ``train_lesions`` (:data:`LESION_PLANS`) sets how training cases draw their tumours; test cases
+    always draw them the standard way, and do not depend on it. ``val_cases`` > 0: the last ``val_cases``
+    labelled cases are drawn the standard way too (like the test cases) and dataset.json lists them under
+    ``validation``, so that ``prepare`` validates on them and validation Dice means what held-out Dice means;
+    the other labelled cases are the same bytes as without it. ``train_hilar_vessels``: the training cases
+    (not the ``val_cases``, not the test cases) get hilar vessels of real calibre (``build_case``).
+
+    Raises:
+        InputError: negative or zero case counts, a matrix or slice count out of range, a negative seed, or an
+            output folder that cannot be written.
+    """
+    from tqdm import tqdm
+
+    if n_train < 0 or n_test < 0:
+        raise InputError("--cases", f"case counts must be >= 0 (got {n_train} training, {n_test} test)")
+    if n_train + n_test == 0:
+        raise InputError("--cases", "nothing to write: 0 training and 0 test cases")
+    if not 48 <= matrix <= 1024:
+        raise InputError("--matrix", f"must be between 48 and 1024 pixels (got {matrix})")
+    if slices is not None and not 4 <= slices <= 1000:
+        raise InputError("--slices", f"must be between 4 and 1000 (got {slices})")
+    if seed < 0:
+        raise InputError("--seed", f"must be >= 0 (got {seed})")
+    if not 0 <= val_cases < max(n_train, 1):
+        raise InputError(
+            "--val-cases", f"must be between 0 and {max(n_train - 1, 0)} for {n_train} cases, got {val_cases}"
+        )
+    if train_lesions not in LESION_PLANS:
+        raise InputError(
+            "--train-lesions", f"unknown plan {train_lesions!r}; valid: {', '.join(LESION_PLANS)}"
+        )
+    t0 = time.perf_counter()
+    root = ensure_writable_dir(out)
+    for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        ensure_writable_dir(root / d)
+    first_val = n_train - val_cases
+    jobs = [
+        (str(root), f"lung_{i:03d}", "train", _case_seed(seed, 0, i), matrix, slices,
+         "standard" if i >= first_val else train_lesions, train_hilar_vessels and i < first_val)
+        for i in range(n_train)
+    ]  # fmt: skip
+    val_names = [f"lung_{i:03d}" for i in range(first_val, n_train)]
+    jobs += [
+        (str(root), f"lung_{n_train + i:03d}", "test", _case_seed(seed, 1, i), matrix, slices, "standard", False)
+        for i in range(n_test)
+    ]  # fmt: skip
+    nw = min(len(jobs), workers if workers is not None else min(os.cpu_count() or 1, 8))
+    bar = tqdm(total=len(jobs), desc="synth", unit="case", disable=not progress)
+    if nw <= 1:
+        records = []
+        for j in jobs:
+            records.append(_write_case(j))
+            bar.update()
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+        with ProcessPoolExecutor(nw, mp_context=ctx) as ex:
+            records = []
+            for r in ex.map(_write_case, jobs):
+                records.append(r)
+                bar.update()
+    bar.close()
+    train = [r for r in records if r["split"] == "train"]
+    test = [r for r in records if r["split"] == "test"]
+    ds = {
+        "name": "lungtumor-phantoms",
+        "description": "Synthetic chest CT phantoms with lung tumours (lungtumor synth, seed "
+        f"{seed}). labelsTs/ holds the test cases' true masks so held-out phantoms can be scored; "
+        "lesions.json records every lesion's true volume, centre and diameter.",
+        "reference": "lungtumor built-in phantoms",
+        "licence": "CC0 (synthetic)",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", "1": "tumour"},
+        "numTraining": len(train),
+        "numTest": len(test),
+        "training": [{"image": r["image"], "label": r["label"]} for r in train],
+        "test": [r["image"] for r in test],
+    }
+    if val_names:
+        ds["validation"] = val_names
+    atomic_write_text(root / "dataset.json", json.dumps(ds, indent=2) + "\n")
+    les = {
+        "version": 1,
+        "seed": seed,
+        "matrix": matrix,
+        "train_lesions": train_lesions,
+        "train_hilar_vessels": train_hilar_vessels,
+        "cases": records,
+    }
+    if val_names:
+        les["validation"] = val_names  # drawn the standard way
+    atomic_write_text(root / "lesions.json", json.dumps(les, indent=1) + "\n")
+    n_les = sum(len(r["lesions"]) for r in records)
+    free = sum(1 for r in records if not r["lesions"])
+    dt = time.perf_counter() - t0
+    of_which = (
+        f" ({len(val_names)} of them fixed for validation, drawn like the test ones)" if val_names else ""
+    )
+    return (
+        f"wrote {len(train)} training{of_which} + {len(test)} test phantoms ({n_les} lesions, {free} tumour-free) "
+        f"to {root} in {dt:.1f} s"
+    )

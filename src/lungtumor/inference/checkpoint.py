@@ -1,0 +1,173 @@
+"""inference.checkpoint"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lungtumor.core.config import NoduleConfig, RunConfig, config_from_dict, to_dict
+from lungtumor.core.errors import InputError
+from lungtumor.inference.detector import CKPT_KEY
+from lungtumor.models import create_model
+from lungtumor.models.nodule3d import NodulePatchNet
+from lungtumor.models.registry3d import build_model3d
+
+ARCH_3D = "unet3d"
+
+
+def is_3d(cfg: RunConfig) -> bool:
+    """True when ``cfg`` is the 3D recipe."""
+    return cfg.model.arch == ARCH_3D
+
+
+def load_checkpoint3d(path: str | os.PathLike):
+    """Load a 3D-recipe checkpoint (.ckpt or run folder) as ``checkpoint.LoadedModel`` (model in eval, CPU).
+
+    Raises:
+        InputError: missing, foreign or mismatching checkpoint, or not a 3D one.
+    """
+    p = checkpoint_file(path)
+    ck = _read_checkpoint(p)
+    info = ck["hyper_parameters"]["lungtumor"]
+    try:
+        cfg = config_from_dict(info["config"], source=str(p))
+        if not is_3d(cfg):
+            raise InputError(p, f"not a 3D checkpoint (model.arch {cfg.model.arch!r})")
+        model = build_model3d(cfg)
+        model.load_state_dict({k[4:]: v for k, v in ck["state_dict"].items() if k.startswith("net.")})
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise InputError(
+            p, f"checkpoint does not match its config ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
+    model.eval()
+    stats = {k: float(v) for k, v in dict(info.get("stats", {})).items()}
+    return LoadedModel(model, cfg, stats, dict(info.get("prep", {})), p)
+
+
+def _arch_of(path: Path) -> str:
+    cfg = _read_checkpoint(checkpoint_file(path))["hyper_parameters"]["lungtumor"].get("config", {})
+    return str(cfg.get("model", {}).get("arch", "")) if isinstance(cfg, dict) else ""
+
+
+def load_any(path: str | os.PathLike):
+    """Load a 2D or 3D lungtumor checkpoint (``checkpoint.load_checkpoint`` or :func:`load_checkpoint3d`)."""
+    return load_checkpoint3d(path) if _arch_of(Path(path)) == ARCH_3D else load_checkpoint(path)
+
+
+def add_detector_to_checkpoint(path: Path, net: NodulePatchNet, cfg: NoduleConfig | None = None) -> None:
+    """Store ``net``'s weights in the checkpoint file ``path`` (atomically rewritten) and, with ``cfg``, its
+    settings as the checkpoint's ``nodule`` config (``enabled`` then on): until this rename the file is the
+    2D model alone, after it the 2D model with its detector; never anything in between."""
+    import io
+    from dataclasses import replace
+
+    from lungtumor.core.config import to_dict
+    from lungtumor.core.errors import atomic_write_bytes
+
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    ck[CKPT_KEY] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    if cfg is not None:
+        ck["hyper_parameters"]["lungtumor"]["config"]["nodule"] = to_dict(replace(cfg, enabled=True))
+    buf = io.BytesIO()
+    torch.save(ck, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@dataclass
+class LoadedModel:
+    """A model restored from a checkpoint, ready for prediction.
+
+    Attributes:
+        model: the network in eval mode, on the CPU; input (B, C, H, W), logits (B, 1, H, W).
+        config: the resolved RunConfig of the run (``config.prep`` is the cache's preprocessing).
+        stats: intensity statistics of the training set, e.g. ``{"mean": ..., "std": ...}``.
+        prep: the cache's preprocessing parameters as a plain dict.
+        path: the checkpoint file.
+        nodule: the 3D nodule detector trained beside the model (``config.nodule.enabled``), else None.
+    """
+
+    model: nn.Module
+    config: RunConfig
+    stats: dict[str, float]
+    prep: dict[str, Any]
+    path: Path
+    nodule: nn.Module | None = None
+
+
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The .ckpt that ``path`` names: the file itself, or a run folder's checkpoints/best.ckpt (or best.ckpt)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoints" / "best.ckpt" if (p / "checkpoints").is_dir() else p / "best.ckpt"
+    return p
+
+
+def _is_pickle_or_torch_zip(path: Path) -> bool:
+    """True when the file is a torch zip archive or starts like a pickle (protocol >= 2)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() and _is_pickle_or_torch_zip(path):
+            raise InputError(
+                path,
+                "refused: the file holds pickled objects other than tensors (unsafe, not a lungtumor checkpoint)",
+            ) from None
+        raise InputError(path, "not a readable checkpoint: not a PyTorch file, or corrupt") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
+        raise InputError(
+            path, f"not a readable checkpoint: truncated or not a PyTorch file ({first})"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any other unpickling failure means a bad file
+        raise InputError(path, f"not a readable checkpoint ({type(e).__name__})") from None
+    hp = ck.get("hyper_parameters") if isinstance(ck, dict) else None
+    if not isinstance(hp, dict) or not isinstance(hp.get("lungtumor"), dict) or "state_dict" not in ck:
+        raise InputError(path, "not a lungtumor checkpoint (no hyper_parameters['lungtumor'])")
+    return ck
+
+
+def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
+    """Load a lungtumor checkpoint (a .ckpt file, or a run folder: then its checkpoints/best.ckpt).
+
+    Uses ``torch.load(weights_only=True)``: nothing but tensors and primitives is unpickled.
+
+    Raises:
+        InputError: missing, truncated or foreign file (the message names it).
+    """
+    p = checkpoint_file(path)
+    ck = _read_checkpoint(p)
+    info = ck["hyper_parameters"]["lungtumor"]
+    try:
+        cfg = config_from_dict(info["config"], source=str(p))
+        model = create_model(cfg.model)
+        state = {k[4:]: v for k, v in ck["state_dict"].items() if k.startswith("net.")}
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError, TypeError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
+        raise InputError(p, f"checkpoint does not match its config ({detail[:160]})") from None
+    model.eval()
+    from lungtumor.inference.detector import load_detector
+
+    nodule = load_detector(ck, cfg.nodule, p)
+    stats = {k: float(v) for k, v in dict(info.get("stats", {})).items()}
+    return LoadedModel(model, cfg, stats, dict(info.get("prep", to_dict(cfg.prep))), p, nodule)

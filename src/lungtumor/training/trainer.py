@@ -1,0 +1,249 @@
+"""What the 2D trainer (``training.train``) and the 3D trainer (``train3d.train3d``) share: the ``pl.Trainer``
+set-up of a run folder, the progress bar, atomic checkpoint writing, epoch history carried in checkpoints, the
+runtime (accelerator, precision) resolution, the warm-up + cosine LR schedule and the ``TrainResult``.
+
+Run folder layout (see docs/design.md): ``checkpoints/best.ckpt`` (best ``val_dice``), ``checkpoints/last.ckpt``,
+TensorBoard logs in ``tb/``; ``metrics.csv`` and ``loss_curves.png`` come from ``run_artifacts``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+from torch import nn
+
+from lungtumor.core.config import RunConfig
+from lungtumor.core.errors import InputError, atomic_path
+
+try:  # Lightning is needed for training only; checkpoint.load_checkpoint works without it.
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    LightningModuleBase: Any = pl.LightningModule
+except ImportError:  # pragma: no cover
+    pl = None
+    LightningModuleBase = nn.Module
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_dir: Path
+    best_checkpoint: Path
+    best_dice: float
+    best_epoch: int
+    epochs: int
+    oversample_ratio: float
+    seconds: float
+    is_global_zero: bool = True
+
+    def __str__(self) -> str:
+        return (
+            f"trained {self.epochs} epochs in {self.seconds:.0f} s; best per-patient val Dice {self.best_dice:.4f} "
+            f"(epoch {self.best_epoch}); tumour slices oversampled x{self.oversample_ratio:.2f}; "
+            f"checkpoint {self.best_checkpoint}"
+        )
+
+
+def train_result(
+    run_dir: Path, history: dict[str, list], trainer: Any, oversample_ratio: float, t0: float, **kw: Any
+) -> TrainResult:
+    """The TrainResult of a finished fit: the best epoch by ``val_dice`` in ``history``, seconds since ``t0``."""
+    rows = history["epochs"]
+    best = max(rows, key=lambda r: r["val_dice"]) if rows else {"val_dice": float("nan"), "epoch": -1}
+    return TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=run_dir / "checkpoints" / "best.ckpt",
+        best_dice=float(best["val_dice"]),
+        best_epoch=int(best["epoch"]),
+        epochs=int(trainer.current_epoch),
+        oversample_ratio=oversample_ratio,
+        seconds=time.perf_counter() - t0,
+        **kw,
+    )
+
+
+def refuse_existing_run(run_dir: Path) -> NoReturn:
+    """Raise the error for a fresh (not resumed) run into a folder that already holds a run."""
+    raise InputError(
+        run_dir,
+        "already holds a training run (checkpoints/last.ckpt); pass --resume or choose a new --out",
+    )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO if pl else object):  # type: ignore[misc]
+    """Writes checkpoints to a temporary file and renames it, so a killed run never leaves a torn .ckpt."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(buf.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+
+
+class HistoryInCheckpoint:
+    """Mixin for our LightningModules: ``self.history`` (epoch rows, step losses) travels inside checkpoints,
+    so a resumed run's metrics.csv and loss curves continue where they stopped."""
+
+    history: dict[str, list]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lungtumor_history"] = copy.deepcopy(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = copy.deepcopy(checkpoint.get("lungtumor_history", {"epochs": [], "steps": []}))
+
+    def record_epoch(self, step: int, step_losses: list[float], row: dict[str, Any]) -> None:
+        """Append the losses of the steps up to ``step`` and put ``row`` in place of any row of its epoch."""
+        first = step - len(step_losses)
+        self.history["steps"].extend([[first + i + 1, v] for i, v in enumerate(step_losses)])
+        self.history["epochs"] = [r for r in self.history["epochs"] if r["epoch"] != row["epoch"]] + [row]
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over min(100, 5 %) of the steps, then cosine decay to 2 % of the base learning rate."""
+    total = max(1, total_steps)
+    warm = min(100, total // 20)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def resolve_runtime(cfg: RunConfig) -> tuple[str, str]:
+    """(accelerator, precision) after resolving ``"auto"``: bf16-mixed on CUDA, 32-bit on the CPU."""
+    acc = cfg.train.accelerator
+    if acc == "auto":
+        acc = "gpu" if torch.cuda.is_available() else "cpu"
+    prec = cfg.train.precision
+    if prec == "auto":
+        prec = "bf16-mixed" if acc in ("gpu", "cuda") else "32-true"
+    elif prec == "32":
+        prec = "32-true"
+    return acc, prec
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """Silence Lightning's informational prints and known-harmless warnings (library code prints nothing)."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        for pat in (
+            ".*does not have many workers.*",
+            ".*smaller than the logging interval.*",
+            ".*Checkpoint directory .* exists and is not empty.*",
+            ".*is an invalid version and will not be supported.*",
+            ".*LeafSpec.*",
+            ".*The `srun` command is available.*",
+            ".*sync_dist=True.*",
+        ):
+            warnings.filterwarnings("ignore", message=pat)
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, levels, strict=True):
+                lg.setLevel(lv)
+
+
+class ProgressBar(TQDMProgressBar if pl else object):  # type: ignore[misc]
+    """Progress bar with epoch, loss and slices/s (no logger version number)."""
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+def make_trainer(
+    run_dir: Path,
+    cfg: RunConfig,
+    accelerator: str,
+    precision: str,
+    *,
+    progress: bool,
+    log_every_n_steps: int,
+    callbacks: tuple[Any, ...] = (),
+    **trainer_kw: Any,
+) -> Any:
+    """A ``pl.Trainer`` writing into ``run_dir``: best/last checkpoints by ``val_dice`` (atomic writes), TensorBoard
+    logs in ``tb/``, no sanity validation, validation every ``train.val_every_n_epochs`` epochs.
+
+    ``callbacks`` come after the checkpoint callback and before the progress bar; ``trainer_kw`` (devices,
+    strategy, ...) go to ``pl.Trainer`` as they are. Call inside :func:`quiet_lightning`.
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    best_cb = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val_dice",
+        mode="max",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    # last.ckpt after EVERY epoch, from its own callback: Lightning (>= 2.4) writes a save_last copy only when
+    # the monitored checkpoint was saved in that step, so after an epoch that did not improve val_dice the
+    # "last" checkpoint stayed behind and --resume lost the epochs since (test_last_checkpoint_is_every_epoch).
+    last_cb = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+    return pl.Trainer(
+        accelerator=accelerator,
+        precision=precision,
+        max_epochs=cfg.train.epochs,
+        logger=TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False),
+        callbacks=[best_cb, *callbacks, last_cb] + ([ProgressBar()] if progress else []),
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=cfg.train.val_every_n_epochs,
+        log_every_n_steps=log_every_n_steps,
+        benchmark=accelerator in ("gpu", "cuda"),
+        default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
+        **trainer_kw,
+    )
+
+
+def ema_callbacks(decay: float) -> tuple[Any, ...]:
+    """Callbacks for ``train.ema_decay``: none when it is 0, else Lightning's ``WeightAveraging`` keeping an
+    exponential moving average of the weights and buffers (decay per optimiser step). Lightning then validates
+    and checkpoints the average (``state_dict``; the raw weights go to ``current_model_state`` for resuming),
+    so prediction uses it with no change."""
+    if decay <= 0:
+        return ()
+    from lightning.pytorch.callbacks import WeightAveraging
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    return (WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(decay)),)

@@ -1,0 +1,327 @@
+"""Predict over files: CT files or DICOM folders in, masks, lesion tables, probability maps and reports out."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lungtumor.core.errors import InputError, ensure_writable_dir
+from lungtumor.core.runtime import cpu_has_bf16, resolve_device
+from lungtumor.imaging.io import IMAGE_SUFFIXES, case_name, is_image_path, read_volume, write_volume
+from lungtumor.postprocessing.filters import postprocess_mask
+
+
+@dataclass
+class PredictOptions:
+    """Options for :func:`predict_paths`. ``None`` means: use the checkpoint's ``infer`` config."""
+
+    threshold: float | None = None
+    min_lesion_mm3: float | None = None
+    min_z_extent_ratio: float | None = None
+    postprocess: bool = True
+    lung_gate: bool | None = None
+    save_prob: bool = False
+    report: bool = False
+    measure: bool = True
+    device: str = "auto"
+    batch_size: int | None = None
+    tta: bool | None = None
+    precision: str = "auto"
+    threads: int | None = None
+    progress: bool = False
+    nodules: bool | None = None
+
+
+@dataclass
+class PredictResult:
+    """What happened to one input."""
+
+    case: str
+    source: Path
+    mask_path: Path | None = None
+    outputs: list[Path] = field(default_factory=list)
+    n_lesions: int = 0
+    tumour_ml: float = 0.0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def summary_line(self) -> str:
+        """One human-readable line."""
+        if self.error:
+            return f"FAILED {self.case}: {self.error}"
+        return (
+            f"{self.case}: {self.n_lesions} lesion(s), {self.tumour_ml:.2f} mL -> {self.mask_path} "
+            f"({self.seconds:.1f} s)"
+        )
+
+
+def _is_dicom_file(f: Path) -> bool:
+    """A ``.dcm`` file, or one with the DICOM preamble's ``DICM`` marker."""
+    if f.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(f, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _looks_like_dicom_dir(p: Path) -> bool:
+    """A folder holding DICOM files and no image file of another format (then it is one series)."""
+    files = [f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")]
+    return not any(is_image_path(f) for f in files) and any(_is_dicom_file(f) for f in files)
+
+
+#: What ``predict`` writes beside a mask; a folder of inputs that holds them (a rerun into the input folder)
+#: does not take them for CTs.
+OUTPUT_SUFFIXES = ("_tumour", "_prob")
+
+
+def collect_inputs(
+    paths: Iterable[str | os.PathLike], skipped: list[tuple[Path, str]] | None = None
+) -> list[tuple[str, Path]]:
+    """Expand CLI inputs into (case name, path) pairs.
+
+    A file is one case; a folder holding DICOM files and no other image file is one case (the series); any
+    other folder contributes each image file and each DICOM sub-folder in it (sorted). What such a folder
+    holds and is not taken (other files, sub-folders without a DICOM series, DICOM files beside other images,
+    ``predict``'s own ``*_tumour``/``*_prob`` outputs) is appended to ``skipped`` as (path, reason), so that
+    the caller can say so; hidden files are passed over.
+
+    Raises:
+        InputError: an input does not exist, a folder holds nothing readable, or two inputs share a case name.
+    """
+    out: list[tuple[str, Path]] = []
+    skip = skipped if skipped is not None else []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise InputError(p, "no such file or folder")
+        if p.is_file():
+            out.append((case_name(p), p))
+        elif _looks_like_dicom_dir(p):
+            out.append((p.name, p))
+        else:
+            found = []
+            for child in sorted(p.iterdir()):
+                if child.name.startswith("."):
+                    continue
+                if child.is_file() and is_image_path(child):
+                    if case_name(child).endswith(OUTPUT_SUFFIXES):
+                        skip.append((child, "a lungtumor output (*_tumour / *_prob), not a CT"))
+                    else:
+                        found.append((case_name(child), child))
+                elif child.is_dir():
+                    if _looks_like_dicom_dir(child):
+                        found.append((child.name, child))
+                    else:
+                        skip.append((child, "a folder without a DICOM series (sub-folders are not searched)"))
+                elif _is_dicom_file(child):
+                    skip.append(
+                        (child, "a DICOM file beside other CT images (give a series a folder of its own)")
+                    )
+                else:
+                    skip.append((child, f"not a CT image ({', '.join(IMAGE_SUFFIXES)}) or DICOM series"))
+            if not found:
+                raise InputError(
+                    p, f"folder holds no CT images ({', '.join(IMAGE_SUFFIXES)}) or DICOM series"
+                )
+            out.extend(found)
+    names = [n for n, _ in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(dup[0], "two inputs have this case name; outputs would overwrite each other")
+    return out
+
+
+def output_stem(case: str) -> str:
+    """The file-name stem for ``case``'s outputs: path separators, control characters and characters that
+    are not allowed in Windows file names become ``_``, and a leading ``.`` too (no hidden files, no ``..``),
+    so an output can only ever land inside the output folder."""
+    s = re.sub(r'[\x00-\x1f\x7f/\\<>:"|?*]', "_", case)
+    s = re.sub(r"^\.+", lambda m: "_" * len(m.group()), s)
+    return s or "case"
+
+
+def predict_paths(
+    inputs: Iterable[str | os.PathLike],
+    model_path: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    opts: PredictOptions | None = None,
+) -> list[PredictResult]:
+    """Predict every input; write ``<case>_tumour.nii.gz`` (uint8, input geometry), lesion files, optional
+    ``<case>_prob.nii.gz`` and report. A failing case is reported in its result; the others go on.
+
+    ``model_path`` is one checkpoint or run folder (2D or 3D), or several: then their probabilities on the
+    input grid are averaged (an ensemble, e.g. a 2D and a 3D model); the first model's infer settings apply.
+
+    Raises:
+        InputError: the model cannot be loaded, the output folder is not writable, or inputs are missing.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from lungtumor.imaging.lungs import lung_air_hu, lung_z_range
+    from lungtumor.imaging.orientation import from_canonical, stored_order_note, to_canonical
+    from lungtumor.inference.checkpoint import is_3d, load_any
+    from lungtumor.inference.predictor import predict_any, predict_ensemble
+
+    opts = opts or PredictOptions()
+    device = resolve_device(opts.device)
+    cases = collect_inputs(inputs)
+    stems = [output_stem(c) for c, _ in cases]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise InputError(dup[0], "two inputs have this output name; outputs would overwrite each other")
+    paths = (
+        [Path(model_path)] if isinstance(model_path, (str, os.PathLike)) else [Path(m) for m in model_path]
+    )
+    if not paths:
+        raise InputError("--model", "no model given")
+    # load before the output folder exists: a bad model leaves nothing behind
+    models = [load_any(m) for m in paths]
+    gc.freeze()  # libraries and models are long-lived: keep the per-case collection below cheap
+    for m in models:
+        m.model.to(device).eval()
+        if not is_3d(m.config):
+            m.model.to(memory_format=torch.channels_last)
+    if opts.nodules is False:  # --no-nodules: the 2D model alone
+        for m in models:
+            if getattr(m, "nodule", None) is not None:
+                m.nodule = None
+    elif opts.nodules and not any(getattr(m, "nodule", None) is not None for m in models):
+        raise InputError(paths[0], "--nodules: the checkpoint has no nodule detector (nodule.enabled is off)")
+    loaded = models[0]
+    model_path = paths[0]
+    icfg = loaded.config.infer
+    threshold = opts.threshold if opts.threshold is not None else icfg.threshold
+    if not 0 < threshold < 1:
+        raise InputError("--threshold", f"{threshold} is not a probability in (0, 1)")
+    min_mm3 = opts.min_lesion_mm3 if opts.min_lesion_mm3 is not None else icfg.min_lesion_mm3
+    if not (math.isfinite(min_mm3) and min_mm3 >= 0):
+        raise InputError("--min-lesion-mm3", f"must be a finite number >= 0, got {min_mm3}")
+    z_ratio = opts.min_z_extent_ratio if opts.min_z_extent_ratio is not None else icfg.min_z_extent_ratio
+    if not (math.isfinite(z_ratio) and z_ratio >= 0):
+        raise InputError("--min-z-extent-ratio", f"must be a finite number >= 0 (0 = off), got {z_ratio}")
+    if opts.threads is not None and opts.threads < 1:
+        raise InputError("--threads", f"must be at least 1, got {opts.threads}")
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise InputError("--batch-size", f"must be at least 1, got {opts.batch_size}")
+    lung_gate = opts.lung_gate if opts.lung_gate is not None else icfg.lung_gate
+    batch = opts.batch_size or icfg.batch_size
+    tta = (
+        opts.tta
+        if opts.tta is not None
+        else (icfg.tta or (is_3d(loaded.config) and loaded.config.vol3d.mirror_tta))
+    )
+    if opts.precision not in ("auto", "32", "bf16"):
+        raise InputError("--precision", f"unknown precision {opts.precision!r}; use auto, 32 or bf16")
+    if opts.precision != "auto":
+        precision = opts.precision
+    else:  # bf16 where the hardware has it: 8.6 s vs 11.6 s fp32 for 512x512x300 on our CPUs (BENCHMARKS.md)
+        precision = "bf16" if device.type == "cuda" or cpu_has_bf16() else "32"
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    run_dir = _run_dir_of(Path(model_path))
+    out = ensure_writable_dir(out_dir)
+
+    results: list[PredictResult] = []
+    for (case, src), stem in tqdm(
+        list(zip(cases, stems, strict=True)), desc="predict", unit="case", disable=not opts.progress
+    ):
+        t0 = time.perf_counter()
+        res = PredictResult(case=case, source=src)
+        try:
+            stored = read_volume(src)
+            # the models see axial slices in LPS order: any other storage is reordered (a view) and back
+            vol, ro = to_canonical(stored)
+            air = z_range = None
+            if opts.postprocess and lung_gate:  # the gate's lung air, and the slices worth predicting
+                air = lung_air_hu(vol.array, vol.spacing)
+                z_range = lung_z_range(vol.array, vol.spacing, air=air)
+            # without --save-prob the float32 map on the input grid (the largest array) is never made
+            if len(models) > 1:
+                prob, mask = predict_ensemble(
+                    models,
+                    vol,
+                    device=device,
+                    threshold=threshold,
+                    tta=tta,
+                    precision=precision,
+                    keep_prob=opts.save_prob,
+                )
+            else:
+                prob, mask = predict_any(
+                    loaded,
+                    vol,
+                    device=device,
+                    threshold=threshold,
+                    batch_size=batch,
+                    tta=tta,
+                    precision=precision,
+                    keep_prob=opts.save_prob,
+                    z_range=z_range,  # the gate drops what lies away from the lungs
+                )
+            if prob is not None:
+                res.outputs.append(
+                    write_volume(from_canonical(prob, stored, ro), out / f"{stem}_prob.nii.gz")
+                )
+            del prob  # free it before postprocessing allocates
+            if opts.postprocess:
+                mask = postprocess_mask(
+                    mask, vol, min_lesion_mm3=min_mm3, lung_gate=lung_gate, min_z_extent_ratio=z_ratio,
+                    lung_air=air,
+                )  # fmt: skip
+            mask_vol = vol.with_array(mask)  # canonical: measured and shown as axial slices
+            res.mask_path = write_volume(from_canonical(mask, stored, ro), out / f"{stem}_tumour.nii.gz")
+            res.outputs.append(res.mask_path)
+            res.tumour_ml = float(mask.sum()) * vol.voxel_volume_mm3 / 1000.0
+            lesions = None
+            if opts.measure or opts.report:
+                from lungtumor.evaluation.measure import measure_lesions, write_lesions
+
+                lesions = measure_lesions(mask_vol)
+                res.n_lesions = len(lesions)
+                if opts.measure:
+                    res.outputs.extend(write_lesions(lesions, stem, out))
+            if opts.report:
+                from lungtumor.report.writer import write_all
+
+                meta = stored_order_note(stored, ro)
+                res.outputs.extend(
+                    write_all(vol, mask_vol, out, case, lesions=lesions, run_dir=run_dir, meta=meta)
+                )
+        except InputError as e:
+            res.error = str(e)
+        except MemoryError:
+            res.error = f"{src}: out of memory"
+        except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
+            res.error = f"{src}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if res.error:  # a failed case leaves no outputs behind (none of them looks complete)
+            for f in res.outputs:
+                with contextlib.suppress(OSError):
+                    f.unlink()
+            res.outputs, res.mask_path = [], None
+        res.seconds = time.perf_counter() - t0
+        results.append(res)
+        gc.collect()
+    return results
+
+
+def _run_dir_of(model_path: Path) -> Path | None:
+    """The training run folder of a checkpoint (for loss curves in reports), if recognisable."""
+    if model_path.is_dir():
+        return model_path
+    for parent in (model_path.parent, model_path.parent.parent):
+        if (parent / "config.yaml").exists():
+            return parent
+    return None
