@@ -50,10 +50,8 @@ def main() -> int:
 
     import torch
 
-    import lungtumor.evaluation.measure as meas
-    import lungtumor.inference as inf
-    import lungtumor.preprocessing.frame as prep
-    import lungtumor.training.detector as nodule_train
+    import lungtumor.inference.slices as sl
+    import lungtumor.workflows.predict as wp
     from lungtumor.imaging.io import read_volume
     from lungtumor.inference.checkpoint import load_checkpoint
 
@@ -84,24 +82,25 @@ def main() -> int:
 
         setattr(mod, name, step)
 
-    # the module attributes that predict_paths/predict_volume look up at call time
+    # the names that predict_paths (workflows.predict) and predict_volume (inference.slices) call, where they look
+    # them up at call time: their own module's globals
     for mod, name in [
-        (inf, "read_volume"),
-        (prep, "preprocess_volume"),
-        (inf, "predict_probabilities"),
-        (nodule_train, "detector_probability"),
-        (prep, "restore_geometry"),
-        (prep, "restore_mask"),
-        (inf, "postprocess_mask"),
-        (inf, "write_volume"),
-        (meas, "measure_lesions"),
+        (wp, "read_volume"),
+        (sl, "preprocess_inputs"),
+        (sl, "predict_probabilities"),
+        (sl, "detector_probability"),
+        (sl, "restore_geometry"),
+        (sl, "restore_mask"),
+        (wp, "postprocess_mask"),
+        (wp, "write_volume"),
+        (wp, "measure_lesions"),
     ]:
         if hasattr(mod, name):
             wrap(mod, name)
-    opts = inf.PredictOptions(
+    opts = wp.PredictOptions(
         device="cpu", precision=args.precision, threads=args.threads, lung_gate=not args.no_lung_gate
     )
-    res = inf.predict_paths([ct], args.model, tmp / "out", opts)[0]
+    res = wp.predict_paths([ct], args.model, tmp / "out", opts)[0]
     if res.error:
         raise SystemExit(res.error)
     input_mb = read_volume(res.mask_path).array.size * 4 / 2**20  # read after the run: not counted above

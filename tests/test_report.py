@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,14 +143,6 @@ def test_report_measures_lesions_itself(case, tmp_path):
     assert 'id="lesion-table"' in html
     assert "Volume (mL)" in html
     assert '<td class="num">1</td>' in html  # one lesion numbered 1
-
-
-def test_report_fallback_without_measure_module(case, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "lungtumor.evaluation.measure", None)  # import raises ImportError
-    img, mask = case
-    html = _html(write_report(img, mask, tmp_path, "c3"))
-    assert "connected components" in html
-    assert "Volume (mL)" in html
 
 
 def test_report_without_tumour(case, tmp_path):

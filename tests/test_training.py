@@ -1,6 +1,6 @@
 """Training: one step learns, sampler weights, per-patient validation, checkpoints, resume, seeding, DDP.
 
-A tiny cache is written directly in the docs/design.md format (no dependency on prepare.py).
+A tiny cache is written directly in the docs/architecture.md format (no dependency on prepare.py).
 """
 
 from __future__ import annotations

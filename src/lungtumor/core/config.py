@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lungtumor.core.errors import InputError, atomic_write_text
 
 # The losses `lungtumor.training.losses.LOSSES` offers (kept here so that config needs no torch; a test checks they agree):
@@ -410,7 +412,6 @@ def from_dict(cls: type, data: Any, *, source: str = "config", prefix: str = "",
 
 def load_config(path: str | os.PathLike | None = None, preset_name: str | None = None) -> RunConfig:
     """Resolve a config: start from ``preset_name`` (or the YAML's ``preset`` key, or ``default``), apply the YAML."""
-    import yaml
 
     data: dict[str, Any] = {}
     if path is not None:
@@ -504,7 +505,6 @@ def _validate_nodule(cfg: RunConfig, bad: typing.Callable[[str, str], None]) -> 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
     """Write ``cfg`` as YAML, atomically."""
-    import yaml
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

@@ -1,1 +1,1 @@
-"""data."""
+"""Datasets: the MSD layout (load, check) and the synthetic chest-CT phantoms."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from lungtumor.core.errors import InputError
 from lungtumor.imaging.io import case_name, is_image_path, read_mask, read_volume
@@ -243,7 +244,6 @@ def check_dataset(root: str | os.PathLike, progress: bool = False, check_test: b
         InputError: the dataset's structure is invalid (see :func:`load_dataset`). Per-case problems are
             collected in the report instead.
     """
-    from tqdm import tqdm
 
     ds = load_dataset(root)
     results = [check_case(c) for c in tqdm(ds.cases, desc="check", unit="case", disable=not progress)]

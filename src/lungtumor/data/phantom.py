@@ -18,13 +18,16 @@ The same seed gives the same bytes; case ``i`` depends only on (seed, split, i).
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
+from tqdm import tqdm
 
 from lungtumor.core.errors import InputError, atomic_write_text, ensure_writable_dir
 from lungtumor.data.anatomy import (
@@ -508,7 +511,6 @@ def synth_dataset(
         InputError: negative or zero case counts, a matrix or slice count out of range, a negative seed, or an
             output folder that cannot be written.
     """
-    from tqdm import tqdm
 
     if n_train < 0 or n_test < 0:
         raise InputError("--cases", f"case counts must be >= 0 (got {n_train} training, {n_test} test)")
@@ -551,9 +553,6 @@ def synth_dataset(
             records.append(_write_case(j))
             bar.update()
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
         ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
         with ProcessPoolExecutor(nw, mp_context=ctx) as ex:
             records = []

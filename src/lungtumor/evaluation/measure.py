@@ -34,6 +34,7 @@ from scipy.spatial import ConvexHull, QhullError
 from lungtumor.core.errors import InputError, atomic_write_text, ensure_writable_dir
 from lungtumor.imaging.components import component_sizes, label_components_in_box
 from lungtumor.imaging.io import IMAGE_SUFFIXES, case_name, is_image_path, read_mask
+from lungtumor.imaging.orientation import to_canonical
 from lungtumor.imaging.volume import Volume
 
 #: Size categories by greatest dimension (mm), AJCC 8th edition lung T thresholds (upper bounds, inclusive).
@@ -199,7 +200,6 @@ def measure_lesions(mask: Volume) -> list[Lesion]:
     Returns:
         Lesions numbered 1..n by decreasing volume.
     """
-    from lungtumor.imaging.orientation import to_canonical
 
     mask, _ = to_canonical(mask)  # "axial" means along world z, whatever the array order
     # labels of the mask's bounding box only (uint16 when they fit), and each lesion's work on its own box

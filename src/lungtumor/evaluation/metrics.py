@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import torch
+from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
 from lungtumor.core.errors import InputError, atomic_write_text, ensure_writable_dir
 from lungtumor.imaging.components import label_components
@@ -57,7 +59,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _tensor(m: np.ndarray):
-    import torch
 
     return torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)[None, None])
 
@@ -70,7 +71,6 @@ def _quiet_monai() -> None:
 def hd95(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float]) -> float:
     """95th-percentile symmetric Hausdorff distance in mm between the surfaces of ``a`` and ``b``
     (MONAI, max of the two directed 95th percentiles). NaN when either mask is empty."""
-    from monai.metrics import compute_hausdorff_distance
 
     a, b = _as_bool(a), _as_bool(b)
     if not a.any() or not b.any():
@@ -90,7 +90,6 @@ def hd95(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float]) -> float:
 def nsd(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float], tol_mm: float = 2.0) -> float:
     """Normalised surface Dice at tolerance ``tol_mm`` (MONAI, surfel areas as in DeepMind's surface-distance,
     distances in mm). NaN when both masks are empty, 0 when only one is."""
-    from monai.metrics import compute_surface_dice
 
     a, b = _as_bool(a), _as_bool(b)
     if not a.any() and not b.any():

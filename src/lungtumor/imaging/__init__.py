@@ -1,1 +1,1 @@
-"""imaging."""
+"""The Volume type and what works on it: reading and writing, orientation, resampling, components, lungs."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from lungtumor.core.errors import InputError, atomic_path
 from lungtumor.imaging.orientation import to_canonical
@@ -75,7 +78,6 @@ def memory_budget() -> int:
 
 def _pixel_bytes(pixel_id: int) -> int:
     """Bytes per component of a SimpleITK pixel type (8 when unknown: the safe over-estimate)."""
-    import SimpleITK as sitk
 
     sizes = {}
     for names, n in (
@@ -114,7 +116,6 @@ def _check_header_geometry(path: Path, spacing, origin, direction, dim: int) -> 
 
 
 def _read_dicom_series(path: Path, budget: int | None = None) -> Volume:
-    import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
     try:
@@ -183,8 +184,6 @@ def _first_line(e: BaseException) -> str:
 
 def _diagnose_unreadable(path: Path) -> str:
     """Why ITK found no reader for ``path``: not gzip, truncated or corrupt compression, no NIfTI header."""
-    import gzip
-    import zlib
 
     name = path.name.lower()
     try:
@@ -231,7 +230,6 @@ def read_volume(
     Raises:
         InputError: missing, unreadable, corrupt, not 3D, too large, non-finite voxels, or bad geometry.
     """
-    import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings are multi-line prints on stderr
     p = Path(path)
@@ -329,8 +327,6 @@ def _check_nifti_length(path: Path) -> None:
     For .nii.gz the gzip trailer (uncompressed size mod 2**32) is compared first, which costs nothing;
     only when it disagrees (truncated, multi-member or trailing data) is the stream decompressed to count.
     """
-    import gzip
-    import zlib
 
     gz = path.name.lower().endswith(".gz")
     try:
@@ -365,7 +361,6 @@ def _check_nifti_length(path: Path) -> None:
 
 def _nifti_nonfinite(path: Path) -> int:
     """Count NaN/inf voxels in a float NIfTI-1 file's raw data (0 for other data types or NIfTI-2)."""
-    import gzip
 
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
@@ -436,7 +431,6 @@ def write_volume(vol: Volume, path: str | os.PathLike, *, compress: bool = True)
     Raises:
         InputError: the target folder cannot be written.
     """
-    import SimpleITK as sitk
 
     p = Path(path)
     if not is_image_path(p):

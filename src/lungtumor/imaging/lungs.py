@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import edt
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -19,7 +20,6 @@ def _edt_at_most(a: np.ndarray, spacing_zyx: Sequence[float], radius_mm: float) 
     than scipy's feature transform here); ``radius_mm`` gets 1e-4 mm of slack so that float32 rounding cannot
     drop a voxel lying exactly on the ball's surface. So the decisions are scipy's except for a voxel whose
     distance lies in (radius, radius + 1e-4 mm], which it adds (none on the grids tested)."""
-    import edt
 
     d = edt.edt(
         np.ascontiguousarray(a, dtype=bool),

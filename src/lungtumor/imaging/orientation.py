@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 
 from lungtumor.imaging.volume import Volume
 
@@ -52,7 +53,6 @@ def _permute_and_flip(direction: np.ndarray) -> tuple[tuple[int, int, int], tupl
     """SimpleITK's ``DICOMOrient(..., "LPS")`` choice for a direction matrix: (permute order, flip axes), both in
     ITK's (x, y, z) axis order; output axis i is input axis ``order[i]``, then reversed where ``flips[i]``. Asked
     of the filter itself on a 2x2x2 image with that direction (oblique axes follow ITK's nearest-axis rule)."""
-    import SimpleITK as sitk
 
     probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)
     probe.SetDirection(tuple(float(v) for v in direction.ravel()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import SimpleITK as sitk
 
 
 @dataclass
@@ -77,7 +78,6 @@ class Volume:
 
     def to_sitk(self):
         """Convert to a ``SimpleITK.Image`` with the same geometry."""
-        import SimpleITK as sitk
 
         img = sitk.GetImageFromArray(np.ascontiguousarray(self.array))
         img.SetSpacing(self.spacing)
@@ -88,7 +88,6 @@ class Volume:
     @classmethod
     def from_sitk(cls, img, meta: dict[str, str] | None = None) -> Volume:
         """Build a Volume from a ``SimpleITK.Image`` (3D, scalar)."""
-        import SimpleITK as sitk
 
         return cls(
             array=sitk.GetArrayFromImage(img),

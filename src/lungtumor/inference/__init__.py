@@ -1,1 +1,1 @@
-"""inference."""
+"""Models at predict time: the checkpoint reader, the 2D and 3D predictors, the nodule detector."""

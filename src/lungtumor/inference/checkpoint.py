@@ -1,10 +1,20 @@
-"""inference.checkpoint"""
+"""Checkpoints: the one reader of lungtumor checkpoints, 2D and 3D (no Lightning needed).
+
+``load_checkpoint(path) -> LoadedModel`` (2D, with the nodule detector stored beside it), ``load_checkpoint3d``
+and ``load_any`` (either, by the stored arch). A checkpoint's ``hyper_parameters["lungtumor"]`` holds
+``{"config": to_dict(RunConfig), "stats": {...}, "prep": {...}}`` with primitives only, so
+``torch.load(weights_only=True)`` reads it and nothing but tensors and primitives is ever unpickled. Writing
+checkpoints (atomically) is ``training.trainer.AtomicCheckpointIO``; ``add_detector_to_checkpoint`` adds the
+detector's weights to a written checkpoint.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +22,8 @@ import torch
 from torch import nn
 
 from lungtumor.core.config import NoduleConfig, RunConfig, config_from_dict, to_dict
-from lungtumor.core.errors import InputError
-from lungtumor.inference.detector import CKPT_KEY
+from lungtumor.core.errors import InputError, atomic_write_bytes
+from lungtumor.inference.detector import CKPT_KEY, load_detector
 from lungtumor.models import create_model
 from lungtumor.models.nodule3d import NodulePatchNet
 from lungtumor.models.registry3d import build_model3d
@@ -64,11 +74,6 @@ def add_detector_to_checkpoint(path: Path, net: NodulePatchNet, cfg: NoduleConfi
     """Store ``net``'s weights in the checkpoint file ``path`` (atomically rewritten) and, with ``cfg``, its
     settings as the checkpoint's ``nodule`` config (``enabled`` then on): until this rename the file is the
     2D model alone, after it the 2D model with its detector; never anything in between."""
-    import io
-    from dataclasses import replace
-
-    from lungtumor.core.config import to_dict
-    from lungtumor.core.errors import atomic_write_bytes
 
     ck = torch.load(path, map_location="cpu", weights_only=True)
     ck[CKPT_KEY] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
@@ -110,7 +115,6 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
 
 def _is_pickle_or_torch_zip(path: Path) -> bool:
     """True when the file is a torch zip archive or starts like a pickle (protocol >= 2)."""
-    import zipfile
 
     try:
         with open(path, "rb") as f:
@@ -166,7 +170,6 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
         raise InputError(p, f"checkpoint does not match its config ({detail[:160]})") from None
     model.eval()
-    from lungtumor.inference.detector import load_detector
 
     nodule = load_detector(ck, cfg.nodule, p)
     stats = {k: float(v) for k, v in dict(info.get("stats", {})).items()}

@@ -1,18 +1,27 @@
-"""The nodule detector at predict time: candidates, scoring, flip TTA and the cubes' probabilities on the frame."""
+"""The nodule detector at predict time: candidates, scoring (with flip TTA) and the cubes' probabilities.
+
+The detector (config ``nodule``) works on the 2D recipe's prepared frame (z, H, W) in HU, resampled to an
+isotropic grid of ``spacing_mm``. Candidates are local maxima of the scale-normalised Laplacian of Gaussian
+(bright blobs of radius ``radii_mm``) inside the lungs: every lesion from about 5 mm up gives at least one, and
+so do many vessels, which the network then tells apart. Training it is ``training.detector``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from lungtumor.core.config import NoduleConfig
 from lungtumor.core.errors import InputError
 from lungtumor.core.runtime import autocast
+from lungtumor.imaging.lungs import lung_mask_from_hu
 from lungtumor.imaging.resample import iso_shape, resample, resample_sparse
 from lungtumor.models.nodule3d import NodulePatchNet, normalise_hu
 
@@ -43,7 +52,6 @@ def _resample_torch(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """:func:`nodules.resample` with torch's trilinear ``align_corners=True`` (the same grid mapping, values
     to float32 rounding: 0.002 HU here; without ``resample``'s last-plane quirk), in torch's threads: 0.07 s
     instead of 0.57 s for the 300x192x192 frame of a 512x512x300 CT on 2 cores. float32 (z, y, x)."""
-    import torch.nn.functional as F
 
     t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
     return F.interpolate(t, size=tuple(int(n) for n in shape), mode="trilinear", align_corners=True)[
@@ -238,7 +246,6 @@ def find_candidates(
         -sigma² LoG (sigma = r / sqrt(3)) of the clipped HU, at least ``min_response``, with at least
         ``min_hu`` at the centre, within 2 voxels of a lung mask computed from HU (none when no lung is found).
     """
-    from lungtumor.imaging.lungs import lung_mask_from_hu
 
     hu = np.asarray(hu_iso, dtype=np.float32)
     if min(hu.shape) < 3:
@@ -266,8 +273,6 @@ def find_candidates(
 
     response: np.ndarray | None = None
     if threads > 1 and len(sigmas) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(min(threads, len(sigmas))) as ex:
             futures = [ex.submit(scale, s) for s in sigmas]
             while futures:  # fold each map in as it is ready: few of them are alive at once

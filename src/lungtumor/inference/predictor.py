@@ -9,6 +9,7 @@ import torch
 
 from lungtumor.imaging.volume import Volume
 from lungtumor.inference.checkpoint import is_3d
+from lungtumor.inference.slices import predict_volume
 from lungtumor.inference.sliding_window import predict_volume_3d
 
 
@@ -32,7 +33,6 @@ def predict_any(
         return predict_volume_3d(
             loaded, vol, device=device, threshold=threshold, tta=tta, precision=precision, keep_prob=keep_prob
         )
-    from lungtumor.inference.slices import predict_volume
 
     loaded.model.to(device).eval()
     return predict_volume(

@@ -1,10 +1,10 @@
-"""From CT files to tumour masks in the input's original geometry.
+"""2D / 2.5D prediction slice by slice: the prepared frame in, probabilities on the input grid out.
 
-``predict_volume`` runs the checkpoint's own preprocessing (``prepgeom.preprocess_inputs``), batched 2.5D
-inference, a sigmoid, ``prepgeom.restore_geometry`` back onto the input grid, the threshold on
-probabilities (``prepgeom.restore_mask``: restored and thresholded chunk by chunk when the probability map is
-not wanted), and postprocessing. ``predict_paths`` does that for many inputs, writes masks, lesion
-measurements and optional reports, and reports a failing case instead of stopping the batch.
+``predict_probabilities`` runs a 2D model over the prepared frame (z, H, W) in batches of slices (context
+stacked as 2.5D channels); ``predict_volume`` takes a CT (HU, (z, y, x)) through the checkpoint's own
+preprocessing (``preprocessing.frame``), the model, the nodule detector when the checkpoint has one, and back to
+the input grid. On a GPU the same steps run on the device (``predict_volume_on_device``: the HU volume is
+uploaded once as stored, only the uint8 mask comes back), with the CPU path's values to float rounding.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import torch
 from lungtumor.core.config import PrepConfig
 from lungtumor.core.runtime import autocast
 from lungtumor.imaging.volume import Volume
-from lungtumor.preprocessing.cache import append_blob, stack_context
-from lungtumor.preprocessing.cache import context_step as slice_step
+from lungtumor.inference.detector import detector_probability, input_to_hu
+from lungtumor.postprocessing.detector import add_missed_lesions, drop_unconfirmed_small
+from lungtumor.preprocessing.cache import append_blob, context_step, stack_context
 from lungtumor.preprocessing.frame import (
     PrepGeometry,
     _geometry,
@@ -26,6 +27,10 @@ from lungtumor.preprocessing.frame import (
     _overlap,
     _pad_hu,
     _resize,
+    frame_spacing,
+    preprocess_inputs,
+    restore_geometry,
+    restore_mask,
     restored_chunks,
 )
 
@@ -111,7 +116,6 @@ def predict_volume(
     Returns:
         (probabilities float32 or None, mask uint8 {0, 1}), both (z, y, x) on ``vol``'s grid.
     """
-    from lungtumor.preprocessing.frame import preprocess_inputs, restore_geometry, restore_mask
 
     cfg = loaded.config
     nodule = getattr(loaded, "nodule", None)
@@ -129,15 +133,11 @@ def predict_volume(
         batch_size=batch_size,
         precision=precision,
         tta=tta,
-        context_step=slice_step(cfg.train.context_mm, float(vol.spacing[2])),
+        context_step=context_step(cfg.train.context_mm, float(vol.spacing[2])),
         blob=blob,
         z_range=z_range,  # the prepared frame keeps the input's slices
     )
     if nodule is not None:  # lesions the 3D nodule detector finds and the 2D model missed
-        from lungtumor.inference.detector import detector_probability, input_to_hu
-        from lungtumor.postprocessing.detector import add_missed_lesions, drop_unconfirmed_small
-        from lungtumor.preprocessing.frame import frame_spacing
-
         hu = input_to_hu(x, loaded.prep, loaded.stats)
         del x, blob  # the model input is not needed any more
         spacing = frame_spacing(geom, vol.spacing)
@@ -206,7 +206,6 @@ def predict_volume_on_device(
     Returns:
         (probabilities float32 or None, mask uint8 {0, 1}), both (z, y, x) on ``vol``'s grid.
     """
-    from lungtumor.preprocessing.cache import context_step
 
     cfg = loaded.config
     if cfg.prep.blob:

@@ -1,10 +1,7 @@
-"""3D inference: checkpoint loading, Gaussian sliding windows with optional mirror TTA, and 2D+3D ensembling.
+"""3D inference: Gaussian-weighted sliding windows (MONAI) with optional mirror TTA, on the 3D recipe's frame.
 
-``predict_volume_3d(loaded, vol, ...)`` runs the checkpoint's own preprocessing (``prepare3d``: resample to the
-stored spacing, clip + z-score with the stored stats), MONAI's ``sliding_window_inference`` (Gaussian
-importance weights, ``overlap``, ``sw_batch_size`` windows per forward), sigmoid probabilities averaged over
-windows (and over the 8 axis flips with TTA), a trilinear resample back onto the input's (z, y, x) grid and the
-threshold on probabilities. ``load_any``/``predict_any`` dispatch between the 2D and the 3D recipe.
+``predict_volume_3d`` resamples a CT to the checkpoint's spacing, normalises it with its stored statistics,
+runs ``sliding_window_probs`` and restores the probabilities to the input grid.
 """
 
 from __future__ import annotations
@@ -14,17 +11,19 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.data.utils import compute_importance_map
+from monai.inferers import sliding_window_inference
 
 from lungtumor.core.errors import InputError
 from lungtumor.core.runtime import autocast
 from lungtumor.imaging.volume import Volume
+from lungtumor.preprocessing.prepare3d import preprocess_3d, restore_3d
 
 
 def gaussian_importance(
     patch: Sequence[int], sigma_scale: float = 0.125, device: torch.device | None = None
 ) -> torch.Tensor:
     """MONAI's Gaussian importance map for a (D, H, W) window: float32, positive, peak at the centre."""
-    from monai.data.utils import compute_importance_map
 
     return compute_importance_map(
         tuple(int(p) for p in patch), mode="gaussian", sigma_scale=sigma_scale, device=device or "cpu"
@@ -54,7 +53,6 @@ def sliding_window_probs(
     Returns:
         float32 (z, y, x) probabilities in [0, 1], on ``device``.
     """
-    from monai.inferers import sliding_window_inference
 
     x = torch.as_tensor(np.asarray(image, dtype=np.float32) if isinstance(image, np.ndarray) else image)
     x = x.to(device=device, dtype=torch.float32)[None, None]
@@ -106,7 +104,6 @@ def predict_volume_3d(
     Returns:
         (probabilities float32, or None when not ``keep_prob``; mask uint8), both (z, y, x) on ``vol``'s grid.
     """
-    from lungtumor.preprocessing.prepare3d import preprocess_3d, restore_3d
 
     cfg = loaded.config
     v = cfg.vol3d

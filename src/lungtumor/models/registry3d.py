@@ -1,4 +1,4 @@
-"""3D model"""
+"""Building the 3D recipe's network (``UNet3D`` with nnU-Net-style pools) from a RunConfig."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""postprocessing."""
+"""Rules applied to a predicted mask; each has a record in docs/decisions/."""

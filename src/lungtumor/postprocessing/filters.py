@@ -1,4 +1,9 @@
-"""Postprocessing filters"""
+"""Component filters on binary tumour masks (z, y, x): drop components under a volume, and flat ones.
+
+``remove_flat_components`` drops the one-slice false positives of a 2D model (docs/decisions), but always keeps a
+component that spans at least ``DEEP_SLICES`` slices and ``DEEP_MM`` mm. ``postprocess_mask`` applies the
+checkpoint's rules in order: small components, flat components, the lung gate.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import numpy as np
 
 from lungtumor.imaging.components import _paint, component_sizes, label_components_in_box
 from lungtumor.imaging.volume import Volume
+from lungtumor.postprocessing.lung_gate import gate_to_lungs_hu
 
 
 def postprocess_mask(
@@ -22,7 +28,6 @@ def postprocess_mask(
     """Drop components under ``min_lesion_mm3``, those flatter along z than ``min_z_extent_ratio`` allows
     (``postprocess.remove_flat_components``) and, optionally, those away from the lungs. (z, y, x) uint8.
     ``lung_air``: ``postprocess.lung_air_hu`` of ``ct`` when already computed (the gate closes it in place)."""
-    from lungtumor.postprocessing.lung_gate import gate_to_lungs_hu
 
     if min_lesion_mm3 > 0 or min_z_extent_ratio > 0:  # one labelling for both filters
         mask = filter_components(mask, ct.spacing, min_mm3=min_lesion_mm3, min_z_ratio=min_z_extent_ratio)

@@ -14,6 +14,8 @@ sees it as one more channel next to the 2.5D CT slices; ``predict`` computes it 
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
+import torch
 
 #: Gaussian scales (mm): nodules of about 5-15 mm respond most.
 BLOB_SCALES_MM = (2.5, 4.0)
@@ -32,7 +34,6 @@ _SLAB = 32  # slices per slab (plus margins)
 
 def _resample_z(a: np.ndarray, n: int) -> np.ndarray:
     """Linear resampling of (z, y, x) float32 to ``n`` slices; the first and last slices stay in place."""
-    import torch
 
     t = torch.from_numpy(np.ascontiguousarray(a))[None, None]
     out = torch.nn.functional.interpolate(
@@ -43,7 +44,6 @@ def _resample_z(a: np.ndarray, n: int) -> np.ndarray:
 
 def _measure(a: np.ndarray, spacing_xyz: tuple[float, float, float]) -> np.ndarray:
     """Max over scales of sigma² x objectness / BLOB_UNIT of clipped HU (z, y, x) float32 -> float32."""
-    import SimpleITK as sitk
 
     img = sitk.GetImageFromArray(a)
     img.SetSpacing(spacing_xyz)

@@ -12,12 +12,15 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
+import traceback
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lungtumor.core.config import PrepConfig, to_dict
 from lungtumor.core.errors import InputError, atomic_path
@@ -86,7 +89,6 @@ def _save_npy_chunks(path: Path, shape: tuple[int, ...], dtype: Any, chunks: Ite
 
 def _to_float16(a: np.ndarray) -> np.ndarray:
     """float32 → float16 (round to nearest even, like numpy's astype, but vectorised in torch)."""
-    import torch
 
     return torch.from_numpy(a).to(torch.float16).numpy()
 
@@ -219,7 +221,6 @@ class _Writer:
     def write_img(self, name: str, raw: np.ndarray, st: dict[str, Any], stats: Mapping[str, float]) -> None:
         """Preprocess ``raw`` chunk by chunk (the steps and values of :func:`preprocess_volume`) into
         ``<name>_img.npy`` as float16, with reused buffers and without holding the whole result."""
-        import torch
 
         geom = PrepGeometry.from_dict(st["geometry"])
         z = geom.orig_shape[0]
@@ -307,13 +308,10 @@ class _Counter:
 def _helper(w: _Writer, todo: list, counter: _Counter, conn) -> None:
     """A forked worker: the read pass on the cases it claims, then :meth:`_Writer.finish` on those and on
     the cases it is sent. Reports every state, and any error, through ``conn``; never raises."""
-    import signal
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwinds, so temporary files are removed
     signal.signal(signal.SIGINT, lambda *_: sys.exit(1))  # Ctrl-C: the parent reports it
     try:
-        import torch
-
         torch.set_num_threads(1)  # one thread per process; keeps OpenMP out of the forked child
         held = []
         while (k := counter.next()) is not None:
@@ -330,8 +328,6 @@ def _helper(w: _Writer, todo: list, counter: _Counter, conn) -> None:
     except InputError as e:
         _send_quietly(conn, ("error", e.where, e.problem))
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises
-        import traceback
-
         _send_quietly(conn, ("crash", traceback.format_exc()))
 
 

@@ -23,9 +23,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from lungtumor.core.config import PrepConfig
 from lungtumor.imaging.volume import Volume
+from lungtumor.preprocessing.blobness import blobness
 
 _CHUNK = 8  # slices per interpolate call (even): small reused buffers stay in cache
 
@@ -83,7 +86,6 @@ def _overlap(n_src: int, n_dst: int, off: int) -> tuple[slice, slice]:
 
 def _resize(t, hw: tuple[int, int], mode: str = "bilinear"):
     """Resize a (n, y, x) float32 torch tensor in-plane to ``hw``; identity sizes are returned unchanged."""
-    import torch.nn.functional as F
 
     if tuple(t.shape[-2:]) == tuple(hw):
         return t
@@ -142,7 +144,6 @@ class _Slices:
                 np.clip(buf, self.lo, self.hi, out=buf)
         if self.identity:
             return buf
-        import torch
 
         return _resize(torch.from_numpy(buf), self.geom.resized).numpy()
 
@@ -228,7 +229,6 @@ def frame_spacing(geom: PrepGeometry, spacing_xyz: tuple[float, ...]) -> tuple[f
 
 def prepared_blob(hu: np.ndarray, geom: PrepGeometry, spacing_xyz: tuple[float, ...]) -> np.ndarray:
     """The blobness channel (``prep.blob``) of prepared HU (z, H, W) → float16 (z, H, W); see blobness.py."""
-    from lungtumor.preprocessing.blobness import blobness
 
     return blobness(hu, frame_spacing(geom, spacing_xyz))
 
@@ -269,7 +269,6 @@ def restored_chunks(prob, geom: PrepGeometry, chunk: int = _CHUNK):
     """Yield (first slice, float32 torch tensor (n, y, x)) of ``prob`` (z, H, W; numpy, or a torch tensor on
     any device: the chunks are on that device) mapped back onto the input grid, ``chunk`` slices at a time;
     each chunk is valid until the next one is asked for."""
-    import torch
 
     z, y, x = geom.orig_shape
     if tuple(prob.shape) != (z, *geom.size):

@@ -1,4 +1,4 @@
-"""``lungtumor prepare``: the 2D training cache (format in ``docs/design.md``) and the patient split.
+"""``lungtumor prepare``: the 2D training cache (format in ``docs/architecture.md``) and the patient split.
 
 The preprocessing itself (shared with ``predict``) is :mod:`lungtumor.preprocessing.frame`; the per-case writing and
 its worker processes are :mod:`lungtumor.preprocessing.cache_writer`. This module splits the patients, drives the two passes
@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from lungtumor.core.config import PrepConfig
 from lungtumor.core.errors import InputError, atomic_write_text, ensure_writable_dir
+from lungtumor.data.msd import load_dataset
 from lungtumor.preprocessing.cache_writer import _Counter, _n_workers, _npy_ok, _Team, _Writer
 
 # public names (and the helpers ``prepare3d`` uses) importable from here, as before the split
@@ -127,7 +130,7 @@ def prepare_dataset(
     memory_budget: int = _MEMORY_BUDGET,
     workers: int | None = None,
 ) -> str:
-    """Write the training cache for ``dataset`` into ``out`` (format in docs/design.md); returns a summary.
+    """Write the training cache for ``dataset`` into ``out`` (format in docs/architecture.md); returns a summary.
 
     Each labelled case is read once: its seg file and its share of the training statistics are written
     and its input voxels held (in memory up to ``memory_budget`` bytes in all, then spilled to
@@ -140,10 +143,6 @@ def prepare_dataset(
         InputError: bad dataset or case (nothing is left behind when ``out`` was created by this call),
             or ``out`` cannot be written.
     """
-    import torch
-    from tqdm import tqdm
-
-    from lungtumor.data.msd import load_dataset
 
     ds = load_dataset(dataset)
     splits = make_splits([c.name for c in ds.cases], val_cases, folds, seed, ds.validation)

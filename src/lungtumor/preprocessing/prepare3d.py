@@ -31,9 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
 from lungtumor.core.config import Vol3DConfig, to_dict
 from lungtumor.core.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
+from lungtumor.data.msd import load_dataset
 from lungtumor.imaging.io import read_mask, read_volume
 from lungtumor.imaging.orientation import canonical_pair
 from lungtumor.imaging.volume import Volume
@@ -60,8 +64,6 @@ def resampled_shape(
 def resize_3d(a: np.ndarray, shape: tuple[int, int, int], mode: str = "trilinear") -> np.ndarray:
     """Resize a (z, y, x) array to ``shape`` with torch (``align_corners=False``); float32 out, always a new
     C-contiguous array (callers normalise it in place: the input, perhaps a flipped view of a CT, must stay)."""
-    import torch
-    import torch.nn.functional as F
 
     if tuple(a.shape) == tuple(shape):
         return np.array(a, dtype=np.float32, order="C")
@@ -183,9 +185,6 @@ def prepare_dataset_3d(
     Raises:
         InputError: bad dataset, case or option; ``out`` not writable.
     """
-    from tqdm import tqdm
-
-    from lungtumor.data.msd import load_dataset
 
     ds = load_dataset(dataset)
     splits = make_splits([c.name for c in ds.cases], val_cases, folds, seed, ds.validation)

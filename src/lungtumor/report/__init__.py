@@ -1,1 +1,1 @@
-"""report."""
+"""Case reports: HTML viewer, GIF animation, PNG montage."""

@@ -12,6 +12,7 @@ import base64
 import csv
 import datetime as _dt
 import hashlib
+import html
 import io
 import json
 import math
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from lungtumor import __version__
 from lungtumor.core.errors import InputError
@@ -52,7 +56,6 @@ LESION_LABELS = {
 
 def esc(value: Any) -> str:
     """HTML-escape ``str(value)`` (quotes included)."""
-    import html
 
     return html.escape(str(value), quote=True)
 
@@ -218,9 +221,6 @@ def loss_curve_section(run_dir: Path) -> dict[str, str | None]:
 
 def plot_metrics_csv(path: Path) -> bytes | None:
     """Plot a (Lightning-style, sparse) metrics CSV: losses on one panel, other metrics on another. PNG bytes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

@@ -21,12 +21,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 from lungtumor.core.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
+from lungtumor.evaluation.measure import measure_lesions
 from lungtumor.imaging.io import case_name, read_mask, read_volume
 from lungtumor.imaging.orientation import stored_order_note, to_canonical
 from lungtumor.imaging.volume import Volume
+from lungtumor.report.html import loss_curve_section, render_html
 
 #: Display windows as (width, level) in HU.
 WINDOWS: dict[str, tuple[float, float]] = {"lung": (1500.0, -600.0), "mediastinal": (400.0, 40.0)}
@@ -102,7 +107,6 @@ def _orient(a: np.ndarray, geom: SliceGeometry) -> np.ndarray:
 
 
 def _resize(a: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
-    from PIL import Image
 
     if (a.shape[1], a.shape[0]) == size:
         return a.astype(np.float32, copy=False)
@@ -113,7 +117,6 @@ def _resize(a: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
 
 def render_slice(image: Volume, mask: Volume, z: int, geom: SliceGeometry) -> tuple[np.ndarray, np.ndarray]:
     """One axial slice at display size: (HU float32 (h, w), tumour fraction float32 (h, w) in 0..1)."""
-    from PIL import Image
 
     hu = _resize(_orient(image.array[z], geom), geom.size, Image.Resampling.LANCZOS)
     frac = _resize(_orient(mask.array[z] > 0, geom), geom.size, Image.Resampling.BILINEAR)
@@ -122,7 +125,6 @@ def render_slice(image: Volume, mask: Volume, z: int, geom: SliceGeometry) -> tu
 
 def overlay_rgba(frac: np.ndarray, fill_alpha: float = 0.35) -> np.ndarray:
     """RGBA overlay (h, w, 4) uint8: semi-transparent fill plus an opaque contour of the tumour."""
-    from scipy import ndimage
 
     inside = frac >= 0.5
     if not inside.any():
@@ -146,7 +148,6 @@ def blend(gray: np.ndarray, frac: np.ndarray) -> np.ndarray:
 
 def encode_image(a: np.ndarray, fmt: str = "PNG", quality: int = 85) -> bytes:
     """Encode a uint8 array (h, w), (h, w, 3) or (h, w, 4) as PNG or JPEG bytes."""
-    from PIL import Image
 
     buf = io.BytesIO()
     img = Image.fromarray(a)
@@ -181,20 +182,12 @@ def lesion_rows(mask: Volume, lesions: Sequence[Any] | None = None) -> tuple[lis
     """Lesions as plain dicts, and a note on how they were measured.
 
     ``lesions`` may be dataclasses (e.g. ``lungtumor.evaluation.measure.Lesion``) or dicts. When ``None`` they are
-    measured with ``lungtumor.evaluation.measure.measure_lesions``, or, if that module is unavailable, with a
-    connected-component fallback that gives volumes and slice ranges only.
+    measured with ``lungtumor.evaluation.measure.measure_lesions``. The note is
+    empty (kept for callers that show one).
     """
     note = ""
     if lesions is None:
-        try:
-            from lungtumor.evaluation.measure import measure_lesions
-        except ImportError:
-            measure_lesions = None
-        if measure_lesions is not None:
-            lesions = measure_lesions(mask)
-        else:
-            lesions = _fallback_lesions(mask)
-            note = "Diameters unavailable: lesions measured by connected components (volume and slices only)."
+        lesions = measure_lesions(mask)
     rows = []
     for les in lesions:
         if dataclasses.is_dataclass(les) and not isinstance(les, type):
@@ -204,29 +197,6 @@ def lesion_rows(mask: Volume, lesions: Sequence[Any] | None = None) -> tuple[lis
         else:
             rows.append(dict(vars(les)))
     return rows, note
-
-
-def _fallback_lesions(mask: Volume) -> list[dict[str, Any]]:
-    from scipy import ndimage
-
-    labels, n = ndimage.label(mask.array > 0, structure=np.ones((3, 3, 3), bool))
-    out = []
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        comp = labels[sl] == i
-        per_slice = comp.reshape(comp.shape[0], -1).sum(axis=1)
-        out.append(
-            {
-                "volume_ml": float(comp.sum()) * mask.voxel_volume_mm3 / 1000.0,
-                "slice_range": (int(sl[0].start), int(sl[0].stop - 1)),
-                "largest_slice": int(sl[0].start + int(np.argmax(per_slice))),
-            }
-        )
-    out.sort(key=lambda r: -r["volume_ml"])
-    for k, r in enumerate(out, start=1):
-        r["lesion"] = k
-    return [{"lesion": r.pop("lesion"), **r} for r in out]
 
 
 def lesion_key_slice(row: dict[str, Any]) -> int | None:
@@ -255,7 +225,6 @@ def write_animation(
 
     All frames share one palette, built from a sample of them: no per-frame colour flicker, and mapping a
     frame onto it costs about 0.1 ms against 7 ms for Pillow's own per-frame quantisation (256² frames)."""
-    from PIL import Image, ImageDraw
 
     _check_pair(image, mask)
     p = Path(path)
@@ -289,7 +258,6 @@ def write_montage(image: Volume, mask: Volume, path: str | os.PathLike, *, max_t
     each labelled with its slice index and tumour area (mm²), cropped to a square around all tumour pixels.
     Without any tumour, evenly spaced slices through the volume are shown instead.
     """
-    from PIL import Image, ImageDraw
 
     _check_pair(image, mask)
     p = Path(path)
@@ -333,11 +301,8 @@ def write_montage(image: Volume, mask: Volume, path: str | os.PathLike, *, max_t
 def _font(size: int) -> tuple[Any, str]:
     """A TrueType font at ``size`` px and the area unit it can draw: matplotlib's DejaVu Sans (it has ``²``),
     else Pillow's bitmap font with ``mm2``."""
-    from PIL import ImageFont
 
     try:
-        import matplotlib
-
         path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
         return ImageFont.truetype(str(path), size), "mm²"
     except (ImportError, OSError):
@@ -417,7 +382,6 @@ def write_report(
     Raises:
         InputError: mask not on the image grid, run folder missing, output folder not writable.
     """
-    from lungtumor.report.html import loss_curve_section, render_html
 
     _check_pair(image, mask)
     out = ensure_writable_dir(out_dir)

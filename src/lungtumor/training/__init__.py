@@ -1,1 +1,1 @@
-"""training."""
+"""Training with PyTorch Lightning: sampling, augmentation, losses, the LightningModules, the trainer."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from lungtumor.core.errors import atomic_path, atomic_write_text
 
@@ -35,7 +36,6 @@ def write_history(history: dict[str, list], run_dir: Path, steps_per_epoch: int)
 
 def example_figure(ct: np.ndarray, gt: np.ndarray, pred: np.ndarray):
     """Matplotlib figure: CT slice | ground truth | prediction, each (H, W)."""
-    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 3.2))
     for i, (im, title) in enumerate(((ct, "CT slice"), (gt, "ground truth"), (pred, "prediction"))):
@@ -63,7 +63,6 @@ def _smooth(v: np.ndarray, n: int) -> np.ndarray:
 
 def write_loss_curves(history: dict[str, list], path: Path, steps_per_epoch: int) -> None:
     """Write a PNG of the smoothed per-step training loss, epoch val loss and val Dice (x axis in epochs)."""
-    from matplotlib.figure import Figure
 
     steps = np.asarray(history["steps"], dtype=np.float64).reshape(-1, 2)
     rows = history["epochs"]

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from lungtumor.core.config import AugmentConfig
 
@@ -142,7 +143,6 @@ def augment_numpy(
     Returns:
         (img (C, H, W) float32 bilinear, seg (H, W) uint8 nearest-neighbour).
     """
-    from scipy import ndimage
 
     c, h, w = img.shape
     if rng.random() >= cfg.p:

@@ -1,30 +1,31 @@
-"""The 3D nodule detector beside a 2D model: patches from a prepared cache, training, and prediction.
+"""Training the 3D nodule detector beside a 2D model: candidate cubes from a prepared cache, hard-negative
+mining, training, and storing its weights in the run's checkpoint (``train_for_run``).
 
-Config ``nodule`` (``config.NoduleConfig``); candidates and the merge with the 2D mask are in ``nodules.py``,
-the network in ``models/nodule3d.py``. ``lungtumor train`` trains the detector after the 2D model when
-``nodule.enabled`` and stores its weights in ``best.ckpt`` (key ``lungtumor_nodule``), so ``predict`` needs
-nothing but the checkpoint.
-
-Frames: the 2D recipe's prepared frame (z, H, W) with voxel size (dz, dy, dx) mm, and the detector's
-isotropic frame of ``nodule.spacing_mm``; both are in HU here.
+Prediction with it is ``inference.detector``; how its lesions join the 2D mask is ``postprocessing.detector``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
-from lungtumor.core.config import NoduleConfig
+from lungtumor.core.config import NoduleConfig, PrepConfig, from_dict
 from lungtumor.core.errors import InputError
+from lungtumor.core.runtime import cpu_has_bf16
 from lungtumor.imaging.resample import resample
 from lungtumor.inference.checkpoint import add_detector_to_checkpoint
 from lungtumor.inference.detector import (
@@ -38,6 +39,7 @@ from lungtumor.inference.detector import (
     input_to_hu,
 )
 from lungtumor.models.nodule3d import NodulePatchNet
+from lungtumor.preprocessing.frame import frame_spacing, geometry_of
 
 
 @dataclass
@@ -59,7 +61,6 @@ def case_patches(
     hu_frame: np.ndarray, seg_frame: np.ndarray, spacing_zyx: Sequence[float], cfg: NoduleConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One case's candidate cubes: (HU float16, mask uint8, lesion label at the centre, 0 = none)."""
-    from scipy import ndimage as ndi
 
     hu, centres, shape = _iso_patches(hu_frame, spacing_zyx, cfg)
     seg = resample(seg_frame.astype(np.float32), shape) >= 0.5
@@ -73,8 +74,6 @@ def case_patches(
 
 def _frame_spacing(case: Mapping[str, Any], prep: Mapping[str, Any]) -> tuple[float, float, float]:
     """Voxel size (z, y, x) mm of a cached case's prepared frame (from cache.json's record)."""
-    from lungtumor.core.config import PrepConfig, from_dict
-    from lungtumor.preprocessing.frame import frame_spacing, geometry_of
 
     spacing = tuple(float(v) for v in case["orig_spacing"])
     return frame_spacing(geometry_of(case["orig_shape"], spacing, from_dict(PrepConfig, dict(prep))), spacing)
@@ -92,9 +91,6 @@ def _die_with_parent(parent: int) -> None:
     """Worker initializer: on Linux a SIGKILLed parent takes its workers with it (PR_SET_PDEATHSIG), instead of
     leaving them blocked for ever writing results into a pipe that nobody reads."""
     if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
         except (OSError, AttributeError):
@@ -105,8 +101,6 @@ def _die_with_parent(parent: int) -> None:
 
 def cache_patches(cache: str | Path, names: Sequence[str], cfg: NoduleConfig, workers: int = 2) -> PatchSet:
     """Candidate cubes of the cached cases ``names`` (a prepared 2D cache), ``workers`` processes."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
 
     root = Path(cache)
     meta = json.loads((root / "cache.json").read_text())
@@ -261,8 +255,6 @@ def train_for_run(cache: Any, run_dir: Path, cfg: Any, *, progress: bool = True)
         )
     n_pos = int((patches.lesion >= 0).sum())
     if n_pos == 0 or n_pos == len(patches.lesion):
-        import sys
-
         # the 2D checkpoint stays as it is (nodule.enabled: false inside it): a complete 2D model
         print(
             f"warning: {cache.root}: no nodule detector trained: {n_pos} of {len(patches.lesion)} blob "
@@ -273,7 +265,6 @@ def train_for_run(cache: Any, run_dir: Path, cfg: Any, *, progress: bool = True)
         return time.perf_counter() - t0
     use_cuda = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
     device = torch.device("cuda" if use_cuda else "cpu")
-    from lungtumor.core.runtime import cpu_has_bf16
 
     auto = cfg.train.precision == "auto" and (use_cuda or cpu_has_bf16())
     bf16 = cfg.train.precision.startswith("bf16") or auto

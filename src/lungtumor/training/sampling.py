@@ -1,4 +1,4 @@
-"""Reading a prepared cache (see docs/design.md) and turning it into training batches.
+"""Training batches from a prepared 2D cache (format: docs/architecture.md): samplers and datasets.
 
 Slices of all cases are indexed globally (cases concatenated along z). A batch is a list of global slice
 indices drawn by :class:`EpochBatchSampler`; the 2.5D input of slice z stacks slices z-k..z+k of the same
@@ -17,8 +17,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 from torch.utils.data import Dataset, Sampler
 
+from lungtumor.imaging.components import label_components
 from lungtumor.preprocessing.cache import PreparedCache, SliceTable, append_blob, context_index, interp_slices
 
 
@@ -52,9 +54,6 @@ def lesion_balanced_weights(
     Returns:
         (N,) float64 weights.
     """
-    from scipy import ndimage as ndi
-
-    from lungtumor.imaging.components import label_components
 
     if power <= 0:
         return weights

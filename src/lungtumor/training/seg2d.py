@@ -1,6 +1,6 @@
 """Training with PyTorch Lightning: the LightningModule orchestrates; model, losses and augmentation stay pure.
 
-``train(cache, run_dir, cfg)`` writes into RUN_DIR (see docs/design.md):
+``train(cache, run_dir, cfg)`` writes into RUN_DIR (see docs/architecture.md):
 ``checkpoints/best.ckpt`` (best per-patient validation Dice), ``checkpoints/last.ckpt``, ``config.yaml``,
 ``metrics.csv``, ``loss_curves.png`` and TensorBoard logs in ``tb/``.
 
@@ -12,9 +12,9 @@ validation cases all contain tumour, so this choice does not change Task06 numbe
 scores its share of the patients and one all-reduce of a fixed-size tensor combines them on every rank (no
 rank-dependent collectives, no deadlock).
 
-Elsewhere: reading checkpoints (``load_checkpoint``, ``LoadedModel``) is ``checkpoint.py``; metrics.csv, loss
-curves and the example figure are ``run_artifacts.py``; the ``pl.Trainer`` set-up, callbacks, checkpoint writing
-and LR schedule shared with the 3D trainer are ``trainer_setup.py``. Those names stay importable from here.
+Elsewhere: reading checkpoints (``load_checkpoint``, ``LoadedModel``) is ``inference.checkpoint``; metrics.csv,
+loss curves and the example figure are ``training.artifacts``; the ``pl.Trainer`` set-up, callbacks, checkpoint
+writing and LR schedule shared with the 3D trainer are ``training.trainer``.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from lungtumor.preprocessing.cache import (
 )
 from lungtumor.training.artifacts import example_figure, write_history
 from lungtumor.training.augment import augment_batch, augment_crop_batch, random_crop
+from lungtumor.training.detector import train_for_run
 from lungtumor.training.losses import make_loss
 from lungtumor.training.sampling import (
     EpochBatchSampler,
@@ -480,8 +481,6 @@ def train(
         )  # fmt: skip
         trainer.fit(module, ckpt_path=str(last) if resume else None, weights_only=True)
     if cfg.nodule.enabled and trainer.is_global_zero:  # the 3D nodule detector beside the 2D model
-        from lungtumor.training.detector import train_for_run
-
         train_for_run(data, run_dir, cfg, progress=progress)
     return train_result(
         run_dir, module.history, trainer, module.ratio, t0, is_global_zero=trainer.is_global_zero

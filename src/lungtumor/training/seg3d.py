@@ -7,7 +7,7 @@ Before training it resolves and records in the config: the target spacing (the c
 a batch of patches (a third centred on tumour), augments it on the device in one ``grid_sample`` and applies
 Dice + BCE on every deep-supervision scale (weights 1, 1/2, 1/4, ..., lowest 0, normalised; nnU-Net).
 Validation predicts each validation case whole (Gaussian sliding windows at the target spacing) and reports
-the mean per-patient Dice at threshold 0.5. Single device (no DDP). Load with ``infer3d.load_checkpoint3d``.
+the mean per-patient Dice at threshold 0.5. Single device (no DDP). Load with ``inference.checkpoint.load_checkpoint3d``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lungtumor.core.config import RunConfig, save_config, to_dict, validate
+from lungtumor.core.config import RunConfig, config_from_dict, save_config, to_dict, validate
 from lungtumor.core.errors import InputError, ensure_writable_dir
 from lungtumor.inference.checkpoint import _read_checkpoint, is_3d
 from lungtumor.inference.sliding_window import sliding_window_probs
 from lungtumor.models.registry3d import build_model3d
+from lungtumor.models.unet3d import divisor
 from lungtumor.training.artifacts import write_history
 from lungtumor.training.losses import LossFn, dice_bce_loss, dice_score, make_loss
 from lungtumor.training.patches import (
@@ -94,7 +95,6 @@ def resolve_plan(cfg: RunConfig, cache: Cache3D, device: torch.device) -> RunCon
         v.patch_size = patch
     if v.batch_size <= 0:
         v.batch_size = batch
-    from lungtumor.models.unet3d import divisor
 
     div = divisor(pools)
     bad = [a for a in range(3) if v.patch_size[a] % div[a]]
@@ -110,7 +110,6 @@ class Seg3DModule(HistoryInCheckpoint, LightningModuleBase):
 
     def __init__(self, lungtumor: dict[str, Any]) -> None:
         super().__init__()
-        from lungtumor.core.config import config_from_dict
 
         self.save_hyperparameters({"lungtumor": lungtumor}, logger=False)
         self.cfg = config_from_dict(lungtumor["config"])
@@ -231,8 +230,6 @@ def train3d(
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if resume:
-        from lungtumor.core.config import config_from_dict
-
         cfg = config_from_dict(_read_checkpoint(last)["hyper_parameters"]["lungtumor"]["config"], str(last))
     else:
         if last.exists():

@@ -1,9 +1,9 @@
-"""What the 2D trainer (``training.train``) and the 3D trainer (``train3d.train3d``) share: the ``pl.Trainer``
+"""What the 2D trainer (``seg2d.train``) and the 3D trainer (``seg3d.train3d``) share: the ``pl.Trainer``
 set-up of a run folder, the progress bar, atomic checkpoint writing, epoch history carried in checkpoints, the
 runtime (accelerator, precision) resolution, the warm-up + cosine LR schedule and the ``TrainResult``.
 
-Run folder layout (see docs/design.md): ``checkpoints/best.ckpt`` (best ``val_dice``), ``checkpoints/last.ckpt``,
-TensorBoard logs in ``tb/``; ``metrics.csv`` and ``loss_curves.png`` come from ``run_artifacts``.
+Run folder layout (see docs/architecture.md): ``checkpoints/best.ckpt`` (best ``val_dice``), ``checkpoints/last.ckpt``,
+TensorBoard logs in ``tb/``; ``metrics.csv`` and ``loss_curves.png`` come from ``training.artifacts``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from lungtumor.core.config import RunConfig
 from lungtumor.core.errors import InputError, atomic_path
@@ -195,7 +198,6 @@ def make_trainer(
     ``callbacks`` come after the checkpoint callback and before the progress bar; ``trainer_kw`` (devices,
     strategy, ...) go to ``pl.Trainer`` as they are. Call inside :func:`quiet_lightning`.
     """
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     best_cb = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -243,7 +245,5 @@ def ema_callbacks(decay: float) -> tuple[Any, ...]:
     so prediction uses it with no change."""
     if decay <= 0:
         return ()
-    from lightning.pytorch.callbacks import WeightAveraging
-    from torch.optim.swa_utils import get_ema_multi_avg_fn
 
     return (WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(decay)),)

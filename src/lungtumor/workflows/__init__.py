@@ -1,1 +1,1 @@
-"""workflows."""
+"""Orchestration over files: predict, demo, cross-validation."""

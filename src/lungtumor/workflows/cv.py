@@ -17,17 +17,36 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import os
+import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from lungtumor.core.config import config_from_dict, load_config, save_config
 from lungtumor.core.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
+from lungtumor.core.runtime import resolve_device
+from lungtumor.data.msd import load_dataset
+from lungtumor.evaluation.metrics import SegmentationMetrics, dice
+from lungtumor.imaging.io import read_mask, read_volume, write_volume
+from lungtumor.imaging.lungs import lung_mask_from_hu
+from lungtumor.imaging.orientation import from_canonical, to_canonical
+from lungtumor.inference.checkpoint import is_3d, load_any
+from lungtumor.inference.predictor import predict_any
+from lungtumor.postprocessing.filters import filter_components
+from lungtumor.postprocessing.lung_gate import gate_to_lungs
+from lungtumor.preprocessing.prepare import prepare_dataset
+from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
+from lungtumor.training.seg2d import train
+from lungtumor.training.seg3d import train3d
 
 MIN_SIZES_MM3: tuple[float, ...] = (0.0, 10.0, 50.0, 100.0, 250.0, 500.0)
 #: Candidate ``infer.min_z_extent_ratio`` values (0 = off; 0.4 keeps every real lesion, BENCHMARKS.md "Session 6").
@@ -61,7 +80,6 @@ def choose_postprocessing(
     Returns:
         The best candidate when it beats no postprocessing by more than 1e-4 mean Dice, else (0, False, 0).
     """
-    from lungtumor.evaluation.metrics import dice
 
     gates = (False, True) if any(c[3] is not None for c in cases) else (False,)
     cands = []
@@ -112,8 +130,6 @@ def apply_postprocessing(
 ) -> np.ndarray:
     """``pred`` (z, y, x) {0, 1} after the size filter, the flat-component filter and the lung gate, in the
     order ``predict`` applies them."""
-    from lungtumor.postprocessing.filters import filter_components
-    from lungtumor.postprocessing.lung_gate import gate_to_lungs
 
     m = (
         filter_components(pred, spacing, min_mm3=min_mm3, min_z_ratio=z_ratio)
@@ -157,9 +173,6 @@ def fold_view(cache: Path, fold: dict[str, list[str]], where: Path) -> Path:
 
 def _set_infer(run_dir: Path, choice: PostChoice) -> None:
     """Write the chosen postprocessing into the run's best/last checkpoints and config.yaml (atomically)."""
-    import torch
-
-    from lungtumor.core.config import config_from_dict, save_config
 
     for name in ("best.ckpt", "last.ckpt"):
         p = run_dir / "checkpoints" / name
@@ -209,17 +222,6 @@ def run_cv(
     Raises:
         InputError: bad dataset, preset, config or output folder; fewer cases than folds.
     """
-    import torch
-
-    from lungtumor.core.config import load_config
-    from lungtumor.core.runtime import resolve_device
-    from lungtumor.data.msd import load_dataset
-    from lungtumor.evaluation.metrics import SegmentationMetrics, dice
-    from lungtumor.imaging.io import read_mask, read_volume, write_volume
-    from lungtumor.imaging.lungs import lung_mask_from_hu
-    from lungtumor.imaging.orientation import from_canonical, to_canonical
-    from lungtumor.inference.checkpoint import is_3d, load_any
-    from lungtumor.inference.predictor import predict_any
 
     t0 = time.perf_counter()
     if folds < 2:
@@ -237,14 +239,8 @@ def run_cv(
     root = ensure_writable_dir(out)
     cache = root / "cache"
     if is_3d(cfg):
-        from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
-
         prepare_dataset_3d(dataset, cache, cfg.vol3d, folds=folds, seed=seed, progress=progress)
     else:
-        import inspect
-
-        from lungtumor.preprocessing.prepare import prepare_dataset
-
         # torch is already imported (with its thread pools): forked reader processes can deadlock, so read serially
         extra = {"workers": 1} if "workers" in inspect.signature(prepare_dataset).parameters else {}
         prepare_dataset(dataset, cache, cfg.prep, folds=folds, seed=seed, progress=progress, **extra)
@@ -257,18 +253,12 @@ def run_cv(
         done = run_dir / "done.json"
         if not done.is_file():
             if (run_dir / "checkpoints" / "last.ckpt").exists():  # an interrupted fold: start it again
-                import shutil
-
                 shutil.rmtree(run_dir)
             if is_3d(cfg):
-                from lungtumor.training.seg3d import train3d
-
                 res = train3d(
                     cache, run_dir, cfg, progress=progress, train_names=fold["train"], val_names=fold["val"]
                 )
             else:
-                from lungtumor.training.seg2d import train
-
                 view = fold_view(cache, fold, root / "folds_cache" / f"fold_{k}")
                 res = train(view, run_dir, cfg, progress=progress)
             atomic_write_text(done, json.dumps({"best_dice": res.best_dice, "seconds": res.seconds}) + "\n")
@@ -400,9 +390,6 @@ def run_benchmark_msd(
     Raises:
         InputError: ``task_dir`` is not a labelled MSD-style folder.
     """
-    import random
-
-    import torch
 
     p = Path(task_dir)
     if not ((p / "dataset.json").is_file() or (p / "imagesTr").is_dir()):

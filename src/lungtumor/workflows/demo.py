@@ -12,7 +12,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lungtumor.core.config import load_config
 from lungtumor.core.errors import ensure_writable_dir
+from lungtumor.data.phantom import synth_dataset
+from lungtumor.evaluation.metrics import evaluate_dirs, format_summary
+from lungtumor.preprocessing.prepare import prepare_dataset
+from lungtumor.training.seg2d import train
+from lungtumor.workflows.predict import PredictOptions, predict_paths
 
 
 @dataclass
@@ -61,12 +67,6 @@ def run_demo(
     vessels of real calibre (``synth --train-hilar-vessels``; BENCHMARKS.md "Session 10": far fewer false
     positives at the hila of real CTs).
     """
-    from lungtumor.core.config import load_config
-    from lungtumor.data.phantom import synth_dataset
-    from lungtumor.evaluation.metrics import evaluate_dirs, format_summary
-    from lungtumor.preprocessing.prepare import prepare_dataset
-    from lungtumor.training.seg2d import train
-    from lungtumor.workflows.predict import PredictOptions, predict_paths
 
     root = ensure_writable_dir(out)
     res = DemoResult(out=root)

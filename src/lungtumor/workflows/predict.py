@@ -7,16 +7,25 @@ import gc
 import math
 import os
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from lungtumor.core.errors import InputError, ensure_writable_dir
 from lungtumor.core.runtime import cpu_has_bf16, resolve_device
+from lungtumor.evaluation.measure import measure_lesions, write_lesions
 from lungtumor.imaging.io import IMAGE_SUFFIXES, case_name, is_image_path, read_volume, write_volume
+from lungtumor.imaging.lungs import lung_air_hu, lung_z_range
+from lungtumor.imaging.orientation import from_canonical, stored_order_note, to_canonical
+from lungtumor.inference.checkpoint import is_3d, load_any
+from lungtumor.inference.predictor import predict_any, predict_ensemble
 from lungtumor.postprocessing.filters import postprocess_mask
+from lungtumor.report.writer import write_all
 
 
 @dataclass
@@ -166,14 +175,6 @@ def predict_paths(
     Raises:
         InputError: the model cannot be loaded, the output folder is not writable, or inputs are missing.
     """
-    import time
-
-    from tqdm import tqdm
-
-    from lungtumor.imaging.lungs import lung_air_hu, lung_z_range
-    from lungtumor.imaging.orientation import from_canonical, stored_order_note, to_canonical
-    from lungtumor.inference.checkpoint import is_3d, load_any
-    from lungtumor.inference.predictor import predict_any, predict_ensemble
 
     opts = opts or PredictOptions()
     device = resolve_device(opts.device)
@@ -287,15 +288,11 @@ def predict_paths(
             res.tumour_ml = float(mask.sum()) * vol.voxel_volume_mm3 / 1000.0
             lesions = None
             if opts.measure or opts.report:
-                from lungtumor.evaluation.measure import measure_lesions, write_lesions
-
                 lesions = measure_lesions(mask_vol)
                 res.n_lesions = len(lesions)
                 if opts.measure:
                     res.outputs.extend(write_lesions(lesions, stem, out))
             if opts.report:
-                from lungtumor.report.writer import write_all
-
                 meta = stored_order_note(stored, ro)
                 res.outputs.extend(
                     write_all(vol, mask_vol, out, case, lesions=lesions, run_dir=run_dir, meta=meta)
@@ -325,3 +322,33 @@ def _run_dir_of(model_path: Path) -> Path | None:
         if (parent / "config.yaml").exists():
             return parent
     return None
+
+
+def predict(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    model: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    **options: Any,
+) -> list[PredictResult]:
+    """Segment the tumours of one or more CTs: the public face of :func:`predict_paths`.
+
+    Args:
+        inputs: a CT file (NIfTI, NRRD, MHA), a DICOM series folder, a folder of these, or a list of them.
+        model: a checkpoint (.ckpt) or run folder, 2D or 3D; a list averages several (an ensemble).
+        out_dir: where ``<case>_tumour.nii.gz`` (uint8, the input's geometry) and the lesion tables go.
+        **options: any :class:`PredictOptions` field, e.g. ``threshold=0.5, device="cpu", report=True``.
+
+    Returns:
+        One :class:`PredictResult` per CT; a failed case has ``error`` set and the others go on.
+
+    Raises:
+        InputError: a bad option, model or input path (the message names it).
+    """
+    fields = set(PredictOptions.__dataclass_fields__)
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise InputError(
+            "predict", f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+        )
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    return predict_paths(items, model, out_dir, PredictOptions(**options))

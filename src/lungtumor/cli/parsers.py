@@ -1,20 +1,12 @@
-"""The ``lungtumor`` command: one entry point, one subcommand per stage.
+"""The ``lungtumor`` command's arguments: one parser per subcommand (no heavy imports, so ``--help`` is fast).
 
-The command line stays thin: each subcommand parses its options, calls one library function and prints
-what it returns. Errors caused by input become ``error: <file>: <problem>`` and exit code 2; anything else
-is an internal error with exit code 1. ``--debug`` shows the traceback.
+Each subcommand sets ``cmd``; :func:`lungtumor.cli.main` runs ``lungtumor.cli.commands.cmd_<cmd>``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-from lungtumor import __version__
-from lungtumor.core.errors import InputError
-
-# ----------------------------------------------------------------------------- synth
 
 
 def _add_synth(sub) -> None:
@@ -41,7 +33,7 @@ def _add_synth(sub) -> None:
     )
     _add_train_lesions(p, "standard")
     _add_hilar(p)
-    p.set_defaults(func=_cmd_synth)
+    p.set_defaults(cmd="synth")
 
 
 def _add_train_lesions(p, default: str) -> None:
@@ -66,28 +58,6 @@ def _add_hilar(p, default: bool = False) -> None:
     )
 
 
-def _cmd_synth(args) -> int:
-    from lungtumor.data.phantom import synth_dataset
-
-    summary = synth_dataset(
-        args.out,
-        n_train=args.cases,
-        n_test=args.test_cases,
-        seed=args.seed,
-        matrix=args.matrix,
-        slices=args.slices or None,
-        progress=not args.quiet,
-        train_lesions=args.train_lesions,
-        val_cases=args.val_cases,
-        train_hilar_vessels=args.train_hilar_vessels,
-    )
-    print(summary)
-    return 0
-
-
-# ----------------------------------------------------------------------------- check
-
-
 def _add_check(sub) -> None:
     p = sub.add_parser(
         "check",
@@ -96,20 +66,7 @@ def _add_check(sub) -> None:
         "no path outside the dataset. Prints a table and one line per bad case; exits 2 if any case is bad.",
     )
     p.add_argument("dataset", type=Path, help="dataset folder")
-    p.set_defaults(func=_cmd_check)
-
-
-def _cmd_check(args) -> int:
-    from lungtumor.data.msd import check_dataset, format_check_report
-
-    report = check_dataset(args.dataset, progress=not args.quiet)
-    print(format_check_report(report))
-    for line in report.errors:
-        print(f"error: {line}", file=sys.stderr)
-    return 0 if report.ok else 2
-
-
-# ----------------------------------------------------------------------------- prepare
+    p.set_defaults(cmd="check")
 
 
 def _add_prepare(sub) -> None:
@@ -132,34 +89,7 @@ def _add_prepare(sub) -> None:
     )
     p.add_argument("--folds", type=int, default=5, help="also write k patient-level folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="split seed")
-    p.set_defaults(func=_cmd_prepare)
-
-
-def _cmd_prepare(args) -> int:
-    from lungtumor.core.config import load_config
-    from lungtumor.preprocessing.prepare import prepare_dataset
-
-    cfg = load_config(args.config, args.preset)
-    if cfg.model.arch == "unet3d":  # the 3D recipe has its own cache (lungtumor.preprocessing.prepare3d)
-        from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
-
-        print(prepare_dataset_3d(args.dataset, args.out, cfg.vol3d, val_cases=args.val_cases or None,
-                                 folds=args.folds, seed=args.seed, progress=not args.quiet))  # fmt: skip
-        return 0
-    summary = prepare_dataset(
-        args.dataset,
-        args.out,
-        cfg.prep,
-        val_cases=args.val_cases or None,
-        folds=args.folds,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
-    print(summary)
-    return 0
-
-
-# ----------------------------------------------------------------------------- train
+    p.set_defaults(cmd="prepare")
 
 
 def _add_train(sub) -> None:
@@ -182,46 +112,7 @@ def _add_train(sub) -> None:
         action="store_true",
         help="continue from RUN_DIR/checkpoints/last.ckpt (with RUN_DIR/config.yaml unless --config/--preset is given)",
     )
-    p.set_defaults(func=_cmd_train)
-
-
-def _cmd_train(args) -> int:
-    import logging
-
-    from lungtumor.core.config import load_config
-    from lungtumor.training.seg2d import train
-
-    run_cfg = args.out / "config.yaml"
-    if args.resume and args.config is None and args.preset is None and run_cfg.is_file():
-        cfg = load_config(run_cfg)  # continue the run with its own settings
-    else:
-        cfg = load_config(args.config, args.preset)
-    if args.epochs is not None:
-        cfg.train.epochs = args.epochs
-    if args.devices is not None:
-        cfg.train.devices = args.devices
-    if args.num_nodes is not None:
-        cfg.train.num_nodes = args.num_nodes
-    if args.accelerator is not None:
-        cfg.train.accelerator = args.accelerator
-    if not args.quiet:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        lg = logging.getLogger("lungtumor.training")
-        lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
-    if cfg.model.arch == "unet3d":  # the 3D recipe (lungtumor.training.seg3d)
-        from lungtumor.training.seg3d import train3d
-
-        print(train3d(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet))
-        return 0
-    result = train(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet)
-    if result.is_global_zero:
-        print(result)
-    return 0
-
-
-# ----------------------------------------------------------------------------- predict
+    p.set_defaults(cmd="train")
 
 
 def _add_predict(sub) -> None:
@@ -272,63 +163,7 @@ def _add_predict(sub) -> None:
         "(default: on when the checkpoint has one)",
     )
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
-    p.set_defaults(func=_cmd_predict)
-
-
-def _print_skipped(skipped: list[tuple[Path, str]]) -> None:
-    """One ``note:`` line per skipped folder entry; many of one kind in one folder share a line."""
-    groups: dict[tuple[Path, str], list[Path]] = {}
-    for path, why in skipped:
-        groups.setdefault((path.parent, why), []).append(path)
-    for (parent, why), items in groups.items():
-        if len(items) <= 3:
-            for path in items:
-                print(f"note: skipped {path}: {why}", file=sys.stderr)
-        else:
-            print(
-                f"note: skipped {len(items)} entries of {parent} ({items[0].name}, ...): {why}",
-                file=sys.stderr,
-            )
-
-
-def _cmd_predict(args) -> int:
-    from lungtumor.workflows.predict import PredictOptions, collect_inputs, predict_paths
-
-    skipped: list[tuple[Path, str]] = []
-    collect_inputs(args.inputs, skipped)  # the same walk predict_paths makes: say what it leaves out, first
-    _print_skipped(skipped)
-
-    opts = PredictOptions(
-        threshold=args.threshold,
-        min_lesion_mm3=args.min_lesion_mm3,
-        min_z_extent_ratio=args.min_z_extent_ratio,
-        postprocess=not args.no_postprocess,
-        lung_gate=args.lung_gate,
-        save_prob=args.save_prob,
-        report=args.report,
-        device=args.device,
-        tta=args.tta,
-        threads=args.threads,
-        progress=not args.quiet,
-        nodules=args.nodules,
-    )
-    results = predict_paths(args.inputs, args.model, args.out, opts)
-    failed = [r for r in results if r.error]
-    for r in results:
-        if r.error:
-            print(f"error: {r.error}", file=sys.stderr)
-        else:
-            print(r.summary_line())
-    if failed and len(results) > 1:
-        print(
-            f"error: {len(failed)} of {len(results)} cases failed; the other {len(results) - len(failed)} "
-            f"were written to {args.out}",
-            file=sys.stderr,
-        )
-    return 2 if failed else 0
-
-
-# ----------------------------------------------------------------------------- measure
+    p.set_defaults(cmd="predict")
 
 
 def _add_measure(sub) -> None:
@@ -345,28 +180,7 @@ def _add_measure(sub) -> None:
         help="mask files, or folders of them (a predict output folder: its *_tumour masks)",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.set_defaults(func=_cmd_measure)
-
-
-def _cmd_measure(args) -> int:
-    from lungtumor.evaluation.measure import measure_files
-
-    errors: list[str] = []
-    n = 0
-    for line in measure_files(args.masks, args.out, errors):
-        print(line)
-        n += 1
-    for e in errors:
-        print(f"error: {e}", file=sys.stderr)
-    if errors and n:
-        print(
-            f"error: {len(errors)} of {len(errors) + n} masks failed; the other {n} were measured",
-            file=sys.stderr,
-        )
-    return 2 if errors else 0
-
-
-# ----------------------------------------------------------------------------- evaluate
+    p.set_defaults(cmd="measure")
 
 
 def _add_evaluate(sub) -> None:
@@ -389,24 +203,7 @@ def _add_evaluate(sub) -> None:
         default=0.1,
         help="fraction of a true lesion's voxels one predicted component must cover to count it found (default 0.1)",
     )
-    p.set_defaults(func=_cmd_evaluate)
-
-
-def _cmd_evaluate(args) -> int:
-    from lungtumor.evaluation.metrics import evaluate_dirs, format_summary
-
-    summary = evaluate_dirs(
-        args.pred_dir,
-        args.gt_dir,
-        out_dir=args.out or args.pred_dir,
-        tolerance_mm=args.tolerance_mm,
-        lesion_overlap=args.lesion_overlap,
-    )
-    print(format_summary(summary))
-    return 0
-
-
-# ----------------------------------------------------------------------------- report
+    p.set_defaults(cmd="evaluate")
 
 
 def _add_report(sub) -> None:
@@ -418,19 +215,7 @@ def _add_report(sub) -> None:
     p.add_argument("--mask", type=Path, required=True, help="the tumour mask on the CT's grid")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--run-dir", type=Path, help="training run folder, to include its loss curves")
-    p.set_defaults(func=_cmd_report)
-
-
-def _cmd_report(args) -> int:
-    from lungtumor.report.writer import report_files
-
-    paths = report_files(args.image, args.mask, args.out, run_dir=args.run_dir)
-    for p in paths:
-        print(p)
-    return 0
-
-
-# ----------------------------------------------------------------------------- demo
+    p.set_defaults(cmd="report")
 
 
 def _add_demo(sub) -> None:
@@ -452,28 +237,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     _add_train_lesions(p, "rich")
     _add_hilar(p, default=True)
-    p.set_defaults(func=_cmd_demo)
-
-
-def _cmd_demo(args) -> int:
-    from lungtumor.workflows.demo import run_demo
-
-    result = run_demo(
-        args.out,
-        cases=args.cases,
-        val_cases=args.val_cases,
-        test_cases=args.test_cases,
-        epochs=args.epochs,
-        seed=args.seed,
-        progress=not args.quiet,
-        train_lesions=args.train_lesions,
-        train_hilar_vessels=args.train_hilar_vessels,
-    )
-    print(result)
-    return 0
-
-
-# ----------------------------------------------------------------------------- cv, benchmark-msd
+    p.set_defaults(cmd="demo")
 
 
 def _add_cv(sub) -> None:
@@ -493,16 +257,7 @@ def _add_cv(sub) -> None:
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--seed", type=int, default=0, help="fold and training seed")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (prediction)")
-    p.set_defaults(func=_cmd_cv)
-
-
-def _cmd_cv(args) -> int:
-    from lungtumor.workflows.cv import format_cv_summary, run_cv
-
-    s = run_cv(args.dataset, args.out, args.preset, folds=args.folds, epochs=args.epochs, seed=args.seed,
-               config_path=args.config, device=args.device, progress=not args.quiet)  # fmt: skip
-    print(format_cv_summary(s))
-    return 0
+    p.set_defaults(cmd="cv")
 
 
 def _add_benchmark_msd(sub) -> None:
@@ -520,25 +275,10 @@ def _add_benchmark_msd(sub) -> None:
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (prediction)")
-    p.set_defaults(func=_cmd_benchmark_msd)
+    p.set_defaults(cmd="benchmark_msd")
 
 
-def _cmd_benchmark_msd(args) -> int:
-    from lungtumor.workflows.cv import run_benchmark_msd
-
-    b = run_benchmark_msd(args.task_dir, args.out, preset_name=args.preset, folds=args.folds, epochs=args.epochs,
-                          seed=args.seed, config_path=args.config, device=args.device,
-                          progress=not args.quiet)  # fmt: skip
-    print(
-        f"{b['folds']}-fold CV of {b['preset']} on {b['n_cases']} cases: mean per-case Dice "
-        f"{b['mean_per_case_dice']:.4f} (nnU-Net {b['nnunet_reference_dice']:.2f}); written to {args.out}"
-    )
-    return 0
-
-
-# ----------------------------------------------------------------------------- main
-
-_COMMANDS = (
+COMMANDS = (
     _add_synth,
     _add_check,
     _add_prepare,
@@ -549,96 +289,4 @@ _COMMANDS = (
     _add_report,
     _add_demo,
 )
-_COMMANDS += (_add_cv, _add_benchmark_msd)
-
-
-class _UsageError(Exception):
-    """A command-line usage error (unknown option, missing argument, a value of the wrong type)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (``error: lungtumor predict: ...``), not usage + error."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
-    parser = _Parser(
-        prog="lungtumor",
-        description="Segment lung tumours in chest CT and measure them.",
-    )
-    parser.add_argument("--version", action="version", version=f"lungtumor {__version__}")
-    common = _Parser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    orig = sub.add_parser
-
-    def add_parser(name, **kw):
-        kw.setdefault("parents", [common])
-        return orig(name, **kw)
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
-    for add in _COMMANDS:
-        add(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``lungtumor`` console script. Returns the exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except _UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    out = getattr(args, "out", None)
-    new_out = isinstance(out, Path) and not out.exists() and not out.is_symlink()
-    rc = 1
-    try:
-        rc = int(args.func(args) or 0)
-        return rc
-    except InputError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except MemoryError:
-        if args.debug:
-            raise
-        print("error: out of memory", file=sys.stderr)
-        return 1
-    except Exception as e:  # noqa: BLE001 - last line of defence: one line, not a traceback
-        if args.debug:
-            raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(
-            f"error: internal error: {type(e).__name__}: {msg} (rerun with --debug for details)",
-            file=sys.stderr,
-        )
-        return 1
-    finally:
-        if rc != 0 and new_out:
-            _remove_empty_dirs(out)
-
-
-def _remove_empty_dirs(root: Path) -> None:
-    """Remove ``root`` and its sub-folders where they hold no files (a failed command's empty output folder)."""
-    import os
-
-    try:
-        for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
-            try:
-                os.rmdir(dirpath)  # only succeeds when empty
-            except OSError:
-                pass
-    except OSError:
-        pass
+COMMANDS += (_add_cv, _add_benchmark_msd)

@@ -1,0 +1,86 @@
+"""Before/after a refactor, side by side on one machine in one run: the demo's held-out numbers and
+``predict_speed.py``, for this tree and an older commit's tree.
+
+    git worktree add /tmp/lt_old 9a4b200
+    python benchmarks/before_after.py --old /tmp/lt_old [--demo] [--rounds 2] [--out DIR]
+
+The old tree runs from its own ``src/`` (PYTHONPATH) with this venv's libraries. ``--demo`` runs
+``lungtumor demo`` once per tree (about 7-9 min each on 2 cores) and compares ``summary.json``'s held-out
+numbers; predict speed alternates old/new ``--rounds`` times so that drift of the machine hits both.
+Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+NEW = Path(__file__).resolve().parents[1]
+
+
+def _env(tree: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(tree / "src")
+    return env
+
+
+def run_demo(tree: Path, out: Path) -> dict:
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "lungtumor", "demo", "--out", str(out), "-q"]
+    subprocess.run(cmd, env=_env(tree), check=True, capture_output=True, text=True)
+    found = sorted(out.rglob("evaluation_summary.json"))
+    if not found:
+        raise SystemExit(f"{out}: the demo wrote no summary.json")
+    summary = json.loads(found[0].read_text())["summary"]
+    summary["_wall_s"] = time.perf_counter() - t0
+    return summary
+
+
+def predict_speed(tree: Path, out: Path) -> list[dict]:
+    script = tree / "benchmarks" / "predict_speed.py"
+    subprocess.run([sys.executable, str(script), "--out", str(out)], env=_env(tree), check=True)
+    return json.loads((out / "predict_speed.json").read_text())
+
+
+def _cell(d: dict[str, list[float]]) -> str:
+    runs = ", ".join(f"{x:.2f}" for x in d["s"])
+    return f"{statistics.median(d['s']):.2f} s ({runs}), +{max(d['mb']):.0f} MB"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--old", type=Path, required=True, help="the older tree (a git worktree)")
+    ap.add_argument("--demo", action="store_true", help="also run the demo in both trees")
+    ap.add_argument("--rounds", type=int, default=2, help="predict_speed rounds per tree (alternating)")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/lt_before_after"))
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    trees = {"before": a.old.resolve(), "after": NEW}
+    print("| what | before | after |\n| --- | --- | --- |")
+    if a.demo:
+        res = {k: run_demo(t, a.out / f"demo_{k}") for k, t in trees.items()}
+        keys = [k for k, v in res["before"].items() if isinstance(v, (int, float)) and k in res["after"]]
+        for k in keys:
+            print(f"| demo {k} | {res['before'][k]:.4g} | {res['after'][k]:.4g} |", flush=True)
+    times: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+    for r in range(a.rounds):
+        for k, t in trees.items():
+            for row in predict_speed(t, a.out / f"speed_{k}_{r}"):
+                key = (row["model"], row["precision"], k)
+                d = times.setdefault(key, {"s": [], "mb": []})
+                d["s"].append(row.get("seconds", float("nan")))
+                d["mb"].append(row.get("extra_rss_mb", float("nan")))
+    for model, prec in sorted({(m, p) for m, p, _ in times}):
+        b, f = times[(model, prec, "before")], times[(model, prec, "after")]
+        print(f"| predict {model} {prec} | {_cell(b)} | {_cell(f)} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

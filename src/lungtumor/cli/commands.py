@@ -1,0 +1,226 @@
+"""What each ``lungtumor`` subcommand does: call one library function or workflow and print its result.
+
+Run by :func:`lungtumor.cli.main` as ``cmd_<name>(args)``; returns the exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from lungtumor.core.config import load_config
+from lungtumor.data.msd import check_dataset, format_check_report
+from lungtumor.data.phantom import synth_dataset
+from lungtumor.evaluation.measure import measure_files
+from lungtumor.evaluation.metrics import evaluate_dirs, format_summary
+from lungtumor.preprocessing.prepare import prepare_dataset
+from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
+from lungtumor.report.writer import report_files
+from lungtumor.training.seg2d import train
+from lungtumor.training.seg3d import train3d
+from lungtumor.workflows.cv import format_cv_summary, run_benchmark_msd, run_cv
+from lungtumor.workflows.demo import run_demo
+from lungtumor.workflows.predict import PredictOptions, collect_inputs, predict_paths
+
+
+def cmd_synth(args) -> int:
+
+    summary = synth_dataset(
+        args.out,
+        n_train=args.cases,
+        n_test=args.test_cases,
+        seed=args.seed,
+        matrix=args.matrix,
+        slices=args.slices or None,
+        progress=not args.quiet,
+        train_lesions=args.train_lesions,
+        val_cases=args.val_cases,
+        train_hilar_vessels=args.train_hilar_vessels,
+    )
+    print(summary)
+    return 0
+
+
+def cmd_check(args) -> int:
+
+    report = check_dataset(args.dataset, progress=not args.quiet)
+    print(format_check_report(report))
+    for line in report.errors:
+        print(f"error: {line}", file=sys.stderr)
+    return 0 if report.ok else 2
+
+
+def cmd_prepare(args) -> int:
+
+    cfg = load_config(args.config, args.preset)
+    if cfg.model.arch == "unet3d":  # the 3D recipe has its own cache (lungtumor.preprocessing.prepare3d)
+        print(prepare_dataset_3d(args.dataset, args.out, cfg.vol3d, val_cases=args.val_cases or None,
+                                 folds=args.folds, seed=args.seed, progress=not args.quiet))  # fmt: skip
+        return 0
+    summary = prepare_dataset(
+        args.dataset,
+        args.out,
+        cfg.prep,
+        val_cases=args.val_cases or None,
+        folds=args.folds,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(summary)
+    return 0
+
+
+def cmd_train(args) -> int:
+
+    run_cfg = args.out / "config.yaml"
+    if args.resume and args.config is None and args.preset is None and run_cfg.is_file():
+        cfg = load_config(run_cfg)  # continue the run with its own settings
+    else:
+        cfg = load_config(args.config, args.preset)
+    if args.epochs is not None:
+        cfg.train.epochs = args.epochs
+    if args.devices is not None:
+        cfg.train.devices = args.devices
+    if args.num_nodes is not None:
+        cfg.train.num_nodes = args.num_nodes
+    if args.accelerator is not None:
+        cfg.train.accelerator = args.accelerator
+    if not args.quiet:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        lg = logging.getLogger("lungtumor.training")
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    if cfg.model.arch == "unet3d":  # the 3D recipe (lungtumor.training.seg3d)
+        print(train3d(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet))
+        return 0
+    result = train(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet)
+    if result.is_global_zero:
+        print(result)
+    return 0
+
+
+def _print_skipped(skipped: list[tuple[Path, str]]) -> None:
+    """One ``note:`` line per skipped folder entry; many of one kind in one folder share a line."""
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    for path, why in skipped:
+        groups.setdefault((path.parent, why), []).append(path)
+    for (parent, why), items in groups.items():
+        if len(items) <= 3:
+            for path in items:
+                print(f"note: skipped {path}: {why}", file=sys.stderr)
+        else:
+            print(
+                f"note: skipped {len(items)} entries of {parent} ({items[0].name}, ...): {why}",
+                file=sys.stderr,
+            )
+
+
+def cmd_predict(args) -> int:
+
+    skipped: list[tuple[Path, str]] = []
+    collect_inputs(args.inputs, skipped)  # the same walk predict_paths makes: say what it leaves out, first
+    _print_skipped(skipped)
+
+    opts = PredictOptions(
+        threshold=args.threshold,
+        min_lesion_mm3=args.min_lesion_mm3,
+        min_z_extent_ratio=args.min_z_extent_ratio,
+        postprocess=not args.no_postprocess,
+        lung_gate=args.lung_gate,
+        save_prob=args.save_prob,
+        report=args.report,
+        device=args.device,
+        tta=args.tta,
+        threads=args.threads,
+        progress=not args.quiet,
+        nodules=args.nodules,
+    )
+    results = predict_paths(args.inputs, args.model, args.out, opts)
+    failed = [r for r in results if r.error]
+    for r in results:
+        if r.error:
+            print(f"error: {r.error}", file=sys.stderr)
+        else:
+            print(r.summary_line())
+    if failed and len(results) > 1:
+        print(
+            f"error: {len(failed)} of {len(results)} cases failed; the other {len(results) - len(failed)} "
+            f"were written to {args.out}",
+            file=sys.stderr,
+        )
+    return 2 if failed else 0
+
+
+def cmd_measure(args) -> int:
+
+    errors: list[str] = []
+    n = 0
+    for line in measure_files(args.masks, args.out, errors):
+        print(line)
+        n += 1
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    if errors and n:
+        print(
+            f"error: {len(errors)} of {len(errors) + n} masks failed; the other {n} were measured",
+            file=sys.stderr,
+        )
+    return 2 if errors else 0
+
+
+def cmd_evaluate(args) -> int:
+
+    summary = evaluate_dirs(
+        args.pred_dir,
+        args.gt_dir,
+        out_dir=args.out or args.pred_dir,
+        tolerance_mm=args.tolerance_mm,
+        lesion_overlap=args.lesion_overlap,
+    )
+    print(format_summary(summary))
+    return 0
+
+
+def cmd_report(args) -> int:
+
+    paths = report_files(args.image, args.mask, args.out, run_dir=args.run_dir)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_demo(args) -> int:
+
+    result = run_demo(
+        args.out,
+        cases=args.cases,
+        val_cases=args.val_cases,
+        test_cases=args.test_cases,
+        epochs=args.epochs,
+        seed=args.seed,
+        progress=not args.quiet,
+        train_lesions=args.train_lesions,
+        train_hilar_vessels=args.train_hilar_vessels,
+    )
+    print(result)
+    return 0
+
+
+def cmd_cv(args) -> int:
+    s = run_cv(args.dataset, args.out, args.preset, folds=args.folds, epochs=args.epochs, seed=args.seed,
+               config_path=args.config, device=args.device, progress=not args.quiet)  # fmt: skip
+    print(format_cv_summary(s))
+    return 0
+
+
+def cmd_benchmark_msd(args) -> int:
+    b = run_benchmark_msd(args.task_dir, args.out, preset_name=args.preset, folds=args.folds, epochs=args.epochs,
+                          seed=args.seed, config_path=args.config, device=args.device,
+                          progress=not args.quiet)  # fmt: skip
+    print(
+        f"{b['folds']}-fold CV of {b['preset']} on {b['n_cases']} cases: mean per-case Dice "
+        f"{b['mean_per_case_dice']:.4f} (nnU-Net {b['nnunet_reference_dice']:.2f}); written to {args.out}"
+    )
+    return 0
