@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungtumor.core.config import preset
-from lungtumor.evaluation.metrics import evaluate_case
+from lungtumor.core.presets import preset
+from lungtumor.evaluation.evaluate import evaluate_case
 from lungtumor.imaging.io import read_mask, read_volume
 from lungtumor.inference.checkpoint import load_any
 from lungtumor.inference.predictor import predict_any

@@ -47,7 +47,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from lungtumor.core.config import load_config
+    from lungtumor.core.config_io import load_config
     from lungtumor.models import create_model
     from lungtumor.models.nodule3d import NodulePatchNet
 

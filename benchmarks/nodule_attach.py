@@ -23,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lungtumor.core.config import config_from_dict, save_config, to_dict  # noqa: E402
+from lungtumor.core.config_io import config_from_dict, save_config, to_dict  # noqa: E402
 from lungtumor.core.errors import atomic_write_bytes  # noqa: E402
 from lungtumor.preprocessing.cache import PreparedCache  # noqa: E402
 from lungtumor.training.detector import train_for_run  # noqa: E402

@@ -76,7 +76,7 @@ def untrained_checkpoint(preset: str, path: Path, **overrides) -> Path:
     """An untrained checkpoint of a preset's architecture and preprocessing, in our checkpoint format."""
     import torch
 
-    from lungtumor.core.config import load_config, to_dict
+    from lungtumor.core.config_io import load_config, to_dict
     from lungtumor.models import create_model
 
     cfg = load_config(None, preset)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungtumor.core.config import preset
+from lungtumor.core.presets import preset
 from lungtumor.imaging.io import read_volume, write_volume
 from lungtumor.imaging.volume import Volume
 from lungtumor.preprocessing.prepare import prepare_dataset

@@ -63,7 +63,7 @@ def score(
     z_ratio: float | None = None,
 ) -> dict:
     """Predict and evaluate one test folder (several runs: their averaged probabilities); the row's numbers."""
-    from lungtumor.evaluation.metrics import evaluate_dirs
+    from lungtumor.evaluation.evaluate import evaluate_dirs
     from lungtumor.workflows.predict import PredictOptions, predict_paths
 
     img, gt = (
@@ -165,7 +165,7 @@ def main() -> None:
 def patched_checkpoint(run: Path, overrides: list[str], dest: Path) -> Path:
     """A copy of ``run``'s best checkpoint (or the .ckpt ``run``; 2D or 3D) at ``dest`` whose stored config has
     the ``KEY=VALUE`` ``overrides`` applied and validated: the same weights, other inference settings."""
-    from lungtumor.core.config import config_from_dict, to_dict, validate
+    from lungtumor.core.config_io import config_from_dict, to_dict, validate
     from lungtumor.inference.checkpoint import checkpoint_file
 
     src = checkpoint_file(run)
@@ -184,7 +184,7 @@ def patched_checkpoint(run: Path, overrides: list[str], dest: Path) -> Path:
 
 def train_one(cache: Path, out: Path, preset_name: str, overrides: list[str]) -> dict:
     """Train ``preset_name`` + ``overrides`` on ``cache`` into ``out/run`` (2D or 3D trainer by model.arch)."""
-    from lungtumor.core.config import load_config
+    from lungtumor.core.config_io import load_config
 
     cfg = load_config(None, preset_name)
     for kv in overrides:

@@ -32,7 +32,7 @@ CASES = {
 
 
 def main() -> int:
-    from lungtumor.evaluation.metrics import evaluate_case
+    from lungtumor.evaluation.evaluate import evaluate_case
     from lungtumor.imaging.io import read_mask, read_volume
     from lungtumor.workflows.predict import PredictOptions, predict_paths
 

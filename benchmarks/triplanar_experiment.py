@@ -26,8 +26,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from lungtumor.core.config import AugmentConfig, ModelConfig, PrepConfig, from_dict
-from lungtumor.evaluation.metrics import evaluate_dirs, format_summary
+from lungtumor.core.config import AugmentConfig, ModelConfig, PrepConfig
+from lungtumor.core.config_io import from_dict
+from lungtumor.evaluation.evaluate import evaluate_dirs, format_summary
 from lungtumor.imaging.io import read_volume, write_volume
 from lungtumor.imaging.volume import Volume
 from lungtumor.models import create_model

@@ -90,7 +90,7 @@ def load() -> str:
 def lt_presets() -> list[str]:
     """Presets `lungtumor train --help` lists, else lungtumor.core.config.PRESETS."""
     try:
-        from lungtumor.core.config import PRESETS
+        from lungtumor.core.presets import PRESETS
 
         return sorted(PRESETS)
     except ImportError:
@@ -198,7 +198,7 @@ def run_lt(args, out: Path, data: Path, preset: str) -> dict:
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
     # the step cap: train.max_steps_per_epoch for the 2.5D loop; the 3D loop (model.arch unet3d) draws
     # vol3d.steps_per_epoch patches batches per epoch instead
-    from lungtumor.core.config import preset as get_preset
+    from lungtumor.core.presets import preset as get_preset
 
     pcfg = get_preset(preset)
     is3d = pcfg.model.arch == "unet3d" and hasattr(pcfg, "vol3d")

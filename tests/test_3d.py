@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lungtumor.core.config import ModelConfig, load_config, preset
+from lungtumor.core.config import ModelConfig
+from lungtumor.core.config_io import load_config
+from lungtumor.core.presets import preset
 from lungtumor.imaging.volume import Volume
 from lungtumor.inference.sliding_window import gaussian_importance, sliding_window_probs
 from lungtumor.models import create_model
@@ -42,7 +44,8 @@ def test_ds_loss_weights():
 
 def test_3d_training_uses_the_configured_loss():
     """train.loss reaches the 3D trainer (it was always Dice + BCE); every loss takes 5D tensors."""
-    from lungtumor.core.config import LOSS_NAMES, RunConfig, to_dict
+    from lungtumor.core.config import LOSS_NAMES, RunConfig
+    from lungtumor.core.config_io import to_dict
     from lungtumor.training.losses import LOSSES
     from lungtumor.training.seg3d import Seg3DModule
 
@@ -161,7 +164,7 @@ def test_tiny_3d_training_lowers_loss_and_predicts_on_original_grid(tiny_dataset
     import csv
 
     from lungtumor.imaging.io import read_volume
-    from lungtumor.inference.checkpoint import _read_checkpoint, load_any
+    from lungtumor.inference.checkpoint import load_any, read_checkpoint
     from lungtumor.inference.sliding_window import predict_volume_3d
     from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
     from lungtumor.training.seg3d import train3d
@@ -178,7 +181,7 @@ def test_tiny_3d_training_lowers_loss_and_predicts_on_original_grid(tiny_dataset
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert len(rows) == 3 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert res.best_checkpoint.is_file() and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
-    info = _read_checkpoint(res.best_checkpoint)["hyper_parameters"]["lungtumor"]
+    info = read_checkpoint(res.best_checkpoint)["hyper_parameters"]["lungtumor"]
     assert info["config"]["vol3d"]["patch_size"] == [8, 16, 16] and set(info["stats"]) >= {
         "clip_lo",
         "mean",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lungtumor.cli import main
-from lungtumor.core.config import load_config
+from lungtumor.core.config_io import load_config
 from lungtumor.imaging.io import read_mask, read_volume
 from lungtumor.workflows.demo import run_demo
 

@@ -18,7 +18,7 @@ from lungtumor.inference.slices import (
     restore_on_device,
 )
 from lungtumor.models import create_model
-from lungtumor.preprocessing.frame import _geometry, preprocess_volume, restore_geometry, restore_mask
+from lungtumor.preprocessing.frame import geometry, preprocess_volume, restore_geometry, restore_mask
 
 STATS = {"mean": -600.0, "std": 420.0}
 PREPS = {
@@ -43,11 +43,11 @@ def _ct(seed: int = 0) -> Volume:
 def test_prepare_and_restore_match_the_cpu_path(name):
     prep, vol = PREPS[name], _ct()
     ref, geom = preprocess_volume(vol, prep, STATS)
-    got = prepare_on_device(torch.from_numpy(vol.array), prep, STATS, _geometry(vol, prep))
+    got = prepare_on_device(torch.from_numpy(vol.array), prep, STATS, geometry(vol, prep))
     assert got.shape == ref.shape
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-5)
     hu32 = vol.array.astype(np.float32)
-    got32 = prepare_on_device(torch.from_numpy(hu32), prep, STATS, _geometry(vol, prep))
+    got32 = prepare_on_device(torch.from_numpy(hu32), prep, STATS, geometry(vol, prep))
     np.testing.assert_allclose(got32.numpy(), ref, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(hu32, vol.array)  # the caller's float32 HU are not changed in place
 

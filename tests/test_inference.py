@@ -80,7 +80,8 @@ def test_a_folder_with_nothing_to_predict_is_an_input_error(tmp_path):
 def test_bad_options_are_input_errors_before_any_output(opts, needle, tmp_path):
     import torch
 
-    from lungtumor.core.config import RunConfig, to_dict
+    from lungtumor.core.config import RunConfig
+    from lungtumor.core.config_io import to_dict
     from lungtumor.models import create_model
 
     cfg = RunConfig()

@@ -11,15 +11,8 @@ import pytest
 
 from lungtumor.cli import main
 from lungtumor.core.errors import InputError
-from lungtumor.evaluation.metrics import (
-    SegmentationMetrics,
-    dice,
-    evaluate_dirs,
-    hd95,
-    lesion_detection,
-    lesion_rows,
-    nsd,
-)
+from lungtumor.evaluation.evaluate import SegmentationMetrics, evaluate_dirs
+from lungtumor.evaluation.metrics import dice, hd95, lesion_detection, lesion_rows, nsd
 from lungtumor.imaging.io import write_volume
 from lungtumor.imaging.volume import Volume
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lungtumor.core.config import NoduleConfig, load_config, validate
+from lungtumor.core.config import NoduleConfig
+from lungtumor.core.config_io import load_config, validate
 from lungtumor.core.errors import InputError
 from lungtumor.imaging.resample import iso_shape, resample, resample_sparse
 from lungtumor.inference.checkpoint import add_detector_to_checkpoint

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from lungtumor.core.errors import InputError
-from lungtumor.data.phantom import build_case, make_case, sample_lesion_plan, synth_dataset
+from lungtumor.data.lesions import sample_lesion_plan
+from lungtumor.data.phantom import build_case, make_case, synth_dataset
 from lungtumor.imaging.io import read_mask, read_volume
 
 SOLID = {"juxtapleural": 1, "hilar": 1, "intrapulmonary": 1}
@@ -178,7 +179,7 @@ def test_train_lesions_changes_training_cases_only(tmp_path: Path):
     with pytest.raises(InputError, match="unknown plan"):
         synth_dataset(tmp_path / "bad", train_lesions="lots", **kw)
     from lungtumor.cli import build_parser
-    from lungtumor.data.phantom import LESION_PLANS
+    from lungtumor.data.lesions import LESION_PLANS
 
     for cmd in ("synth", "demo"):
         sub = next(a for a in build_parser()._actions if a.dest == "command").choices[cmd]

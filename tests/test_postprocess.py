@@ -258,7 +258,7 @@ def test_real_lesions_pass_the_flat_filter_of_the_demo_preset(realdata):
     demo preset's ratio asks: the filter removes model artefacts, not tumours."""
     import SimpleITK as sitk
 
-    from lungtumor.core.config import load_config
+    from lungtumor.core.config_io import load_config
 
     ratio = load_config(None, "demo").infer.min_z_extent_ratio
     assert ratio > 0

@@ -11,8 +11,9 @@ import pytest
 
 import lungtumor.preprocessing.cache_writer as write_mod
 import lungtumor.preprocessing.frame as geom_mod
-from lungtumor.core.config import PrepConfig, preset
+from lungtumor.core.config import PrepConfig
 from lungtumor.core.errors import InputError
+from lungtumor.core.presets import preset
 from lungtumor.imaging.io import write_volume
 from lungtumor.imaging.volume import Volume
 from lungtumor.preprocessing.frame import (
@@ -136,7 +137,7 @@ def test_mask_roundtrip_dice_20mm_sphere(name: str) -> None:
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_restore_mask_is_the_thresholded_restore(name: str) -> None:
     """The chunked restore + threshold of predict equals thresholding the full restored map, bit for bit."""
-    chunk = geom_mod._CHUNK
+    chunk = geom_mod.CHUNK
     z = 2 * chunk + 3  # two full chunks and a partial one
     vol, _ = _ct_with_sphere(shape=(z, 90, 100), spacing=(0.8, 0.75, 2.0))
     _, geom = preprocess_volume(vol, RECIPES[name], STATS)
@@ -291,7 +292,7 @@ def test_resume_after_kill_is_byte_identical(small_ds: Path, tmp_path: Path, mon
 
     for kill_at in (3, 6):  # during the read pass, then during the normalise pass
         out = tmp_path / f"killed{kill_at}"
-        real_save = write_mod._save_npy
+        real_save = write_mod.save_npy
         calls = {"n": 0}
 
         def dying_save(path, arr, calls=calls, kill_at=kill_at, real_save=real_save):
@@ -300,10 +301,10 @@ def test_resume_after_kill_is_byte_identical(small_ds: Path, tmp_path: Path, mon
                 raise KeyboardInterrupt
             real_save(path, arr)
 
-        monkeypatch.setattr(write_mod, "_save_npy", dying_save)
+        monkeypatch.setattr(write_mod, "save_npy", dying_save)
         with pytest.raises(KeyboardInterrupt):
             prepare_dataset(small_ds, out, p, memory_budget=0 if kill_at == 6 else 1 << 30)
-        monkeypatch.setattr(write_mod, "_save_npy", real_save)
+        monkeypatch.setattr(write_mod, "save_npy", real_save)
         assert not (out / "cache.json").exists()
         assert not [f for f in (out / "cases").iterdir() if f.name.startswith(".tmp")]
         summary = prepare_dataset(small_ds, out, p)
@@ -375,17 +376,17 @@ def test_kill_in_writing_pass_with_workers(small_ds: Path, tmp_path: Path, monke
 
     p = PrepConfig(size=(64, 64))
     prepare_dataset(small_ds, tmp_path / "ref", p, workers=1)
-    parent, real_finish = os.getpid(), write_mod._Writer.finish
+    parent, real_finish = os.getpid(), write_mod.Writer.finish
 
     def dying_finish(self, case, st, stats):
         if os.getpid() == parent:
             raise KeyboardInterrupt
         return real_finish(self, case, st, stats)
 
-    monkeypatch.setattr(write_mod._Writer, "finish", dying_finish)
+    monkeypatch.setattr(write_mod.Writer, "finish", dying_finish)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(small_ds, tmp_path / "c", p, workers=2)
-    monkeypatch.setattr(write_mod._Writer, "finish", real_finish)
+    monkeypatch.setattr(write_mod.Writer, "finish", real_finish)
     assert not (tmp_path / "c" / "cache.json").exists()
     assert not [
         f for d in ("cases", ".state") for f in (tmp_path / "c" / d).iterdir() if f.name.startswith(".tmp")

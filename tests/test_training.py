@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from lungtumor.core.config import RunConfig, load_config, save_config, to_dict, validate
+from lungtumor.core.config import RunConfig
+from lungtumor.core.config_io import load_config, save_config, to_dict, validate
 from lungtumor.core.errors import InputError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -497,7 +498,7 @@ def test_ema_weights_are_what_validation_scored_and_predict_loads(cache, tmp_pat
 
 
 def test_ema_cannot_be_switched_on_a_resume_nor_set_for_3d(cache, tmp_path):
-    from lungtumor.core.config import load_config
+    from lungtumor.core.config_io import load_config
     from lungtumor.training.seg2d import train
 
     train(cache, tmp_path / "run", tiny_config(epochs=1), progress=False)

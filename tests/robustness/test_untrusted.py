@@ -29,7 +29,7 @@ class _Evil:
 def test_load_checkpoint_uses_weights_only() -> None:
     from lungtumor.inference import checkpoint
 
-    src = inspect.getsource(checkpoint._read_checkpoint)
+    src = inspect.getsource(checkpoint.read_checkpoint)
     assert "weights_only=True" in src
 
 

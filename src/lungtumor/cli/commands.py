@@ -9,11 +9,11 @@ import logging
 import sys
 from pathlib import Path
 
-from lungtumor.core.config import load_config
+from lungtumor.core.config_io import load_config
 from lungtumor.data.msd import check_dataset, format_check_report
 from lungtumor.data.phantom import synth_dataset
+from lungtumor.evaluation.evaluate import evaluate_dirs, format_summary
 from lungtumor.evaluation.measure import measure_files
-from lungtumor.evaluation.metrics import evaluate_dirs, format_summary
 from lungtumor.preprocessing.prepare import prepare_dataset
 from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
 from lungtumor.report.writer import report_files

@@ -40,7 +40,7 @@ def _few_runs(a: np.ndarray, limit: int = 1 << 16) -> bool:
     time); ``ndi.label`` opens at most one provisional label per run."""
     if np.count_nonzero(a) < limit:
         return True
-    runs, step = 0, _slab(a)
+    runs, step = 0, slab(a)
     for k in range(0, len(a), step):
         b = a[k : k + step] != 0
         runs += np.count_nonzero(b[..., 0]) + np.count_nonzero(b[..., 1:] > b[..., :-1])
@@ -49,7 +49,7 @@ def _few_runs(a: np.ndarray, limit: int = 1 << 16) -> bool:
     return True
 
 
-def _label_compact(a: np.ndarray, structure: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+def label_compact(a: np.ndarray, structure: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """``ndi.label`` (non-zero = foreground) into uint16 labels when they surely fit, else int32.
 
     A failed uint16 attempt would cost scipy an int32 copy on top of it, so uint16 is only tried when there are
@@ -82,11 +82,11 @@ def label_components_in_box(mask: np.ndarray, margin: int = 0) -> tuple[tuple[sl
     box = _bbox(m, margin)
     if box is None:
         return (slice(0, 0),) * m.ndim, np.zeros((0,) * m.ndim, np.uint16), 0
-    labels, n = _label_compact(m[box], LESION_STRUCTURE)
+    labels, n = label_compact(m[box], LESION_STRUCTURE)
     return box, labels, n
 
 
-def _slab(a: np.ndarray, elements: int = 1 << 20) -> int:
+def slab(a: np.ndarray, elements: int = 1 << 20) -> int:
     """Number of leading-axis planes of ``a`` in a slab of about ``elements`` elements (at least one)."""
     return max(1, elements // max(1, a[0].size)) if len(a) else 1
 
@@ -95,14 +95,14 @@ def component_sizes(labels: np.ndarray, n: int) -> np.ndarray:
     """Voxel count of each label 0..n of a label array (int64, length n + 1), a slab at a time, so that the
     labels are never copied to int64 as a whole (``np.bincount`` converts its input to intp)."""
     counts = np.zeros(n + 1, dtype=np.int64)
-    step = _slab(labels)
+    step = slab(labels)
     for k in range(0, len(labels), step):
         counts += np.bincount(labels[k : k + step].ravel(), minlength=n + 1)
     return counts
 
 
-def _paint(out: np.ndarray, labels: np.ndarray, table: np.ndarray) -> None:
+def paint(out: np.ndarray, labels: np.ndarray, table: np.ndarray) -> None:
     """``out[...] = table[labels]`` a slab at a time (fancy indexing would copy the labels to intp)."""
-    step = _slab(labels)
+    step = slab(labels)
     for k in range(0, len(labels), step):
         out[k : k + step] = table[labels[k : k + step]]

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from lungtumor.core.errors import InputError, atomic_path
 from lungtumor.imaging.orientation import to_canonical
-from lungtumor.imaging.volume import Volume, _fmt
+from lungtumor.imaging.volume import Volume, fmt
 
 #: File endings we read as single-file images.
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -42,9 +42,9 @@ def is_image_path(path: str | os.PathLike) -> bool:
 def _check_geometry(path: Path, vol: Volume) -> None:
     """Validate what every reader returns; raise InputError naming ``path``."""
     if any(not np.isfinite(s) or s <= 0 for s in vol.spacing):
-        raise InputError(path, f"invalid voxel spacing {_fmt(vol.spacing)} mm (must be > 0)")
+        raise InputError(path, f"invalid voxel spacing {fmt(vol.spacing)} mm (must be > 0)")
     if any(s > 50 for s in vol.spacing):
-        raise InputError(path, f"implausible voxel spacing {_fmt(vol.spacing)} mm (over 50 mm)")
+        raise InputError(path, f"implausible voxel spacing {fmt(vol.spacing)} mm (over 50 mm)")
     d = np.asarray(vol.direction).reshape(3, 3)
     if not np.allclose(d.T @ d, np.eye(3), atol=1e-3):
         raise InputError(

@@ -9,7 +9,7 @@ import edt
 import numpy as np
 from scipy import ndimage as ndi
 
-from lungtumor.imaging.components import _label_compact, _slab, component_sizes
+from lungtumor.imaging.components import component_sizes, label_compact, slab
 
 
 def _edt_at_most(a: np.ndarray, spacing_zyx: Sequence[float], radius_mm: float) -> np.ndarray:
@@ -78,7 +78,7 @@ def _air_on_grid(ct: np.ndarray, f: int, threshold_hu: float) -> np.ndarray:
     )
     limit = (threshold_hu * area).astype(np.float32)
     air = np.empty((ct.shape[0], ny, nx), dtype=bool)
-    step = _slab(ct)
+    step = slab(ct)
     acc = np.empty((min(step, ct.shape[0]), ny, nx), dtype=np.float32)
     for k in range(0, ct.shape[0], step):
         a = acc[: len(ct[k : k + step])]
@@ -105,11 +105,11 @@ def _lung_air(ct: np.ndarray, f: int, threshold_hu: float, min_fraction: float) 
         for edge in (lab[:, 0], lab[:, -1], lab[:, :, 0], lab[:, :, -1]):
             border[edge] = True
         border[0] = False
-        step = _slab(lab)
+        step = slab(lab)
         for k in range(0, len(lab), step):
             air[k : k + step] &= ~border[lab[k : k + step]]
     del lab
-    lab, n = _label_compact(air)  # 6-connectivity: do not join lungs to bowel gas through corners
+    lab, n = label_compact(air)  # 6-connectivity: do not join lungs to bowel gas through corners
     if n == 0:
         return air
     counts = component_sizes(lab, n)
@@ -121,7 +121,7 @@ def _lung_air(ct: np.ndarray, f: int, threshold_hu: float, min_fraction: float) 
     return air
 
 
-def _close_and_fill(
+def close_and_fill(
     lung: np.ndarray, spacing_zyx: Sequence[float], close_mm: float, zs: slice | None = None
 ) -> np.ndarray:
     """Close ``lung`` (bool, z, y, x) with a ball of ``close_mm`` and fill holes slice by slice, in place, on the
@@ -184,7 +184,7 @@ def coarse_lung_mask(
         ct_hu, spacing, threshold_hu=threshold_hu, min_fraction=min_fraction, coarse_mm=coarse_mm
     )
     spacing_zyx = (float(spacing[2]), float(spacing[1]) * f, float(spacing[0]) * f)
-    return _close_and_fill(lung, spacing_zyx, close_mm), f
+    return close_and_fill(lung, spacing_zyx, close_mm), f
 
 
 def lung_mask_from_hu(
@@ -268,7 +268,7 @@ def lung_z_range(
     return max(0, int(zz[0]) - m), min(len(a), int(zz[-1]) + m + 1)
 
 
-def _lung_window(lung: np.ndarray, f: int, window: tuple[slice, ...]) -> np.ndarray:
+def lung_window(lung: np.ndarray, f: int, window: tuple[slice, ...]) -> np.ndarray:
     """Full-resolution bool crop ``window`` (z, y, x slices of the full grid) of a lung mask on the f-grid."""
     if f == 1:
         return lung[window]

@@ -26,7 +26,7 @@ def resample(a: np.ndarray, shape: Sequence[int], mode: str = "constant") -> np.
     input plane (e.g. 25 x 14/25 = 14.000000000000002), and scipy's default ``mode="constant"`` then gives 0
     there. The detector's training cubes are cut from frames made this way; extending the edges instead
     (``mode="nearest"``) trains other detectors: over three seeds they scored 0.538 against 0.559 on the 40
-    held-out phantoms, inside the seeds' own spread of 0.09 (BENCHMARKS.md "Session 11: the resample edge"),
+    held-out phantoms, inside the seeds' own spread of 0.09 (docs/decisions/0015),
     and seed 0's missed one of the demo's 10 lesions. Nothing argues for the change yet (``mode`` is there
     to measure it: ``benchmarks/detector_seeds.py --resample-edge nearest``)."""
     a = np.asarray(a, dtype=np.float32)

@@ -69,9 +69,9 @@ class Volume:
         if self.shape != other.shape:
             return f"shape {other.shape} (z,y,x) differs from {self.shape}"
         if not np.allclose(self.spacing, other.spacing, atol=1e-3, rtol=0):
-            return f"spacing {_fmt(other.spacing)} mm differs from {_fmt(self.spacing)} mm"
+            return f"spacing {fmt(other.spacing)} mm differs from {fmt(self.spacing)} mm"
         if not np.allclose(self.origin, other.origin, atol=1e-3 * max(1.0, max(self.spacing)), rtol=0):
-            return f"origin {_fmt(other.origin)} mm differs from {_fmt(self.origin)} mm"
+            return f"origin {fmt(other.origin)} mm differs from {fmt(self.origin)} mm"
         if not np.allclose(self.direction, other.direction, atol=1e-3, rtol=0):
             return "direction matrix differs"
         return None
@@ -104,5 +104,5 @@ class Volume:
         return ijk * np.asarray(self.spacing) @ d.T + np.asarray(self.origin)
 
 
-def _fmt(t) -> str:
+def fmt(t) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in t) + ")"

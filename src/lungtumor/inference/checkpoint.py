@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lungtumor.core.config import NoduleConfig, RunConfig, config_from_dict, to_dict
+from lungtumor.core.config import NoduleConfig, RunConfig
+from lungtumor.core.config_io import config_from_dict, to_dict
 from lungtumor.core.errors import InputError, atomic_write_bytes
 from lungtumor.inference.detector import CKPT_KEY, load_detector
 from lungtumor.models import create_model
@@ -43,7 +44,7 @@ def load_checkpoint3d(path: str | os.PathLike):
         InputError: missing, foreign or mismatching checkpoint, or not a 3D one.
     """
     p = checkpoint_file(path)
-    ck = _read_checkpoint(p)
+    ck = read_checkpoint(p)
     info = ck["hyper_parameters"]["lungtumor"]
     try:
         cfg = config_from_dict(info["config"], source=str(p))
@@ -61,7 +62,7 @@ def load_checkpoint3d(path: str | os.PathLike):
 
 
 def _arch_of(path: Path) -> str:
-    cfg = _read_checkpoint(checkpoint_file(path))["hyper_parameters"]["lungtumor"].get("config", {})
+    cfg = read_checkpoint(checkpoint_file(path))["hyper_parameters"]["lungtumor"].get("config", {})
     return str(cfg.get("model", {}).get("arch", "")) if isinstance(cfg, dict) else ""
 
 
@@ -124,7 +125,7 @@ def _is_pickle_or_torch_zip(path: Path) -> bool:
     return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(path, "checkpoint not found")
     try:
@@ -158,7 +159,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         InputError: missing, truncated or foreign file (the message names it).
     """
     p = checkpoint_file(path)
-    ck = _read_checkpoint(p)
+    ck = read_checkpoint(p)
     info = ck["hyper_parameters"]["lungtumor"]
     try:
         cfg = config_from_dict(info["config"], source=str(p))

@@ -37,7 +37,7 @@ def input_to_hu(x: np.ndarray, prep: Mapping[str, Any], stats: Mapping[str, floa
     return a * np.float32(stats["std"]) + np.float32(stats["mean"])
 
 
-def _iso_patches(
+def iso_patches(
     hu_frame: np.ndarray, spacing_zyx: Sequence[float], cfg: NoduleConfig, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
     """(HU on the isotropic frame, candidate centres (N, 3), iso shape). ``threads`` > 1 (predict, not the
@@ -59,18 +59,19 @@ def _resample_torch(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     ].numpy()
 
 
-def _autocast(device: torch.device, bf16: bool):
+def bf16_autocast(device: torch.device, bf16: bool):
+    """bf16 autocast when ``bf16``, else a no-op context."""
     return autocast(device, "bf16" if bf16 else "32")
 
 
 # channels-last: oneDNN's faster layout for these convolutions (19 % per bf16 training step on 2 cores,
 # benchmarks/layout_speed.py)
-_CL3D = torch.channels_last_3d
+CL3D = torch.channels_last_3d
 
 
-def _cubes_in(hu: np.ndarray, dev: torch.device) -> torch.Tensor:
+def cubes_in(hu: np.ndarray, dev: torch.device) -> torch.Tensor:
     """HU cubes (B, P, P, P) → the network's input (B, 1, P, P, P), normalised, channels-last, on ``dev``."""
-    return normalise_hu(torch.from_numpy(np.asarray(hu)).to(dev))[:, None].contiguous(memory_format=_CL3D)
+    return normalise_hu(torch.from_numpy(np.asarray(hu)).to(dev))[:, None].contiguous(memory_format=CL3D)
 
 
 @torch.no_grad()
@@ -87,8 +88,8 @@ def cube_logits(
     index = np.arange(len(hu)) if index is None else np.asarray(index)
     out = [np.zeros(0, np.float32)]
     for i in range(0, len(index), batch):
-        with _autocast(dev, bf16):
-            out.append(net(_cubes_in(hu[index[i : i + batch]], dev))[0].float().cpu().numpy())
+        with bf16_autocast(dev, bf16):
+            out.append(net(cubes_in(hu[index[i : i + batch]], dev))[0].float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -115,7 +116,7 @@ def score_candidates(
     candidate.
 
     ``batch`` None: 32 cubes at a time on the CPU (against 128, predict's peak memory on a 512x512x300 CT is
-    0.4-0.65x of the input lower and the step is faster: BENCHMARKS.md "Session 10", ``predict_memory.py``), 256
+    0.4-0.65x of the input lower and the step is faster: ``benchmarks/predict_memory.py``), 256
     on a GPU (not timed yet)."""
     p = cfg.patch
     scores, cubes = [np.zeros(0, np.float32)], [np.zeros((0, p, p, p), np.float32)]
@@ -123,15 +124,15 @@ def score_candidates(
     dev = torch.device(device)
     if batch is None:
         batch = 32 if dev.type == "cpu" else 256
-    net.to(dev, memory_format=_CL3D).eval()
+    net.to(dev, memory_format=CL3D).eval()
     # with tta: candidates that can still reach seg_from (one-pass score >= 8t - 7, the mean of 8 scores each
     # <= 1 reaching t needs that) keep their one-pass score and cube as the unflipped term of the mean
     bound = None if not tta else (-np.inf if seg_from is None else 8 * seg_from - 7 - 1e-6)
     cube_from = seg_from if bound is None else bound
     for i in range(0, len(centres), batch):
         c = centres[i : i + batch]
-        x = _cubes_in(cut_patches(padded, c, p), dev)
-        with _autocast(dev, bf16):
+        x = cubes_in(cut_patches(padded, c, p), dev)
+        with bf16_autocast(dev, bf16):
             score, seg = net(x)
         sc = torch.sigmoid(score.float()).cpu().numpy()
         scores.append(sc)
@@ -145,7 +146,7 @@ def score_candidates(
     flipped = [np.zeros((0, p, p, p), np.float32)]
     for i in range(0, len(sel), batch):
         j = sel[i : i + batch]
-        sc, cu = _flip_sum(net, _cubes_in(cut_patches(padded, centres[j], p), dev), bf16)
+        sc, cu = _flip_sum(net, cubes_in(cut_patches(padded, centres[j], p), dev), bf16)
         out[j] = (out[j] + sc) / 8
         cu = (first[i : i + batch] + cu) / 8
         flipped.append(cu if seg_from is None else cu[out[j] >= seg_from])
@@ -161,7 +162,7 @@ def _flip_sum(net: NodulePatchNet, x: torch.Tensor, bf16: bool) -> tuple[np.ndar
     seg = torch.zeros(x.shape[:1] + x.shape[2:], device=x.device)
     for k in range(1, 8):
         dims = [d for d, bit in zip((2, 3, 4), (1, 2, 4), strict=True) if k & bit]
-        with _autocast(x.device, bf16):
+        with bf16_autocast(x.device, bf16):
             s, g = net(torch.flip(x, dims))
         score += torch.sigmoid(s.float())
         seg += torch.flip(torch.sigmoid(g.float()), [d - 1 for d in dims])
@@ -183,7 +184,7 @@ def detector_probability(
     overlap the maximum counts; 0 elsewhere. float32 (z, H, W).
     """
     threads = max(1, torch.get_num_threads())
-    hu, centres, shape = _iso_patches(np.asarray(hu_frame, dtype=np.float32), spacing_zyx, cfg, threads)
+    hu, centres, shape = iso_patches(np.asarray(hu_frame, dtype=np.float32), spacing_zyx, cfg, threads)
     out = np.zeros(hu_frame.shape, np.float32)
     if len(centres) == 0:
         return out

@@ -22,13 +22,13 @@ from lungtumor.postprocessing.detector import add_missed_lesions, drop_unconfirm
 from lungtumor.preprocessing.cache import append_blob, context_step, stack_context
 from lungtumor.preprocessing.frame import (
     PrepGeometry,
-    _geometry,
-    _normalise,
-    _overlap,
-    _pad_hu,
-    _resize,
     frame_spacing,
+    geometry,
+    normalise,
+    overlap,
+    pad_hu,
     preprocess_inputs,
+    resize,
     restore_geometry,
     restore_mask,
     restored_chunks,
@@ -172,15 +172,15 @@ def prepare_on_device(
     x = hu.to(torch.float32, copy=True)  # a float32 input must not be clipped and normalised in place
     if prep.norm == "window_zscore":
         x = x.clamp_(float(prep.window_hu[0]), float(prep.window_hu[1]))
-    x = _resize(x, geom.resized)
+    x = resize(x, geom.resized)
     H, W = geom.size
     if tuple(x.shape[-2:]) != (H, W) or geom.offset != (0, 0):
-        rs, rd = _overlap(geom.resized[0], H, geom.offset[0])
-        cs, cd = _overlap(geom.resized[1], W, geom.offset[1])
-        frame = torch.full((x.shape[0], H, W), _pad_hu(prep), dtype=torch.float32, device=x.device)
+        rs, rd = overlap(geom.resized[0], H, geom.offset[0])
+        cs, cd = overlap(geom.resized[1], W, geom.offset[1])
+        frame = torch.full((x.shape[0], H, W), pad_hu(prep), dtype=torch.float32, device=x.device)
         frame[:, rd, cd] = x[:, rs, cs]
         x = frame
-    return _normalise(x, prep, stats)  # in place; the same arithmetic on a tensor
+    return normalise(x, prep, stats)  # in place; the same arithmetic on a tensor
 
 
 def restore_on_device(
@@ -210,7 +210,7 @@ def predict_volume_on_device(
     cfg = loaded.config
     if cfg.prep.blob:
         raise ValueError("the device path does not compute the blob channel; use inference.predict_volume")
-    geom = _geometry(vol, cfg.prep)
+    geom = geometry(vol, cfg.prep)
     hu = torch.from_numpy(np.ascontiguousarray(vol.array)).to(device)
     x = prepare_on_device(hu, cfg.prep, loaded.stats, geom)
     del hu

@@ -1,4 +1,5 @@
-"""Rules that join the nodule detector's lesions with the 2D model's mask."""
+"""Rules that join the nodule detector's lesions with the 2D model's mask: ``add_missed_lesions`` (docs/decisions/
+0009, minimum size 0011) and ``drop_unconfirmed_small`` (``nodule.confirm_small``: 0013)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 ``remove_flat_components`` drops the one-slice false positives of a 2D model (docs/decisions), but always keeps a
 component that spans at least ``DEEP_SLICES`` slices and ``DEEP_MM`` mm. ``postprocess_mask`` applies the
-checkpoint's rules in order: small components, flat components, the lung gate.
+checkpoint's rules in order: small components (docs/decisions/0003), flat components (0005, 0006), the lung
+gate (0004).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lungtumor.imaging.components import _paint, component_sizes, label_components_in_box
+from lungtumor.imaging.components import component_sizes, label_components_in_box, paint
 from lungtumor.imaging.volume import Volume
 from lungtumor.postprocessing.lung_gate import gate_to_lungs_hu
 
@@ -118,5 +119,5 @@ def filter_components(
     if min_mm3 > 0:
         keep &= sizes * (sx * sy * sz) >= min_mm3
     keep[0] = False
-    _paint(out[box], labels, keep.astype(np.uint8))
+    paint(out[box], labels, keep.astype(np.uint8))
     return out

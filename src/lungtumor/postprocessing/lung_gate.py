@@ -1,4 +1,5 @@
-"""The lung gate: keep only the lesions inside or touching the lungs."""
+"""The lung gate: keep only the lesions inside or touching the lungs (docs/decisions/0004; with it on, predict
+runs the model only on the lungs' slices + 30 mm: 0007)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from lungtumor.imaging.components import LESION_STRUCTURE, label_components_in_box
-from lungtumor.imaging.lungs import _close_and_fill, _lung_window, lung_air_hu
+from lungtumor.imaging.lungs import close_and_fill, lung_air_hu, lung_window
 
 
 def _gate(mask: np.ndarray, lungs: Sequence[Callable[[slice], tuple[np.ndarray, int]]]) -> np.ndarray:
@@ -44,7 +45,7 @@ def _gate(mask: np.ndarray, lungs: Sequence[Callable[[slice], tuple[np.ndarray, 
         for i, grown, window in pending:
             comp = labels[grown] == i
             near = ndi.binary_dilation(comp, structure=LESION_STRUCTURE)
-            if np.any(near & _lung_window(lung, f, window)):
+            if np.any(near & lung_window(lung, f, window)):
                 out[window][comp] = 1
             else:
                 missed.append((i, grown, window))
@@ -108,4 +109,4 @@ def gate_to_lungs_hu(
     if not air.any():
         return None
     spacing_zyx = (float(spacing[2]), float(spacing[1]) * f, float(spacing[0]) * f)
-    return _gate(mask, [lambda zs: (air, f), lambda zs: (_close_and_fill(air, spacing_zyx, close_mm, zs), f)])
+    return _gate(mask, [lambda zs: (air, f), lambda zs: (close_and_fill(air, spacing_zyx, close_mm, zs), f)])

@@ -1,7 +1,7 @@
 """Writing the 2D cache's cases: the per-case writer and the forked processes that share its work.
 
-:class:`_Writer` reads a case once (seg file, its share of the statistics, the input voxels held in memory or
-spilled to disk), then writes the model input when the statistics are known; :class:`_Team` runs it in forked
+:class:`Writer` reads a case once (seg file, its share of the statistics, the input voxels held in memory or
+spilled to disk), then writes the model input when the statistics are known; :class:`Team` runs it in forked
 helper processes. :func:`lungtumor.preprocessing.prepare.prepare_dataset` drives both. Also the small atomic .npy helpers
 that the 3D cache (``prepare3d``) shares.
 """
@@ -22,17 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungtumor.core.config import PrepConfig, to_dict
+from lungtumor.core.config import PrepConfig
+from lungtumor.core.config_io import to_dict
 from lungtumor.core.errors import InputError, atomic_path
 from lungtumor.imaging.io import read_mask, read_volume
 from lungtumor.imaging.orientation import canonical_pair
 from lungtumor.preprocessing.frame import (
-    _CHUNK,
+    CHUNK,
     PrepGeometry,
-    _geometry,
-    _mask_into,
-    _normalise,
-    _Slices,
+    Slices,
+    geometry,
+    mask_into,
+    normalise,
     prepared_blob,
 )
 
@@ -44,7 +45,7 @@ _MAX_WORKERS = 4
 # ----------------------------------------------------------------------------- files
 
 
-def _fingerprint(p: Path) -> list[Any]:
+def fingerprint(p: Path) -> list[Any]:
     """Cheap identity of a source file or DICOM folder: path, total size, newest mtime."""
     if p.is_dir():
         files = sorted(q for q in p.iterdir() if q.is_file())
@@ -54,7 +55,7 @@ def _fingerprint(p: Path) -> list[Any]:
     return [str(p), st.st_size, st.st_mtime_ns]
 
 
-def _npy_ok(path: Path, shape: tuple[int, ...], dtype: str) -> bool:
+def npy_ok(path: Path, shape: tuple[int, ...], dtype: str) -> bool:
     try:
         a = np.load(path, mmap_mode="r")
     except (OSError, ValueError):
@@ -62,7 +63,7 @@ def _npy_ok(path: Path, shape: tuple[int, ...], dtype: str) -> bool:
     return tuple(a.shape) == tuple(shape) and a.dtype == np.dtype(dtype)
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
+def save_npy(path: Path, arr: np.ndarray) -> None:
     """np.save atomically (temp name, then rename)."""
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -87,7 +88,7 @@ def _save_npy_chunks(path: Path, shape: tuple[int, ...], dtype: Any, chunks: Ite
         raise InputError(path, f"cannot write ({e.strerror or e})") from None
 
 
-def _to_float16(a: np.ndarray) -> np.ndarray:
+def to_float16(a: np.ndarray) -> np.ndarray:
     """float32 → float16 (round to nearest even, like numpy's astype, but vectorised in torch)."""
 
     return torch.from_numpy(a).to(torch.float16).numpy()
@@ -101,7 +102,7 @@ def _fixed_stats(prep: PrepConfig) -> dict[str, float] | None:
     return {"mean": 0.0, "std": float(prep.hu_divisor)} if prep.norm == "divide" else None
 
 
-class _Writer:
+class Writer:
     """Writes the cases of one cache folder; per-case state lives in ``OUT/.state/<name>.json``.
 
     A case is read once (:meth:`first_pass`: seg file, statistics, the input voxels held in memory or
@@ -141,7 +142,7 @@ class _Writer:
             st = json.loads(self.state_path(case.name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        fp = [_fingerprint(case.image), _fingerprint(case.label)]
+        fp = [fingerprint(case.image), fingerprint(case.label)]
         if (
             not isinstance(st, dict)
             or st.get("v") != _STATE_VERSION
@@ -149,7 +150,7 @@ class _Writer:
             or st.get("prep") != self.prep_dict
         ):
             return None
-        if not _npy_ok(self.seg(case.name), st["entry"]["prepared_shape"], "uint8"):
+        if not npy_ok(self.seg(case.name), st["entry"]["prepared_shape"], "uint8"):
             return None
         return st
 
@@ -165,19 +166,19 @@ class _Writer:
         vol = read_volume(case.image)
         vol, mask = canonical_pair(vol, read_mask(case.label, reference=vol))  # axial slices, LPS order
         self.n_read += 1
-        geom = _geometry(vol, self.prep)
+        geom = geometry(vol, self.prep)
         acc = [0, 0.0, 0.0]
         if stats_pass and self.fixed is None:
-            _Slices(vol.array, self.prep, geom).accumulate(acc)
+            Slices(vol.array, self.prep, geom).accumulate(acc)
         # into a buffer reused across cases: writing freshly allocated pages costs more than the write
         n = int(np.prod((geom.orig_shape[0], *geom.size)))
         if self.seg_buf.size < n:
             self.seg_buf = np.empty(n, np.uint8)
         seg = self.seg_buf[:n].reshape(geom.orig_shape[0], *geom.size)
         seg.fill(0)
-        _mask_into(mask.array, geom, seg)
+        mask_into(mask.array, geom, seg)
         self.seg(case.name).parent.mkdir(exist_ok=True)
-        _save_npy(self.seg(case.name), seg)
+        save_npy(self.seg(case.name), seg)
         entry = {
             "name": case.name,
             "n_slices": int(geom.orig_shape[0]),
@@ -189,7 +190,7 @@ class _Writer:
         }
         st = {
             "v": _STATE_VERSION,
-            "fingerprint": [_fingerprint(case.image), _fingerprint(case.label)],
+            "fingerprint": [fingerprint(case.image), fingerprint(case.label)],
             "prep": self.prep_dict,
             "geometry": geom.to_dict(),
             "entry": entry,
@@ -226,17 +227,17 @@ class _Writer:
         z = geom.orig_shape[0]
         if tuple(raw.shape) != tuple(geom.orig_shape):
             raise ValueError(f"{name}: held voxels {raw.shape} differ from {geom.orig_shape}")
-        s = _Slices(raw, self.prep, geom)
+        s = Slices(raw, self.prep, geom)
         if self.prep.blob:  # written before the image, so a complete image implies a complete blob map
-            _save_npy(self.blob(name), prepared_blob(s.whole(), geom, st["entry"]["orig_spacing"]))
-        f32 = np.empty((min(_CHUNK, z), *geom.size), np.float32)
+            save_npy(self.blob(name), prepared_blob(s.whole(), geom, st["entry"]["orig_spacing"]))
+        f32 = np.empty((min(CHUNK, z), *geom.size), np.float32)
         f16 = np.empty(f32.shape, np.float16)
 
         def chunks():
             for _, part in s.chunks():
                 n = part.shape[0]
-                x = _normalise(np.copyto(f32[:n], part) or f32[:n], self.prep, stats)
-                torch.from_numpy(f16[:n]).copy_(torch.from_numpy(x))  # as _to_float16
+                x = normalise(np.copyto(f32[:n], part) or f32[:n], self.prep, stats)
+                torch.from_numpy(f16[:n]).copy_(torch.from_numpy(x))  # as to_float16
                 yield f16[:n]
 
         _save_npy_chunks(self.img(name), (z, *geom.size), np.float16, chunks())
@@ -247,7 +248,7 @@ class _Writer:
             self.memory[name] = raw
             self.memory_left -= raw.nbytes
         else:
-            _save_npy(self.spill(name), raw)
+            save_npy(self.spill(name), raw)
 
     def take(self, case) -> np.ndarray:
         """The input voxels of ``case`` (from memory, the spill file, or by reading the case again)."""
@@ -273,13 +274,13 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _n_workers(workers: int | None, todo: list) -> int:
+def n_workers(workers: int | None, todo: list) -> int:
     """Processes for the read pass: ``workers``, or (None) one per CPU up to 4 when there is enough to read.
 
     Extra processes are forked (Linux only): a fork costs milliseconds, a fresh interpreter seconds.
     """
     if workers is None:
-        size = sum(_fingerprint(p)[1] for c in todo for p in (c.image, c.label))
+        size = sum(fingerprint(p)[1] for c in todo for p in (c.image, c.label))
         workers = 1 if size < _PARALLEL_MIN_BYTES else min(_cpus(), _MAX_WORKERS)
     n = max(1, min(int(workers), len(todo)))
     if n > 1 and not (sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()):
@@ -287,7 +288,7 @@ def _n_workers(workers: int | None, todo: list) -> int:
     return n
 
 
-class _Counter:
+class Counter:
     """Hands out case indices 0..n-1 once each, across forked processes."""
 
     def __init__(self, n: int, shared: bool) -> None:
@@ -305,8 +306,8 @@ class _Counter:
         return k if k < self.n else None
 
 
-def _helper(w: _Writer, todo: list, counter: _Counter, conn) -> None:
-    """A forked worker: the read pass on the cases it claims, then :meth:`_Writer.finish` on those and on
+def _helper(w: Writer, todo: list, counter: Counter, conn) -> None:
+    """A forked worker: the read pass on the cases it claims, then :meth:`Writer.finish` on those and on
     the cases it is sent. Reports every state, and any error, through ``conn``; never raises."""
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwinds, so temporary files are removed
@@ -336,12 +337,12 @@ def _send_quietly(conn, msg: tuple) -> None:
         conn.send(msg)
 
 
-class _Team:
+class Team:
     """``n - 1`` forked helper processes that share the read pass, then the writing, with this one."""
 
-    def __init__(self, w: _Writer, todo: list, n: int) -> None:
+    def __init__(self, w: Writer, todo: list, n: int) -> None:
         ctx = mp.get_context("fork")
-        self.w, self.counter = w, _Counter(len(todo), shared=True)
+        self.w, self.counter = w, Counter(len(todo), shared=True)
         self.procs: list = []
         self.conns: list = []
         self.seen: list[set[str]] = []  # kinds of message received from each helper

@@ -13,7 +13,7 @@ Recipes (:class:`lungtumor.core.config.PrepConfig`):
 z is never resampled. The array axes stay as stored: the in-plane resize works in voxel space using the
 x and y spacing, whatever the direction matrix, so :func:`restore_geometry` gives back exactly the input's
 (z, y, x) grid. Images are resized with bilinear interpolation (``align_corners=False``), masks with
-``nearest-exact``. Everything works on chunks of ``_CHUNK`` slices, each slice on its own.
+``nearest-exact``. Everything works on chunks of ``CHUNK`` slices, each slice on its own.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from lungtumor.core.config import PrepConfig
 from lungtumor.imaging.volume import Volume
 from lungtumor.preprocessing.blobness import blobness
 
-_CHUNK = 8  # slices per interpolate call (even): small reused buffers stay in cache
+CHUNK = 8  # slices per interpolate call (even): small reused buffers stay in cache
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class PrepGeometry:
         return cls(*(tuple(int(v) for v in d[k]) for k in ("orig_shape", "resized", "offset", "size")))  # type: ignore[arg-type]
 
 
-def _geometry(vol: Volume, prep: PrepConfig) -> PrepGeometry:
+def geometry(vol: Volume, prep: PrepConfig) -> PrepGeometry:
     return geometry_of(vol.shape, vol.spacing, prep)
 
 
@@ -75,7 +75,7 @@ def geometry_of(shape_zyx: Sequence[int], spacing_xyz: Sequence[float], prep: Pr
     return PrepGeometry((z, y, x), (h, w), ((size[0] - h) // 2, (size[1] - w) // 2), size)
 
 
-def _overlap(n_src: int, n_dst: int, off: int) -> tuple[slice, slice]:
+def overlap(n_src: int, n_dst: int, off: int) -> tuple[slice, slice]:
     """Source and destination slices along one axis when source index i lands at i + off."""
     a = max(0, -off)
     b = min(n_src, n_dst - off)
@@ -84,7 +84,7 @@ def _overlap(n_src: int, n_dst: int, off: int) -> tuple[slice, slice]:
     return slice(a, b), slice(a + off, b + off)
 
 
-def _resize(t, hw: tuple[int, int], mode: str = "bilinear"):
+def resize(t, hw: tuple[int, int], mode: str = "bilinear"):
     """Resize a (n, y, x) float32 torch tensor in-plane to ``hw``; identity sizes are returned unchanged."""
 
     if tuple(t.shape[-2:]) == tuple(hw):
@@ -97,12 +97,12 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
     return np.minimum(np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.intp), n_in - 1)
 
 
-def _pad_hu(prep: PrepConfig) -> float:
+def pad_hu(prep: PrepConfig) -> float:
     return float(prep.window_hu[0]) if prep.norm == "window_zscore" else -1000.0
 
 
-class _Slices:
-    """Clip (window_zscore only) and resize chunks of ``_CHUNK`` slices of one volume, reusing buffers.
+class Slices:
+    """Clip (window_zscore only) and resize chunks of ``CHUNK`` slices of one volume, reusing buffers.
 
     Every slice is processed on its own (clip, float32, bilinear resize), so a slice's values do not
     depend on which chunk it is in; :func:`preprocess_volume` and the cache writer share this code.
@@ -112,10 +112,10 @@ class _Slices:
         self.a, self.prep, self.geom = a, prep, geom
         z, y, x = geom.orig_shape
         H, W = geom.size
-        n = min(_CHUNK, z)
+        n = min(CHUNK, z)
         self.identity = geom.resized == (y, x) == (H, W)
-        self.rs, self.rd = _overlap(geom.resized[0], H, geom.offset[0])
-        self.cs, self.cd = _overlap(geom.resized[1], W, geom.offset[1])
+        self.rs, self.rd = overlap(geom.resized[0], H, geom.offset[0])
+        self.cs, self.cd = overlap(geom.resized[1], W, geom.offset[1])
         self.covered = (self.rd.stop - self.rd.start, self.cd.stop - self.cd.start) == (H, W)
         self.clip = prep.norm == "window_zscore"
         lo, hi = float(prep.window_hu[0]), float(prep.window_hu[1])
@@ -130,7 +130,7 @@ class _Slices:
         # buffers reused across chunks: fresh large allocations cost page faults on every chunk
         self.fbuf = np.empty((n, y, x), np.float32)
         self.ibuf = np.empty((n, y, x), a.dtype) if self.clip and int_clip else None
-        self.frame = None if self.identity else np.full((n, H, W), _pad_hu(prep), np.float32)
+        self.frame = None if self.identity else np.full((n, H, W), pad_hu(prep), np.float32)
 
     def resized(self, src: np.ndarray) -> np.ndarray:
         """(n, y, x) input slices → clipped, resized float32 HU (n, y', x'); valid until the next call."""
@@ -145,7 +145,7 @@ class _Slices:
         if self.identity:
             return buf
 
-        return _resize(torch.from_numpy(buf), self.geom.resized).numpy()
+        return resize(torch.from_numpy(buf), self.geom.resized).numpy()
 
     def framed(self, r: np.ndarray) -> np.ndarray:
         """Resized HU (n, y', x') → padded/cropped (n, H, W); valid until the next call."""
@@ -157,8 +157,8 @@ class _Slices:
 
     def chunks(self):
         """Yield (first slice, prepared HU (n, H, W) float32) for every chunk of the volume."""
-        for i in range(0, self.a.shape[0], _CHUNK):
-            yield i, self.framed(self.resized(self.a[i : i + _CHUNK]))
+        for i in range(0, self.a.shape[0], CHUNK):
+            yield i, self.framed(self.resized(self.a[i : i + CHUNK]))
 
     def whole(self) -> np.ndarray:
         """The prepared HU of the whole volume, float32 (z, H, W)."""
@@ -171,8 +171,8 @@ class _Slices:
         """Add the statistics of the resized HU (before padding) on a deterministic 1-in-8 subsample
         (even slices, rows and columns) to ``acc`` = [n, sum, sum of squares]; resizes even slices only."""
         even = self.a[::2]
-        for i in range(0, even.shape[0], _CHUNK):
-            sub = self.resized(even[i : i + _CHUNK])[:, ::2, ::2]
+        for i in range(0, even.shape[0], CHUNK):
+            sub = self.resized(even[i : i + CHUNK])[:, ::2, ::2]
             acc[0] += sub.size
             acc[1] += float(sub.sum(dtype=np.float64))
             acc[2] += float(np.square(sub, dtype=np.float64).sum())
@@ -186,15 +186,15 @@ def _prepared_hu(
     ``acc`` ([n, sum, sum of squares]) accumulates statistics of the resized HU before padding, on a
     deterministic 1-in-8 subsample (every other slice, row and column).
     """
-    geom = _geometry(vol, prep)
-    s = _Slices(vol.array, prep, geom)
+    geom = geometry(vol, prep)
+    s = Slices(vol.array, prep, geom)
     out = s.whole()
     if acc is not None:
         s.accumulate(acc)
     return out, geom
 
 
-def _normalise(hu: np.ndarray, prep: PrepConfig, stats: Mapping[str, float] | None) -> np.ndarray:
+def normalise(hu: np.ndarray, prep: PrepConfig, stats: Mapping[str, float] | None) -> np.ndarray:
     """In place: float32 HU → model input (``(HU - mean) / std`` or ``HU / hu_divisor``)."""
     if prep.norm == "divide":
         hu /= np.float32(prep.hu_divisor)
@@ -217,7 +217,7 @@ def preprocess_volume(
     ignored for ``divide``.
     """
     hu, geom = _prepared_hu(vol, prep)
-    return _normalise(hu, prep, stats), geom
+    return normalise(hu, prep, stats), geom
 
 
 def frame_spacing(geom: PrepGeometry, spacing_xyz: tuple[float, ...]) -> tuple[float, float, float]:
@@ -239,7 +239,7 @@ def preprocess_inputs(
     """:func:`preprocess_volume`, plus the blobness channel float16 (z, H, W) when ``prep.blob`` (else None)."""
     hu, geom = _prepared_hu(vol, prep)
     blob = prepared_blob(hu, geom, vol.spacing) if prep.blob else None
-    return _normalise(hu, prep, stats), blob, geom
+    return normalise(hu, prep, stats), blob, geom
 
 
 def preprocess_mask(mask: np.ndarray, geom: PrepGeometry) -> np.ndarray:
@@ -247,17 +247,17 @@ def preprocess_mask(mask: np.ndarray, geom: PrepGeometry) -> np.ndarray:
 
     Only slices holding foreground are resized (the rest stay 0), so typical masks cost little.
     """
-    return _mask_into(mask, geom, np.zeros((geom.orig_shape[0], *geom.size), dtype=np.uint8))
+    return mask_into(mask, geom, np.zeros((geom.orig_shape[0], *geom.size), dtype=np.uint8))
 
 
-def _mask_into(mask: np.ndarray, geom: PrepGeometry, out: np.ndarray) -> np.ndarray:
+def mask_into(mask: np.ndarray, geom: PrepGeometry, out: np.ndarray) -> np.ndarray:
     """:func:`preprocess_mask` into ``out`` (uint8 (z, H, W), all 0); returns ``out``."""
     if tuple(mask.shape) != tuple(geom.orig_shape):
         raise ValueError(f"mask shape {mask.shape} differs from the geometry's {geom.orig_shape}")
     z, y, x = geom.orig_shape
     H, W = geom.size
-    rs, rd = _overlap(geom.resized[0], H, geom.offset[0])
-    cs, cd = _overlap(geom.resized[1], W, geom.offset[1])
+    rs, rd = overlap(geom.resized[0], H, geom.offset[0])
+    cs, cd = overlap(geom.resized[1], W, geom.offset[1])
     iy = _nearest_index(y, geom.resized[0])[rs]
     ix = _nearest_index(x, geom.resized[1])[cs]
     for k in np.flatnonzero(mask.reshape(z, -1).any(axis=1)):
@@ -265,7 +265,7 @@ def _mask_into(mask: np.ndarray, geom: PrepGeometry, out: np.ndarray) -> np.ndar
     return out
 
 
-def restored_chunks(prob, geom: PrepGeometry, chunk: int = _CHUNK):
+def restored_chunks(prob, geom: PrepGeometry, chunk: int = CHUNK):
     """Yield (first slice, float32 torch tensor (n, y, x)) of ``prob`` (z, H, W; numpy, or a torch tensor on
     any device: the chunks are on that device) mapped back onto the input grid, ``chunk`` slices at a time;
     each chunk is valid until the next one is asked for."""
@@ -275,13 +275,13 @@ def restored_chunks(prob, geom: PrepGeometry, chunk: int = _CHUNK):
         raise ValueError(f"array shape {prob.shape} differs from the prepared shape {(z, *geom.size)}")
     t = prob if torch.is_tensor(prob) else torch.from_numpy(prob)
     h, w = geom.resized
-    rs, rd = _overlap(h, geom.size[0], geom.offset[0])
-    cs, cd = _overlap(w, geom.size[1], geom.offset[1])
+    rs, rd = overlap(h, geom.size[0], geom.offset[0])
+    cs, cd = overlap(w, geom.size[1], geom.offset[1])
     for i in range(0, z, chunk):
         part = t[i : i + chunk]
         canvas = torch.zeros((part.shape[0], h, w), dtype=torch.float32, device=t.device)
         canvas[:, rs, cs] = part[:, rd, cd]
-        yield i, _resize(canvas, (y, x), "bilinear")
+        yield i, resize(canvas, (y, x), "bilinear")
 
 
 def restore_geometry(prob: np.ndarray, geom: PrepGeometry) -> np.ndarray:

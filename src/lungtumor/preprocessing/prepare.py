@@ -22,7 +22,7 @@ from tqdm import tqdm
 from lungtumor.core.config import PrepConfig
 from lungtumor.core.errors import InputError, atomic_write_text, ensure_writable_dir
 from lungtumor.data.msd import load_dataset
-from lungtumor.preprocessing.cache_writer import _Counter, _n_workers, _npy_ok, _Team, _Writer
+from lungtumor.preprocessing.cache_writer import Counter, Team, Writer, n_workers, npy_ok
 
 # public names (and the helpers ``prepare3d`` uses) importable from here, as before the split
 
@@ -83,7 +83,7 @@ def make_splits(
 # ----------------------------------------------------------------------------- the cache
 
 
-def _preflight(cases: list) -> None:
+def preflight(cases: list) -> None:
     """Cheap checks of every case before anything is written: labelled, and both files exist.
 
     Everything else (format, 3D, grid, values) is found by the single full read of each file.
@@ -96,7 +96,7 @@ def _preflight(cases: list) -> None:
                 raise InputError(p, "no such file or folder")
 
 
-def _json_text(d: dict[str, Any]) -> str:
+def json_text(d: dict[str, Any]) -> str:
     """JSON with one top-level key per line and one list item (case, fold) per line."""
 
     def val(v: Any) -> str:
@@ -146,12 +146,12 @@ def prepare_dataset(
 
     ds = load_dataset(dataset)
     splits = make_splits([c.name for c in ds.cases], val_cases, folds, seed, ds.validation)
-    _preflight(ds.cases)
+    preflight(ds.cases)
     out = Path(out)
     created = not out.exists()
     ensure_writable_dir(out)
-    w = _Writer(out, prep, memory_budget)
-    team: _Team | None = None
+    w = Writer(out, prep, memory_budget)
+    team: Team | None = None
     threads = torch.get_num_threads()
     try:
         with contextlib.suppress(FileNotFoundError):
@@ -166,12 +166,12 @@ def prepare_dataset(
                 todo.append(case)
             else:
                 states[case.name] = st
-        n = _n_workers(workers, todo)
+        n = n_workers(workers, todo)
         w.memory_left = memory_budget // n
         if n > 1:
             torch.set_num_threads(1)
-            team = _Team(w, todo, n)
-        counter = team.counter if team else _Counter(len(todo), shared=False)
+            team = Team(w, todo, n)
+        counter = team.counter if team else Counter(len(todo), shared=False)
 
         # read pass: every process claims the next unread case
         with tqdm(total=len(todo), desc="prepare", unit="case", disable=not progress) as bar:
@@ -194,7 +194,7 @@ def prepare_dataset(
             for c in ds.cases
             if not (
                 states[c.name]["final"] == stats
-                and _npy_ok(w.img(c.name), states[c.name]["entry"]["prepared_shape"], "float16")
+                and npy_ok(w.img(c.name), states[c.name]["entry"]["prepared_shape"], "float16")
             )
         ]
         again = [(c, states[c.name]) for c in need if c.name not in read_now]
@@ -222,8 +222,8 @@ def prepare_dataset(
             "tumour_slice_fraction": n_tumour / max(n_slices, 1),
             "complete": True,
         }
-        atomic_write_text(out / "splits.json", _json_text(splits))
-        atomic_write_text(out / "cache.json", _json_text(cache))
+        atomic_write_text(out / "splits.json", json_text(splits))
+        atomic_write_text(out / "cache.json", json_text(cache))
     except (InputError, OSError, RuntimeError) as e:
         if team:
             team.close(abort=True)

@@ -35,14 +35,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lungtumor.core.config import Vol3DConfig, to_dict
+from lungtumor.core.config import Vol3DConfig
+from lungtumor.core.config_io import to_dict
 from lungtumor.core.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
 from lungtumor.data.msd import load_dataset
 from lungtumor.imaging.io import read_mask, read_volume
 from lungtumor.imaging.orientation import canonical_pair
 from lungtumor.imaging.volume import Volume
-from lungtumor.preprocessing.cache_writer import _fingerprint, _save_npy, _to_float16
-from lungtumor.preprocessing.prepare import _json_text, _npy_ok, _preflight, make_splits
+from lungtumor.preprocessing.cache_writer import fingerprint, save_npy, to_float16
+from lungtumor.preprocessing.prepare import json_text, make_splits, npy_ok, preflight
 
 CACHE_KIND = "3d"
 _FG_SAMPLES = 10000  # tumour voxels per case kept for the intensity statistics
@@ -133,7 +134,7 @@ class _State:
             st = json.loads(self.path(case.name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        fp = json.loads(json.dumps([_fingerprint(case.image), _fingerprint(case.label)]))
+        fp = json.loads(json.dumps([fingerprint(case.image), fingerprint(case.label)]))
         if (
             st.get("fingerprint") != fp
             or st.get("order") != "lps"  # surveyed before arrays were put in canonical order
@@ -155,9 +156,9 @@ def _survey(case, state: _State, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     if fg.size > _FG_SAMPLES:
         fg = fg[np.sort(rng.choice(fg.size, _FG_SAMPLES, replace=False))]
-    _save_npy(state.dir / f"{case.name}_fghu.npy", fg.astype(np.float32))
+    save_npy(state.dir / f"{case.name}_fghu.npy", fg.astype(np.float32))
     st = {
-        "fingerprint": [_fingerprint(case.image), _fingerprint(case.label)],
+        "fingerprint": [fingerprint(case.image), fingerprint(case.label)],
         "order": "lps",  # the shape and spacing below are those of the canonical order
         "orig_shape": [int(v) for v in vol.shape],
         "orig_spacing": [float(v) for v in vol.spacing],
@@ -188,7 +189,7 @@ def prepare_dataset_3d(
 
     ds = load_dataset(dataset)
     splits = make_splits([c.name for c in ds.cases], val_cases, folds, seed, ds.validation)
-    _preflight(ds.cases)
+    preflight(ds.cases)
     lo, hi = cfg.clip_percentiles
     if not 0 <= lo < hi <= 100:
         raise InputError("vol3d.clip_percentiles", f"need 0 <= low < high <= 100, got {cfg.clip_percentiles}")
@@ -228,10 +229,7 @@ def prepare_dataset_3d(
             img_p, seg_p, fg_p = (state.cases / f"{case.name}_{k}.npy" for k in ("img", "seg", "fg"))
             done = st.get("final") == json.loads(json.dumps(plan))
             if not (
-                done
-                and _npy_ok(img_p, shape, "float16")
-                and _npy_ok(seg_p, shape, "uint8")
-                and fg_p.is_file()
+                done and npy_ok(img_p, shape, "float16") and npy_ok(seg_p, shape, "uint8") and fg_p.is_file()
             ):
                 vol = read_volume(case.image)
                 vol, mask = canonical_pair(vol, read_mask(case.label, reference=vol))
@@ -241,9 +239,9 @@ def prepare_dataset_3d(
                 idx = np.argwhere(seg != 0).astype(np.int32)
                 if len(idx) > _FG_COORDS:
                     idx = idx[np.random.default_rng(seed + i).choice(len(idx), _FG_COORDS, replace=False)]
-                _save_npy(img_p, _to_float16(img))
-                _save_npy(seg_p, seg)
-                _save_npy(fg_p, idx)
+                save_npy(img_p, to_float16(img))
+                save_npy(seg_p, seg)
+                save_npy(fg_p, idx)
                 st["final"] = plan
                 st["n_fg"] = int(np.count_nonzero(seg))
                 state.save(case.name, st)
@@ -266,8 +264,8 @@ def prepare_dataset_3d(
             "cases": entries,
             "complete": True,
         }
-        atomic_write_text(out / "splits.json", _json_text(splits))
-        atomic_write_text(out / "cache.json", _json_text(cache))
+        atomic_write_text(out / "splits.json", json_text(splits))
+        atomic_write_text(out / "cache.json", json_text(cache))
     except InputError:
         if created:
             shutil.rmtree(out, ignore_errors=True)

@@ -23,20 +23,21 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from lungtumor.core.config import NoduleConfig, PrepConfig, from_dict
+from lungtumor.core.config import NoduleConfig, PrepConfig
+from lungtumor.core.config_io import from_dict
 from lungtumor.core.errors import InputError
 from lungtumor.core.runtime import cpu_has_bf16
 from lungtumor.imaging.resample import resample
 from lungtumor.inference.checkpoint import add_detector_to_checkpoint
 from lungtumor.inference.detector import (
-    _CL3D,
+    CL3D,
     PATCH_HU,
-    _autocast,
-    _cubes_in,
-    _iso_patches,
+    bf16_autocast,
     cube_logits,
+    cubes_in,
     extract_patches,
     input_to_hu,
+    iso_patches,
 )
 from lungtumor.models.nodule3d import NodulePatchNet
 from lungtumor.preprocessing.frame import frame_spacing, geometry_of
@@ -62,7 +63,7 @@ def case_patches(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One case's candidate cubes: (HU float16, mask uint8, lesion label at the centre, 0 = none)."""
 
-    hu, centres, shape = _iso_patches(hu_frame, spacing_zyx, cfg)
+    hu, centres, shape = iso_patches(hu_frame, spacing_zyx, cfg)
     seg = resample(seg_frame.astype(np.float32), shape) >= 0.5
     labels, _ = ndi.label(seg, structure=np.ones((3, 3, 3), bool))
     p = cfg.patch
@@ -174,7 +175,7 @@ def train_detector(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dev = torch.device(device)
-    net = NodulePatchNet(cfg.channels).to(dev, memory_format=_CL3D)
+    net = NodulePatchNet(cfg.channels).to(dev, memory_format=CL3D)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
     half = cfg.batch_size // 2
@@ -196,10 +197,10 @@ def train_detector(
             ]
         )
         x, y = _augment(rng, patches.hu[idx], patches.seg[idx])
-        xt = _cubes_in(x, dev)
+        xt = cubes_in(x, dev)
         yt = torch.from_numpy(y.astype(np.float32)).to(dev)
         label = torch.from_numpy((patches.lesion[idx] >= 0).astype(np.float32)).to(dev)
-        with _autocast(dev, bf16):
+        with bf16_autocast(dev, bf16):
             score, seg = net(xt)
         score, seg = score.float(), seg.float()
         prob = torch.sigmoid(seg)

@@ -31,19 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from lungtumor.core.config import (
-    PrepConfig,
-    RunConfig,
-    config_from_dict,
-    from_dict,
-    save_config,
-    to_dict,
-    validate,
-)
+from lungtumor.core.config import PrepConfig, RunConfig
+from lungtumor.core.config_io import config_from_dict, from_dict, save_config, to_dict, validate
 from lungtumor.core.errors import InputError, ensure_writable_dir
 
 # ``X as X``: names that lived here before the split, still importable from here
-from lungtumor.inference.checkpoint import _read_checkpoint
+from lungtumor.inference.checkpoint import read_checkpoint
 from lungtumor.models import create_model, padded_size
 from lungtumor.preprocessing.cache import (
     PreparedCache,
@@ -212,7 +205,7 @@ class SegModule(HistoryInCheckpoint, LightningModuleBase):
 
     # -- training
     def on_fit_start(self) -> None:
-        if self.cfg.train.channels_last:  # faster on CUDA and on the CPU (oneDNN), see BENCHMARKS.md
+        if self.cfg.train.channels_last:  # faster on CUDA and on the CPU (oneDNN): benchmarks/layout_speed.py
             self.net.to(memory_format=torch.channels_last)
         if self.trainer.is_global_zero:
             save_config(self.cfg, self.run_dir / "config.yaml")
@@ -443,7 +436,7 @@ def train(
     last = ckpt_dir / "last.ckpt"
     child = os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
     if resume:
-        old = _read_checkpoint(last)["hyper_parameters"]["lungtumor"]["config"]
+        old = read_checkpoint(last)["hyper_parameters"]["lungtumor"]["config"]
         if old.get("model") != to_dict(cfg.model) or old.get("prep") != to_dict(cfg.prep):
             raise InputError(
                 last, "model or prep settings differ from the run being resumed; use the run's config.yaml"

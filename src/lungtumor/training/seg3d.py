@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lungtumor.core.config import RunConfig, config_from_dict, save_config, to_dict, validate
+from lungtumor.core.config import RunConfig
+from lungtumor.core.config_io import config_from_dict, save_config, to_dict, validate
 from lungtumor.core.errors import InputError, ensure_writable_dir
-from lungtumor.inference.checkpoint import _read_checkpoint, is_3d
+from lungtumor.inference.checkpoint import is_3d, read_checkpoint
 from lungtumor.inference.sliding_window import sliding_window_probs
 from lungtumor.models.registry3d import build_model3d
 from lungtumor.models.unet3d import divisor
@@ -230,7 +231,7 @@ def train3d(
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if resume:
-        cfg = config_from_dict(_read_checkpoint(last)["hyper_parameters"]["lungtumor"]["config"], str(last))
+        cfg = config_from_dict(read_checkpoint(last)["hyper_parameters"]["lungtumor"]["config"], str(last))
     else:
         if last.exists():
             refuse_existing_run(run_dir)

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 import os
@@ -31,11 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungtumor.core.config import config_from_dict, load_config, save_config
+from lungtumor.core.config_io import config_from_dict, load_config, save_config
 from lungtumor.core.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
 from lungtumor.core.runtime import resolve_device
 from lungtumor.data.msd import load_dataset
-from lungtumor.evaluation.metrics import SegmentationMetrics, dice
+from lungtumor.evaluation.evaluate import SegmentationMetrics
+from lungtumor.evaluation.metrics import dice
 from lungtumor.imaging.io import read_mask, read_volume, write_volume
 from lungtumor.imaging.lungs import lung_mask_from_hu
 from lungtumor.imaging.orientation import from_canonical, to_canonical
@@ -49,7 +49,7 @@ from lungtumor.training.seg2d import train
 from lungtumor.training.seg3d import train3d
 
 MIN_SIZES_MM3: tuple[float, ...] = (0.0, 10.0, 50.0, 100.0, 250.0, 500.0)
-#: Candidate ``infer.min_z_extent_ratio`` values (0 = off; 0.4 keeps every real lesion, BENCHMARKS.md "Session 6").
+#: Candidate ``infer.min_z_extent_ratio`` values (0 = off; 0.4 keeps every real lesion, docs/decisions/0005).
 Z_RATIOS: tuple[float, ...] = (0.0, 0.4)
 _EPS = 1e-4  # a postprocessing must raise the mean Dice by more than this to be chosen
 
@@ -202,6 +202,73 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _train_fold(k: int, fold: dict, cfg, cache: Path, root: Path, progress: bool) -> Path:
+    """Train fold ``k`` into ``root/fold_k`` unless done; its checkpoint (last.ckpt when no validation ran)."""
+    run_dir = root / f"fold_{k}"
+    done = run_dir / "done.json"
+    if not done.is_file():
+        if (run_dir / "checkpoints" / "last.ckpt").exists():  # an interrupted fold: start it again
+            shutil.rmtree(run_dir)
+        if is_3d(cfg):
+            res = train3d(
+                cache, run_dir, cfg, progress=progress, train_names=fold["train"], val_names=fold["val"]
+            )
+        else:
+            view = fold_view(cache, fold, root / "folds_cache" / f"fold_{k}")
+            res = train(view, run_dir, cfg, progress=progress)
+        atomic_write_text(done, json.dumps({"best_dice": res.best_dice, "seconds": res.seconds}) + "\n")
+    best = run_dir / "checkpoints" / "best.ckpt"
+    return best if best.is_file() else run_dir / "checkpoints" / "last.ckpt"
+
+
+def _oof_records(loaded, k: int, names: list[str], by_name: dict, dev: torch.device, oof: Path) -> list[dict]:
+    """Predict fold ``k``'s validation cases (raw masks, written to ``oof``); cropped arrays for the choice."""
+    prec = "bf16" if dev.type == "cuda" else "32"
+    records = []
+    for name in names:
+        case = by_name[name]
+        stored = read_volume(case.image)
+        vol, ro = to_canonical(stored)  # as predict sees it
+        gt = ro.apply(read_mask(case.label, reference=stored).array)
+        _, mask = predict_any(
+            loaded, vol, device=dev, threshold=loaded.config.infer.threshold,
+            batch_size=loaded.config.infer.batch_size, precision=prec,
+        )  # fmt: skip
+        write_volume(from_canonical(mask, stored, ro), oof / f"{name}.nii.gz")
+        box = _box(mask, gt)
+        lung = lung_mask_from_hu(vol.array, vol.spacing)[box]
+        records.append(
+            {"fold": k, "case": name, "pred": mask[box], "gt": gt[box], "spacing": vol.spacing, "lung": lung}
+        )
+        del vol, gt, mask
+    return records
+
+
+def _score_oof(records: list[dict], choice: PostChoice, root: Path) -> tuple[list[dict], SegmentationMetrics]:
+    """Apply the chosen postprocessing to every OOF mask, score it, write cv_cases.csv / cv_lesions.csv."""
+    acc = SegmentationMetrics()
+    rows, lesion_rows = [], []
+    for r in records:
+        m = apply_postprocessing(
+            r["pred"],
+            r["spacing"],
+            r["lung"],
+            choice.min_lesion_mm3,
+            choice.lung_gate,
+            choice.min_z_extent_ratio,
+        )
+        cm = acc.update(m, r["gt"], r["spacing"][::-1], case=r["case"])
+        row = {"fold": r["fold"], "case": r["case"], "dice_raw": dice(r["pred"], r["gt"])}
+        skip = ("case", "status", "pred_file", "gt_file", "lesions")
+        row.update({k: v for k, v in asdict(cm).items() if k not in skip})
+        rows.append(row)
+        lesion_rows += [{"fold": r["fold"], "case": r["case"], **les} for les in cm.lesions]
+    atomic_write_text(root / "cv_cases.csv", _csv(rows))
+    if lesion_rows:  # out-of-fold detection per ground-truth lesion (size bin, found, lesion Dice)
+        atomic_write_text(root / "cv_lesions.csv", _csv(lesion_rows))
+    return rows, acc
+
+
 def run_cv(
     dataset: str | os.PathLike,
     out: str | os.PathLike,
@@ -222,7 +289,6 @@ def run_cv(
     Raises:
         InputError: bad dataset, preset, config or output folder; fewer cases than folds.
     """
-
     t0 = time.perf_counter()
     if folds < 2:
         raise InputError("--folds", f"must be at least 2, got {folds}")
@@ -240,93 +306,27 @@ def run_cv(
     cache = root / "cache"
     if is_3d(cfg):
         prepare_dataset_3d(dataset, cache, cfg.vol3d, folds=folds, seed=seed, progress=progress)
-    else:
-        # torch is already imported (with its thread pools): forked reader processes can deadlock, so read serially
-        extra = {"workers": 1} if "workers" in inspect.signature(prepare_dataset).parameters else {}
-        prepare_dataset(dataset, cache, cfg.prep, folds=folds, seed=seed, progress=progress, **extra)
+    else:  # torch is already imported (with its thread pools): forked reader processes can deadlock, so read serially
+        prepare_dataset(dataset, cache, cfg.prep, folds=folds, seed=seed, progress=progress, workers=1)
     fold_list = json.loads((cache / "splits.json").read_text(encoding="utf-8"))["folds"]
     by_name = {c.name: c for c in ds.cases}
     oof = ensure_writable_dir(root / "oof")
     records: list[dict[str, Any]] = []
     for k, fold in enumerate(fold_list):
-        run_dir = root / f"fold_{k}"
-        done = run_dir / "done.json"
-        if not done.is_file():
-            if (run_dir / "checkpoints" / "last.ckpt").exists():  # an interrupted fold: start it again
-                shutil.rmtree(run_dir)
-            if is_3d(cfg):
-                res = train3d(
-                    cache, run_dir, cfg, progress=progress, train_names=fold["train"], val_names=fold["val"]
-                )
-            else:
-                view = fold_view(cache, fold, root / "folds_cache" / f"fold_{k}")
-                res = train(view, run_dir, cfg, progress=progress)
-            atomic_write_text(done, json.dumps({"best_dice": res.best_dice, "seconds": res.seconds}) + "\n")
-        best = run_dir / "checkpoints" / "best.ckpt"
-        loaded = load_any(
-            best if best.is_file() else run_dir / "checkpoints" / "last.ckpt"
-        )  # no validation ran
-        prec = "bf16" if dev.type == "cuda" else "32"
-        for name in fold["val"]:
-            case = by_name[name]
-            stored = read_volume(case.image)
-            vol, ro = to_canonical(stored)  # as predict sees it
-            gt = ro.apply(read_mask(case.label, reference=stored).array)
-            _, mask = predict_any(
-                loaded, vol, device=dev, threshold=loaded.config.infer.threshold,
-                batch_size=loaded.config.infer.batch_size, precision=prec,
-            )  # fmt: skip
-            write_volume(from_canonical(mask, stored, ro), oof / f"{name}.nii.gz")
-            box = _box(mask, gt)
-            lung = lung_mask_from_hu(vol.array, vol.spacing)[box]
-            records.append(
-                {
-                    "fold": k,
-                    "case": name,
-                    "pred": mask[box],
-                    "gt": gt[box],
-                    "spacing": vol.spacing,
-                    "lung": lung,
-                }
-            )
-            del vol, gt, mask
+        loaded = load_any(_train_fold(k, fold, cfg, cache, root, progress))
+        records += _oof_records(loaded, k, fold["val"], by_name, dev, oof)
         del loaded
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     choice = choose_postprocessing([(r["pred"], r["gt"], r["spacing"], r["lung"]) for r in records])
-    acc = SegmentationMetrics()
-    rows, lesion_rows = [], []
-    for r in records:
-        m = apply_postprocessing(
-            r["pred"],
-            r["spacing"],
-            r["lung"],
-            choice.min_lesion_mm3,
-            choice.lung_gate,
-            choice.min_z_extent_ratio,
-        )
-        cm = acc.update(m, r["gt"], r["spacing"][::-1], case=r["case"])
-        row = {"fold": r["fold"], "case": r["case"], "dice_raw": dice(r["pred"], r["gt"])}
-        row.update(
-            {
-                k: v
-                for k, v in asdict(cm).items()
-                if k not in ("case", "status", "pred_file", "gt_file", "lesions")
-            }
-        )
-        rows.append(row)
-        lesion_rows += [{"fold": r["fold"], "case": r["case"], **les} for les in cm.lesions]
-    atomic_write_text(root / "cv_cases.csv", _csv(rows))
-    if lesion_rows:  # out-of-fold detection per ground-truth lesion (size bin, found, lesion Dice)
-        atomic_write_text(root / "cv_lesions.csv", _csv(lesion_rows))
-    pp = {
+    rows, acc = _score_oof(records, choice, root)
+    chosen = {
         "min_lesion_mm3": choice.min_lesion_mm3,
         "lung_gate": choice.lung_gate,
         "min_z_extent_ratio": choice.min_z_extent_ratio,
-        "mean_dice_raw": choice.dice_raw,
-        "mean_dice_chosen": choice.dice_chosen,
-        "candidates": choice.candidates,
     }
+    pp = {**chosen, "mean_dice_raw": choice.dice_raw, "mean_dice_chosen": choice.dice_chosen}
+    pp["candidates"] = choice.candidates
     atomic_write_text(root / "postprocessing.json", json.dumps(pp, indent=1) + "\n")
     for k in range(len(fold_list)):
         _set_infer(root / f"fold_{k}", choice)
@@ -341,11 +341,7 @@ def run_cv(
         "mean_dice": agg["dice"]["mean"],
         "mean_dice_raw": choice.dice_raw,
         "per_fold_mean_dice": per_fold,
-        "postprocessing": {
-            "min_lesion_mm3": choice.min_lesion_mm3,
-            "lung_gate": choice.lung_gate,
-            "min_z_extent_ratio": choice.min_z_extent_ratio,
-        },
+        "postprocessing": chosen,
         "metrics": agg,
         "seconds": time.perf_counter() - t0,
     }

@@ -2,7 +2,7 @@
 
 synth → prepare → train → predict held-out phantoms → evaluate → report, with the ``demo`` preset, sized to
 finish in minutes on 2 CPU cores. Prediction uses mirror TTA (``lungtumor predict --tta``): +0.02-0.03 held-out
-Dice and fewer false positives for about 1.7x the prediction time (BENCHMARKS.md).
+Dice and fewer false positives for about 1.7x the prediction time (docs/decisions/0008).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lungtumor.core.config import load_config
+from lungtumor.core.config_io import load_config
 from lungtumor.core.errors import ensure_writable_dir
 from lungtumor.data.phantom import synth_dataset
-from lungtumor.evaluation.metrics import evaluate_dirs, format_summary
+from lungtumor.evaluation.evaluate import evaluate_dirs, format_summary
 from lungtumor.preprocessing.prepare import prepare_dataset
 from lungtumor.training.seg2d import train
 from lungtumor.workflows.predict import PredictOptions, predict_paths
@@ -61,10 +61,10 @@ def run_demo(
 
     ``config`` (a RunConfig) replaces the ``demo`` preset; ``matrix``/``slices`` size the phantoms (tests use
     tiny ones). ``val_cases`` of the ``cases`` labelled phantoms validate (6 of 35: 3 were too few to choose a
-    checkpoint, BENCHMARKS.md "Session 4"; None = prepare's default). ``train_lesions`` is how the training phantoms draw their tumours (``synth
-    --train-lesions``): ``"rich"`` (more, and more small, tumours per training case) by default; the held-out
+    checkpoint, docs/decisions/0020; None = prepare's default). ``train_lesions`` is how the training phantoms draw their tumours (``synth
+    --train-lesions``): ``"rich"`` (more, and more small, tumours per training case; docs/decisions/0018) by default; the held-out
     phantoms are always drawn the standard way. ``train_hilar_vessels``: the training phantoms' hila have
-    vessels of real calibre (``synth --train-hilar-vessels``; BENCHMARKS.md "Session 10": far fewer false
+    vessels of real calibre (``synth --train-hilar-vessels``; docs/decisions/0019: far fewer false
     positives at the hila of real CTs).
     """
 

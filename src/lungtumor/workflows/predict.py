@@ -22,6 +22,7 @@ from lungtumor.evaluation.measure import measure_lesions, write_lesions
 from lungtumor.imaging.io import IMAGE_SUFFIXES, case_name, is_image_path, read_volume, write_volume
 from lungtumor.imaging.lungs import lung_air_hu, lung_z_range
 from lungtumor.imaging.orientation import from_canonical, stored_order_note, to_canonical
+from lungtumor.imaging.volume import Volume
 from lungtumor.inference.checkpoint import is_3d, load_any
 from lungtumor.inference.predictor import predict_any, predict_ensemble
 from lungtumor.postprocessing.filters import postprocess_mask
@@ -160,6 +161,124 @@ def output_stem(case: str) -> str:
     return s or "case"
 
 
+@dataclass
+class _Settings:
+    """The inference settings of one predict call: the options where given, else the first checkpoint's."""
+
+    threshold: float
+    min_mm3: float
+    z_ratio: float
+    lung_gate: bool
+    batch: int
+    tta: bool
+    precision: str
+
+
+def _settings(opts: PredictOptions, loaded, device: torch.device) -> _Settings:
+    """Resolve and check the options against the checkpoint's ``infer`` config (policy, no I/O)."""
+    icfg = loaded.config.infer
+    threshold = opts.threshold if opts.threshold is not None else icfg.threshold
+    if not 0 < threshold < 1:
+        raise InputError("--threshold", f"{threshold} is not a probability in (0, 1)")
+    min_mm3 = opts.min_lesion_mm3 if opts.min_lesion_mm3 is not None else icfg.min_lesion_mm3
+    if not (math.isfinite(min_mm3) and min_mm3 >= 0):
+        raise InputError("--min-lesion-mm3", f"must be a finite number >= 0, got {min_mm3}")
+    z_ratio = opts.min_z_extent_ratio if opts.min_z_extent_ratio is not None else icfg.min_z_extent_ratio
+    if not (math.isfinite(z_ratio) and z_ratio >= 0):
+        raise InputError("--min-z-extent-ratio", f"must be a finite number >= 0 (0 = off), got {z_ratio}")
+    if opts.threads is not None and opts.threads < 1:
+        raise InputError("--threads", f"must be at least 1, got {opts.threads}")
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise InputError("--batch-size", f"must be at least 1, got {opts.batch_size}")
+    tta = (
+        opts.tta
+        if opts.tta is not None
+        else (icfg.tta or (is_3d(loaded.config) and loaded.config.vol3d.mirror_tta))
+    )
+    if opts.precision not in ("auto", "32", "bf16"):
+        raise InputError("--precision", f"unknown precision {opts.precision!r}; use auto, 32 or bf16")
+    if opts.precision != "auto":
+        precision = opts.precision
+    else:  # bf16 where the hardware has it (docs/decisions/0026)
+        precision = "bf16" if device.type == "cuda" or cpu_has_bf16() else "32"
+    lung_gate = opts.lung_gate if opts.lung_gate is not None else icfg.lung_gate
+    batch = opts.batch_size or icfg.batch_size
+    return _Settings(threshold, min_mm3, z_ratio, lung_gate, batch, bool(tta), precision)
+
+
+def _load_models(paths: list[Path], device: torch.device, nodules: bool | None) -> list:
+    """Load every checkpoint onto ``device``; ``nodules=False`` drops the detectors, ``True`` requires one."""
+    if not paths:
+        raise InputError("--model", "no model given")
+    models = [load_any(m) for m in paths]
+    gc.freeze()  # libraries and models are long-lived: keep the per-case collection below cheap
+    for m in models:
+        m.model.to(device).eval()
+        if not is_3d(m.config):
+            m.model.to(memory_format=torch.channels_last)
+    if nodules is False:  # --no-nodules: the 2D model alone
+        for m in models:
+            if getattr(m, "nodule", None) is not None:
+                m.nodule = None
+    elif nodules and not any(getattr(m, "nodule", None) is not None for m in models):
+        raise InputError(paths[0], "--nodules: the checkpoint has no nodule detector (nodule.enabled is off)")
+    return models
+
+
+def _predict_mask(models: list, vol: Volume, s: _Settings, opts: PredictOptions, device: torch.device):
+    """(probabilities or None, postprocessed-later mask, lung air or None) of one canonical CT."""
+    air = z_range = None
+    if opts.postprocess and s.lung_gate:  # the gate's lung air, and the slices worth predicting
+        air = lung_air_hu(vol.array, vol.spacing)
+        z_range = lung_z_range(vol.array, vol.spacing, air=air)
+    # without --save-prob the float32 map on the input grid (the largest array) is never made
+    kw = dict(
+        device=device, threshold=s.threshold, tta=s.tta, precision=s.precision, keep_prob=opts.save_prob
+    )
+    if len(models) > 1:
+        prob, mask = predict_ensemble(models, vol, **kw)
+    else:  # the gate drops what lies away from the lungs: only its slices are predicted
+        prob, mask = predict_any(models[0], vol, batch_size=s.batch, z_range=z_range, **kw)
+    return prob, mask, air
+
+
+def _predict_case(
+    res: PredictResult, stem: str, models: list, s: _Settings, opts: PredictOptions, ctx
+) -> None:
+    """Predict one CT into ``res`` and write its outputs (``ctx``: device, out folder, run folder)."""
+    device, out, run_dir = ctx
+    stored = read_volume(res.source)
+    vol, ro = to_canonical(stored)  # the models see axial slices in LPS order; outputs go back as stored
+    prob, mask, air = _predict_mask(models, vol, s, opts, device)
+    if prob is not None:
+        res.outputs.append(write_volume(from_canonical(prob, stored, ro), out / f"{stem}_prob.nii.gz"))
+    del prob  # free it before postprocessing allocates
+    if opts.postprocess:
+        mask = postprocess_mask(
+            mask,
+            vol,
+            min_lesion_mm3=s.min_mm3,
+            lung_gate=s.lung_gate,
+            min_z_extent_ratio=s.z_ratio,
+            lung_air=air,
+        )
+    mask_vol = vol.with_array(mask)  # canonical: measured and shown as axial slices
+    res.mask_path = write_volume(from_canonical(mask, stored, ro), out / f"{stem}_tumour.nii.gz")
+    res.outputs.append(res.mask_path)
+    res.tumour_ml = float(mask.sum()) * vol.voxel_volume_mm3 / 1000.0
+    lesions = None
+    if opts.measure or opts.report:
+        lesions = measure_lesions(mask_vol)
+        res.n_lesions = len(lesions)
+        if opts.measure:
+            res.outputs.extend(write_lesions(lesions, stem, out))
+    if opts.report:
+        meta = stored_order_note(stored, ro)
+        res.outputs.extend(
+            write_all(vol, mask_vol, out, res.case, lesions=lesions, run_dir=run_dir, meta=meta)
+        )
+
+
 def predict_paths(
     inputs: Iterable[str | os.PathLike],
     model_path: str | os.PathLike | Sequence[str | os.PathLike],
@@ -175,7 +294,6 @@ def predict_paths(
     Raises:
         InputError: the model cannot be loaded, the output folder is not writable, or inputs are missing.
     """
-
     opts = opts or PredictOptions()
     device = resolve_device(opts.device)
     cases = collect_inputs(inputs)
@@ -186,55 +304,12 @@ def predict_paths(
     paths = (
         [Path(model_path)] if isinstance(model_path, (str, os.PathLike)) else [Path(m) for m in model_path]
     )
-    if not paths:
-        raise InputError("--model", "no model given")
     # load before the output folder exists: a bad model leaves nothing behind
-    models = [load_any(m) for m in paths]
-    gc.freeze()  # libraries and models are long-lived: keep the per-case collection below cheap
-    for m in models:
-        m.model.to(device).eval()
-        if not is_3d(m.config):
-            m.model.to(memory_format=torch.channels_last)
-    if opts.nodules is False:  # --no-nodules: the 2D model alone
-        for m in models:
-            if getattr(m, "nodule", None) is not None:
-                m.nodule = None
-    elif opts.nodules and not any(getattr(m, "nodule", None) is not None for m in models):
-        raise InputError(paths[0], "--nodules: the checkpoint has no nodule detector (nodule.enabled is off)")
-    loaded = models[0]
-    model_path = paths[0]
-    icfg = loaded.config.infer
-    threshold = opts.threshold if opts.threshold is not None else icfg.threshold
-    if not 0 < threshold < 1:
-        raise InputError("--threshold", f"{threshold} is not a probability in (0, 1)")
-    min_mm3 = opts.min_lesion_mm3 if opts.min_lesion_mm3 is not None else icfg.min_lesion_mm3
-    if not (math.isfinite(min_mm3) and min_mm3 >= 0):
-        raise InputError("--min-lesion-mm3", f"must be a finite number >= 0, got {min_mm3}")
-    z_ratio = opts.min_z_extent_ratio if opts.min_z_extent_ratio is not None else icfg.min_z_extent_ratio
-    if not (math.isfinite(z_ratio) and z_ratio >= 0):
-        raise InputError("--min-z-extent-ratio", f"must be a finite number >= 0 (0 = off), got {z_ratio}")
-    if opts.threads is not None and opts.threads < 1:
-        raise InputError("--threads", f"must be at least 1, got {opts.threads}")
-    if opts.batch_size is not None and opts.batch_size < 1:
-        raise InputError("--batch-size", f"must be at least 1, got {opts.batch_size}")
-    lung_gate = opts.lung_gate if opts.lung_gate is not None else icfg.lung_gate
-    batch = opts.batch_size or icfg.batch_size
-    tta = (
-        opts.tta
-        if opts.tta is not None
-        else (icfg.tta or (is_3d(loaded.config) and loaded.config.vol3d.mirror_tta))
-    )
-    if opts.precision not in ("auto", "32", "bf16"):
-        raise InputError("--precision", f"unknown precision {opts.precision!r}; use auto, 32 or bf16")
-    if opts.precision != "auto":
-        precision = opts.precision
-    else:  # bf16 where the hardware has it: 8.6 s vs 11.6 s fp32 for 512x512x300 on our CPUs (BENCHMARKS.md)
-        precision = "bf16" if device.type == "cuda" or cpu_has_bf16() else "32"
+    models = _load_models(paths, device, opts.nodules)
+    s = _settings(opts, models[0], device)
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    run_dir = _run_dir_of(Path(model_path))
-    out = ensure_writable_dir(out_dir)
-
+    ctx = (device, ensure_writable_dir(out_dir), _run_dir_of(paths[0]))
     results: list[PredictResult] = []
     for (case, src), stem in tqdm(
         list(zip(cases, stems, strict=True)), desc="predict", unit="case", disable=not opts.progress
@@ -242,61 +317,7 @@ def predict_paths(
         t0 = time.perf_counter()
         res = PredictResult(case=case, source=src)
         try:
-            stored = read_volume(src)
-            # the models see axial slices in LPS order: any other storage is reordered (a view) and back
-            vol, ro = to_canonical(stored)
-            air = z_range = None
-            if opts.postprocess and lung_gate:  # the gate's lung air, and the slices worth predicting
-                air = lung_air_hu(vol.array, vol.spacing)
-                z_range = lung_z_range(vol.array, vol.spacing, air=air)
-            # without --save-prob the float32 map on the input grid (the largest array) is never made
-            if len(models) > 1:
-                prob, mask = predict_ensemble(
-                    models,
-                    vol,
-                    device=device,
-                    threshold=threshold,
-                    tta=tta,
-                    precision=precision,
-                    keep_prob=opts.save_prob,
-                )
-            else:
-                prob, mask = predict_any(
-                    loaded,
-                    vol,
-                    device=device,
-                    threshold=threshold,
-                    batch_size=batch,
-                    tta=tta,
-                    precision=precision,
-                    keep_prob=opts.save_prob,
-                    z_range=z_range,  # the gate drops what lies away from the lungs
-                )
-            if prob is not None:
-                res.outputs.append(
-                    write_volume(from_canonical(prob, stored, ro), out / f"{stem}_prob.nii.gz")
-                )
-            del prob  # free it before postprocessing allocates
-            if opts.postprocess:
-                mask = postprocess_mask(
-                    mask, vol, min_lesion_mm3=min_mm3, lung_gate=lung_gate, min_z_extent_ratio=z_ratio,
-                    lung_air=air,
-                )  # fmt: skip
-            mask_vol = vol.with_array(mask)  # canonical: measured and shown as axial slices
-            res.mask_path = write_volume(from_canonical(mask, stored, ro), out / f"{stem}_tumour.nii.gz")
-            res.outputs.append(res.mask_path)
-            res.tumour_ml = float(mask.sum()) * vol.voxel_volume_mm3 / 1000.0
-            lesions = None
-            if opts.measure or opts.report:
-                lesions = measure_lesions(mask_vol)
-                res.n_lesions = len(lesions)
-                if opts.measure:
-                    res.outputs.extend(write_lesions(lesions, stem, out))
-            if opts.report:
-                meta = stored_order_note(stored, ro)
-                res.outputs.extend(
-                    write_all(vol, mask_vol, out, case, lesions=lesions, run_dir=run_dir, meta=meta)
-                )
+            _predict_case(res, stem, models, s, opts, ctx)
         except InputError as e:
             res.error = str(e)
         except MemoryError:
