@@ -1,4 +1,4 @@
-"""Small on-disk datasets shared by the bad-input tests (tests/test_cli_errors.py and tests/robustness/)."""
+"""Small on-disk datasets shared by the bad-input tests (tests/cli/test_cli_errors.py and tests/robustness/)."""
 
 from __future__ import annotations
 

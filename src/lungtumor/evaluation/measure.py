@@ -2,7 +2,7 @@
 
 A lesion is a 26-connected 3D component of the mask (:func:`lungtumor.postprocessing.filters.label_components`).
 
-Diameter definition (validated on voxelised spheres and ellipsoids in ``tests/test_measure.py``; see the
+Diameter definition (validated on voxelised spheres and ellipsoids in ``tests/evaluation/test_measure.py``; see the
 "measurement and metrics checks" section of BENCHMARKS.md): a voxelised shape holds the voxels whose centre
 lies inside it. The Feret diameter of the voxel *centres* underestimates the true diameter (about 0.1 px for
 large discs, 1 px for elongated ellipses) and the Feret diameter of the voxel *corners* overestimates it

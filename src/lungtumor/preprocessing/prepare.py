@@ -119,6 +119,58 @@ def _stats(prep: PrepConfig, states: list[dict[str, Any]]) -> dict[str, float]:
     return {"mean": mean, "std": std if std > 1e-3 else 1.0}
 
 
+def _read_pass(w: Writer, todo: list, counter, team: Team | None, states: dict, progress: bool) -> list:
+    """Read pass: every process claims the next unread case; returns the cases this process holds."""
+    with tqdm(total=len(todo), desc="prepare", unit="case", disable=not progress) as bar:
+        mine = []
+        while (k := counter.next()) is not None:
+            states[todo[k].name] = st = w.first_pass(todo[k])
+            if st["final"] is None:
+                mine.append(todo[k])
+            bar.update()
+            if team:
+                team.poll(states, bar.update)
+        if team:
+            team.wait("read", states, bar.update)
+    return mine
+
+
+def _write_pass(
+    w: Writer,
+    cases: list,
+    todo: list,
+    mine: list,
+    states: dict,
+    stats: dict,
+    team: Team | None,
+    n: int,
+    progress: bool,
+) -> None:
+    """Writing pass: each process writes the cases it holds; cases read before are shared out. Closes ``team``."""
+    read_now = {c.name for c in todo}
+    need = [
+        c
+        for c in cases
+        if not (
+            states[c.name]["final"] == stats
+            and npy_ok(w.img(c.name), states[c.name]["entry"]["prepared_shape"], "float16")
+        )
+    ]
+    again = [(c, states[c.name]) for c in need if c.name not in read_now]
+    with tqdm(total=len(need), desc="normalise", unit="case", disable=not progress) as bar:
+        if team:
+            team.finish(stats, [again[i + 1 :: n] for i in range(n - 1)])
+        for case, st in [(c, states[c.name]) for c in mine] + again[::n]:
+            states[case.name] = w.finish(case, st, stats)
+            bar.update()
+            if team:
+                team.poll(states, bar.update)
+        if team:
+            team.wait("done", states, bar.update)
+            team.close(abort=False)
+            w.n_read += team.n_read
+
+
 def prepare_dataset(
     dataset: str | os.PathLike,
     out: str | os.PathLike,
@@ -173,44 +225,10 @@ def prepare_dataset(
             team = Team(w, todo, n)
         counter = team.counter if team else Counter(len(todo), shared=False)
 
-        # read pass: every process claims the next unread case
-        with tqdm(total=len(todo), desc="prepare", unit="case", disable=not progress) as bar:
-            mine = []
-            while (k := counter.next()) is not None:
-                states[todo[k].name] = st = w.first_pass(todo[k])
-                if st["final"] is None:
-                    mine.append(todo[k])
-                bar.update()
-                if team:
-                    team.poll(states, bar.update)
-            if team:
-                team.wait("read", states, bar.update)
+        mine = _read_pass(w, todo, counter, team, states, progress)
         stats = w.fixed or _stats(prep, [states[c.name] for c in ds.cases])
-
-        # writing pass: each process writes the cases it holds; cases read before are shared out
-        read_now = {c.name for c in todo}
-        need = [
-            c
-            for c in ds.cases
-            if not (
-                states[c.name]["final"] == stats
-                and npy_ok(w.img(c.name), states[c.name]["entry"]["prepared_shape"], "float16")
-            )
-        ]
-        again = [(c, states[c.name]) for c in need if c.name not in read_now]
-        with tqdm(total=len(need), desc="normalise", unit="case", disable=not progress) as bar:
-            if team:
-                team.finish(stats, [again[i + 1 :: n] for i in range(n - 1)])
-            for case, st in [(c, states[c.name]) for c in mine] + again[::n]:
-                states[case.name] = w.finish(case, st, stats)
-                bar.update()
-                if team:
-                    team.poll(states, bar.update)
-            if team:
-                team.wait("done", states, bar.update)
-                team.close(abort=False)
-                w.n_read += team.n_read
-                team = None
+        _write_pass(w, ds.cases, todo, mine, states, stats, team, n, progress)
+        team = None  # closed by the write pass
         entries = [states[c.name]["entry"] for c in ds.cases]
         n_slices = sum(e["n_slices"] for e in entries)
         n_tumour = sum(len(e["tumour_slices"]) for e in entries)

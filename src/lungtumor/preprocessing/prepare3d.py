@@ -169,6 +169,28 @@ def _survey(case, state: _State, seed: int) -> dict[str, Any]:
     return st
 
 
+def _write_case(case, st: dict[str, Any], state: _State, plan: dict, shape: tuple, seed: int) -> int:
+    """Resample and write one case's img/seg/fg arrays unless done for this ``plan``; 1 when it was read."""
+    img_p, seg_p, fg_p = (state.cases / f"{case.name}_{k}.npy" for k in ("img", "seg", "fg"))
+    done = st.get("final") == json.loads(json.dumps(plan))
+    if done and npy_ok(img_p, shape, "float16") and npy_ok(seg_p, shape, "uint8") and fg_p.is_file():
+        return 0
+    vol = read_volume(case.image)
+    vol, mask = canonical_pair(vol, read_mask(case.label, reference=vol))
+    seg = preprocess_mask_3d(mask.array, shape)
+    img = preprocess_3d(vol, tuple(plan["spacing"]), plan["stats"])
+    idx = np.argwhere(seg != 0).astype(np.int32)
+    if len(idx) > _FG_COORDS:
+        idx = idx[np.random.default_rng(seed).choice(len(idx), _FG_COORDS, replace=False)]
+    save_npy(img_p, to_float16(img))
+    save_npy(seg_p, seg)
+    save_npy(fg_p, idx)
+    st["final"] = plan
+    st["n_fg"] = int(np.count_nonzero(seg))
+    state.save(case.name, st)
+    return 1
+
+
 def prepare_dataset_3d(
     dataset: str | os.PathLike,
     out: str | os.PathLike,
@@ -226,25 +248,7 @@ def prepare_dataset_3d(
         for i, case in enumerate(tqdm(ds.cases, desc="resample", unit="case", disable=not progress)):
             st = states[case.name]
             shape = resampled_shape(tuple(st["orig_shape"]), tuple(st["orig_spacing"]), spacing)
-            img_p, seg_p, fg_p = (state.cases / f"{case.name}_{k}.npy" for k in ("img", "seg", "fg"))
-            done = st.get("final") == json.loads(json.dumps(plan))
-            if not (
-                done and npy_ok(img_p, shape, "float16") and npy_ok(seg_p, shape, "uint8") and fg_p.is_file()
-            ):
-                vol = read_volume(case.image)
-                vol, mask = canonical_pair(vol, read_mask(case.label, reference=vol))
-                n_read += 1
-                seg = preprocess_mask_3d(mask.array, shape)
-                img = preprocess_3d(vol, spacing, stats)
-                idx = np.argwhere(seg != 0).astype(np.int32)
-                if len(idx) > _FG_COORDS:
-                    idx = idx[np.random.default_rng(seed + i).choice(len(idx), _FG_COORDS, replace=False)]
-                save_npy(img_p, to_float16(img))
-                save_npy(seg_p, seg)
-                save_npy(fg_p, idx)
-                st["final"] = plan
-                st["n_fg"] = int(np.count_nonzero(seg))
-                state.save(case.name, st)
+            n_read += _write_case(case, st, state, plan, shape, seed + i)
             entries.append(
                 {
                     "name": case.name,

@@ -299,6 +299,15 @@ def _ticks(viewer: dict[str, Any]) -> str:
     return '<div class="ticks" aria-hidden="true">' + "".join(marks) + "</div>"
 
 
+def _curves_html(curves: dict[str, str | None] | None) -> str:
+    """The training-curves section's body: the loss-curve image, or why there is none."""
+    if curves is None:
+        return '<p class="empty">No training run folder given (use <code>--run-dir</code>).</p>'
+    if curves.get("img"):
+        return f'<figure><img id="loss-curves" class="curves" src="{curves["img"]}" alt="training loss curves"><figcaption>From {esc(curves["source"])}</figcaption></figure>'
+    return f'<p class="empty">{esc(curves.get("note") or "")}</p>'
+
+
 def render_html(
     *,
     case: str,
@@ -331,12 +340,7 @@ def render_html(
     meta_html = "".join(
         f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in metadata_rows(case, image, mask, meta)
     )
-    if curves is None:
-        curves_html = '<p class="empty">No training run folder given (use <code>--run-dir</code>).</p>'
-    elif curves.get("img"):
-        curves_html = f'<figure><img id="loss-curves" class="curves" src="{curves["img"]}" alt="training loss curves"><figcaption>From {esc(curves["source"])}</figcaption></figure>'
-    else:
-        curves_html = f'<p class="empty">{esc(curves.get("note") or "")}</p>'
+    curves_html = _curves_html(curves)
     note = f'<p class="note">{esc(lesion_note)}</p>' if lesion_note else ""
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return f"""<!DOCTYPE html>

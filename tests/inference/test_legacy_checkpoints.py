@@ -11,7 +11,7 @@ import pytest
 from lungtumor.imaging.io import read_mask, read_volume
 from lungtumor.workflows.predict import PredictOptions, predict_paths
 
-FIX = Path(__file__).resolve().parent / "fixtures" / "legacy_ckpt"
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_ckpt"
 
 
 @pytest.mark.parametrize(

@@ -54,8 +54,7 @@ def test_tiny_volumes_keep_their_shape(shape):
 
 
 def test_prepare_train_predict_with_the_blob_channel(tmp_path: Path):
-    from test_prepare import _dataset
-    from test_training import tiny_config
+    from training.test_seg2d import tiny_config
 
     from lungtumor.imaging.io import read_volume
     from lungtumor.inference.checkpoint import load_checkpoint
@@ -65,6 +64,7 @@ def test_prepare_train_predict_with_the_blob_channel(tmp_path: Path):
     from lungtumor.preprocessing.prepare import prepare_dataset
     from lungtumor.training.sampling import ResidentSlices, SliceDataset
     from lungtumor.training.seg2d import train
+    from preprocessing.test_prepare import _dataset
 
     ds = _dataset(tmp_path / "data", n=3)
     prep = PrepConfig(size=(64, 64), spacing_mm=1.5, blob=True)
@@ -94,11 +94,10 @@ def test_prepare_train_predict_with_the_blob_channel(tmp_path: Path):
 
 
 def test_a_cache_without_its_blob_files_is_refused(tmp_path: Path):
-    from test_prepare import _dataset
-
     from lungtumor.core.errors import InputError
     from lungtumor.preprocessing.cache import PreparedCache
     from lungtumor.preprocessing.prepare import prepare_dataset
+    from preprocessing.test_prepare import _dataset
 
     ds = _dataset(tmp_path / "data", n=2)
     prepare_dataset(ds, tmp_path / "c", PrepConfig(size=(64, 64), blob=True), folds=0, seed=0)

@@ -21,7 +21,7 @@ from lungtumor.core.config import RunConfig
 from lungtumor.core.config_io import load_config, save_config, to_dict, validate
 from lungtumor.core.errors import InputError
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def write_cache(
