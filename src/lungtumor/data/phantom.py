@@ -71,33 +71,10 @@ def _rng(rng_or_seed: np.random.Generator | int | np.random.SeedSequence) -> np.
     return np.random.default_rng(rng_or_seed)
 
 
-def build_case(
-    rng_or_seed: np.random.Generator | int | np.random.SeedSequence = 0,
-    matrix: int = 256,
-    slices: int | None = None,
-    plan: list[dict] | None = None,
-    lesion_plan: str = "standard",
-    hilar_vessels: bool = False,
-) -> PhantomCase:
-    """Build one phantom in memory.
+def _vessels(rng: np.random.Generator, an, grid, masks: dict, img: np.ndarray, hilar_vessels: bool):
+    """Arteries and veins from the hila, and a few granulomas' tubes; paints the vessels into ``img``.
 
-    Args:
-        rng_or_seed: a numpy Generator, or a seed for one.
-        matrix: in-plane size in pixels (spacing scales so the body fits: 0.6-0.95 mm at 512).
-        slices: number of slices (None: random, 32-128 at matrix <= 256).
-        plan: tumours to draw (as from :func:`sample_lesion_plan`); None draws them.
-        lesion_plan: how to draw them when ``plan`` is None (:data:`LESION_PLANS`).
-        hilar_vessels: widen the vessel trees near the hila to the calibre of the central pulmonary arteries
-            and veins (:data:`HILAR_BOOST`); the same random draws, so the same anatomy and tumours otherwise.
-    """
-    rng = _rng(rng_or_seed)
-    an = sample_anatomy(rng)
-    grid = sample_grid(rng, an, matrix, slices)
-    if plan is None:
-        plan = sample_lesion_plan(rng, lesion_plan)
-    step = 5.0
-    tex = smooth_noise(rng, grid.shape, (step / grid.dz, step / grid.dy, step / grid.dx))
-    img, masks = render_anatomy(an, grid, tex, rng, table=bool(rng.random() < 0.75))
+    Returns (vessel mask, lung subsampled by ``ds``, ``ds``, granuloma tubes)."""
     lung = masks["lung"]
     # vessel trees: arteries and veins for each lung, from the hila to points spread through the lung
     zc, yc, xc = grid.axes()
@@ -130,6 +107,16 @@ def build_case(
     occ *= masks["soft"]
     vessels = occ >= 0.5
     img += occ * (an.hu_blood - img)
+    return vessels, sub, ds, gran
+
+
+def _airways(
+    rng: np.random.Generator, an, grid, masks: dict, img: np.ndarray, sub: np.ndarray, ds: int, gran
+):
+    """Bronchi (walls, then air) and the granulomas, painted into ``img``."""
+    zc, yc, xc = grid.axes()
+    hila = an.hila
+    lung = masks["lung"]
     # airways: main bronchi from the carina, lobar and segmental bronchi into each lung
     air = [[*an.carina, *hila[0], 6.5, 5.5, 0], [*an.carina, *hila[1], 7.0, 6.0, 0]]
     for si, sign in enumerate((1, -1)):
@@ -154,6 +141,12 @@ def build_case(
         raster_tubes(g, np.asarray(gran), grid)
         g *= lung
         img += g * (rng.uniform(60, 400) - img)
+
+
+def _tumours(rng: np.random.Generator, an, grid, masks: dict, img: np.ndarray, plan: list[dict], ds: int):
+    """Place and render the planned tumours; returns (lesion id map uint8, [(id, plan, radius mm)])."""
+    lung = masks["lung"]
+    hila = an.hila
     # tumours
     lid = np.zeros(grid.shape, np.uint8)
     dsz = max(1, round(3.0 / grid.dz))
@@ -177,6 +170,11 @@ def build_case(
         render_tumour(rng, img, lid, lung, k, c, R, p, grid, an)
         taken.append((c, R))
         placed.append((k, p, R))
+    return lid, placed
+
+
+def _scanner(rng: np.random.Generator, grid, masks: dict, img: np.ndarray) -> None:
+    """The scanner: point-spread blur and correlated noise, in place."""
     # scanner: point-spread blur, correlated noise
     sxy = rng.uniform(0.45, 0.85) / grid.dx
     ndi.gaussian_filter(img, (0.35 * max(1.0, 2.0 / grid.dz), sxy, sxy), output=img, truncate=3.0)
@@ -187,6 +185,40 @@ def build_case(
     noise *= sigma / (float(noise[:: max(1, grid.nz // 8)].std()) + 1e-6)
     noise[~masks["body"]] *= 0.3
     img += noise
+
+
+def build_case(
+    rng_or_seed: np.random.Generator | int | np.random.SeedSequence = 0,
+    matrix: int = 256,
+    slices: int | None = None,
+    plan: list[dict] | None = None,
+    lesion_plan: str = "standard",
+    hilar_vessels: bool = False,
+) -> PhantomCase:
+    """Build one phantom in memory.
+
+    Args:
+        rng_or_seed: a numpy Generator, or a seed for one.
+        matrix: in-plane size in pixels (spacing scales so the body fits: 0.6-0.95 mm at 512).
+        slices: number of slices (None: random, 32-128 at matrix <= 256).
+        plan: tumours to draw (as from :func:`sample_lesion_plan`); None draws them.
+        lesion_plan: how to draw them when ``plan`` is None (:data:`LESION_PLANS`).
+        hilar_vessels: widen the vessel trees near the hila to the calibre of the central pulmonary arteries
+            and veins (:data:`HILAR_BOOST`); the same random draws, so the same anatomy and tumours otherwise.
+    """
+    rng = _rng(rng_or_seed)
+    an = sample_anatomy(rng)
+    grid = sample_grid(rng, an, matrix, slices)
+    if plan is None:
+        plan = sample_lesion_plan(rng, lesion_plan)
+    step = 5.0
+    tex = smooth_noise(rng, grid.shape, (step / grid.dz, step / grid.dy, step / grid.dx))
+    img, masks = render_anatomy(an, grid, tex, rng, table=bool(rng.random() < 0.75))
+    lung = masks["lung"]
+    vessels, sub, ds, gran = _vessels(rng, an, grid, masks, img, hilar_vessels)
+    _airways(rng, an, grid, masks, img, sub, ds, gran)
+    lid, placed = _tumours(rng, an, grid, masks, img, plan, ds)
+    _scanner(rng, grid, masks, img)
     arr = np.clip(np.rint(img), -1024, 3071).astype(np.int16)
     label = (lid > 0).astype(np.uint8)
     origin = (
@@ -262,6 +294,50 @@ def _write_case(job: tuple) -> dict:
     }
 
 
+def _check_synth_args(
+    n_train: int, n_test: int, matrix: int, slices: int | None, seed: int, val_cases: int, train_lesions: str
+) -> None:
+    """``synth``'s arguments, each checked with a one-line error naming the option."""
+    if n_train < 0 or n_test < 0:
+        raise InputError("--cases", f"case counts must be >= 0 (got {n_train} training, {n_test} test)")
+    if n_train + n_test == 0:
+        raise InputError("--cases", "nothing to write: 0 training and 0 test cases")
+    if not 48 <= matrix <= 1024:
+        raise InputError("--matrix", f"must be between 48 and 1024 pixels (got {matrix})")
+    if slices is not None and not 4 <= slices <= 1000:
+        raise InputError("--slices", f"must be between 4 and 1000 (got {slices})")
+    if seed < 0:
+        raise InputError("--seed", f"must be >= 0 (got {seed})")
+    if not 0 <= val_cases < max(n_train, 1):
+        raise InputError(
+            "--val-cases", f"must be between 0 and {max(n_train - 1, 0)} for {n_train} cases, got {val_cases}"
+        )
+    if train_lesions not in LESION_PLANS:
+        raise InputError(
+            "--train-lesions", f"unknown plan {train_lesions!r}; valid: {', '.join(LESION_PLANS)}"
+        )
+
+
+def _run_jobs(jobs: list[tuple], workers: int | None, progress: bool) -> list[dict]:
+    """Write every case (forked worker processes when there are several); the cases' records, in order."""
+    nw = min(len(jobs), workers if workers is not None else min(os.cpu_count() or 1, 8))
+    bar = tqdm(total=len(jobs), desc="synth", unit="case", disable=not progress)
+    if nw <= 1:
+        records = []
+        for j in jobs:
+            records.append(_write_case(j))
+            bar.update()
+    else:
+        ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+        with ProcessPoolExecutor(nw, mp_context=ctx) as ex:
+            records = []
+            for r in ex.map(_write_case, jobs):
+                records.append(r)
+                bar.update()
+    bar.close()
+    return records
+
+
 def synth_dataset(
     out: str | os.PathLike,
     n_train: int = 20,
@@ -290,24 +366,7 @@ def synth_dataset(
             output folder that cannot be written.
     """
 
-    if n_train < 0 or n_test < 0:
-        raise InputError("--cases", f"case counts must be >= 0 (got {n_train} training, {n_test} test)")
-    if n_train + n_test == 0:
-        raise InputError("--cases", "nothing to write: 0 training and 0 test cases")
-    if not 48 <= matrix <= 1024:
-        raise InputError("--matrix", f"must be between 48 and 1024 pixels (got {matrix})")
-    if slices is not None and not 4 <= slices <= 1000:
-        raise InputError("--slices", f"must be between 4 and 1000 (got {slices})")
-    if seed < 0:
-        raise InputError("--seed", f"must be >= 0 (got {seed})")
-    if not 0 <= val_cases < max(n_train, 1):
-        raise InputError(
-            "--val-cases", f"must be between 0 and {max(n_train - 1, 0)} for {n_train} cases, got {val_cases}"
-        )
-    if train_lesions not in LESION_PLANS:
-        raise InputError(
-            "--train-lesions", f"unknown plan {train_lesions!r}; valid: {', '.join(LESION_PLANS)}"
-        )
+    _check_synth_args(n_train, n_test, matrix, slices, seed, val_cases, train_lesions)
     t0 = time.perf_counter()
     root = ensure_writable_dir(out)
     for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
@@ -323,21 +382,7 @@ def synth_dataset(
         (str(root), f"lung_{n_train + i:03d}", "test", _case_seed(seed, 1, i), matrix, slices, "standard", False)
         for i in range(n_test)
     ]  # fmt: skip
-    nw = min(len(jobs), workers if workers is not None else min(os.cpu_count() or 1, 8))
-    bar = tqdm(total=len(jobs), desc="synth", unit="case", disable=not progress)
-    if nw <= 1:
-        records = []
-        for j in jobs:
-            records.append(_write_case(j))
-            bar.update()
-    else:
-        ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-        with ProcessPoolExecutor(nw, mp_context=ctx) as ex:
-            records = []
-            for r in ex.map(_write_case, jobs):
-                records.append(r)
-                bar.update()
-    bar.close()
+    records = _run_jobs(jobs, workers, progress)
     train = [r for r in records if r["split"] == "train"]
     test = [r for r in records if r["split"] == "test"]
     ds = {
