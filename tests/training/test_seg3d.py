@@ -8,10 +8,11 @@ import torch
 
 from lungtumor.core.config import ModelConfig
 from lungtumor.core.config_io import load_config
+from lungtumor.core.errors import InputError
 from lungtumor.core.presets import preset
 from lungtumor.imaging.volume import Volume
 from lungtumor.inference.sliding_window import gaussian_importance, sliding_window_probs
-from lungtumor.models import create_model
+from lungtumor.models import build_model, create_model
 from lungtumor.models.unet3d import UNet3D, divisor, make_pools
 from lungtumor.preprocessing.prepare3d import ct_stats, resampled_shape
 from lungtumor.training.patches import augment_batch_3d, plan_patch, plan_pools
@@ -29,8 +30,14 @@ def test_unet3d_shapes_and_deep_supervision():
     ]
     assert tuple(m.eval()(x).shape) == (2, 1, 8, 16, 16)
     assert divisor(make_pools(3, 1)) == (4, 8, 8)
-    plain = create_model(ModelConfig(arch="unet3d", base_channels=4, depth=2, norm="instance", in_channels=1))
-    assert tuple(plain.eval()(torch.randn(1, 1, 8, 8, 8)).shape) == (1, 1, 8, 8, 8)
+    cfg = preset("3d")
+    cfg.model.base_channels, cfg.model.depth = 4, 2
+    cfg.vol3d.anisotropic_levels = 1
+    net = build_model(cfg)
+    assert net.pools == make_pools(2, 1)  # the run's vol3d settings, as train3d and predict build it
+    assert tuple(net.eval()(torch.randn(1, 1, 8, 8, 8)).shape) == (1, 1, 8, 8, 8)
+    with pytest.raises(InputError, match="build_model"):  # a ModelConfig alone cannot say the 3D pools
+        create_model(ModelConfig(arch="unet3d", base_channels=4, depth=2, norm="instance", in_channels=1))
 
 
 def test_ds_loss_weights():

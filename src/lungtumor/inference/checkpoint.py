@@ -25,9 +25,8 @@ from lungtumor.core.config import NoduleConfig, RunConfig
 from lungtumor.core.config_io import config_from_dict, to_dict
 from lungtumor.core.errors import InputError, atomic_write_bytes
 from lungtumor.inference.detector import CKPT_KEY, load_detector
-from lungtumor.models import create_model
+from lungtumor.models import build_model, create_model
 from lungtumor.models.nodule3d import NodulePatchNet
-from lungtumor.models.registry3d import build_model3d
 
 ARCH_3D = "unet3d"
 
@@ -50,7 +49,7 @@ def load_checkpoint3d(path: str | os.PathLike):
         cfg = config_from_dict(info["config"], source=str(p))
         if not is_3d(cfg):
             raise InputError(p, f"not a 3D checkpoint (model.arch {cfg.model.arch!r})")
-        model = build_model3d(cfg)
+        model = build_model(cfg)
         model.load_state_dict({k[4:]: v for k, v in ck["state_dict"].items() if k.startswith("net.")})
     except (KeyError, RuntimeError, TypeError) as e:
         raise InputError(

@@ -1,7 +1,9 @@
-"""Model registry: ``create_model(cfg)`` builds a pure ``nn.Module`` from a :class:`ModelConfig`.
+"""Model registry, one build path: ``build_model(run_config)`` is the network a run trains and predicts with.
 
-Every model takes (B, C, H, W) float input, C = ``cfg.in_channels`` (2 * context_slices + 1 neighbouring
-axial slices), and returns logits (B, ``cfg.out_channels``, H, W). Imports only torch (no SimpleITK/monai).
+2D (``unet2d``): input (B, C, H, W) float, C = ``cfg.in_channels`` (2 * context_slices + 1 neighbouring axial
+slices), logits (B, ``cfg.out_channels``, H, W); ``create_model(model_config)`` builds it alone. 3D (``unet3d``):
+input (B, 1, D, H, W), its pools and deep supervision from the run's ``vol3d`` settings, so it needs the whole
+RunConfig. Imports only torch (no SimpleITK/monai).
 """
 
 from __future__ import annotations
@@ -10,15 +12,16 @@ from collections.abc import Callable
 
 from torch import nn
 
-from lungtumor.core.config import ModelConfig
+from lungtumor.core.config import ModelConfig, RunConfig
 from lungtumor.core.errors import InputError
 from lungtumor.models.unet2d import UNet2D, check_input_shape, padded_size
-from lungtumor.models.unet3d import UNet3D
+from lungtumor.models.unet3d import UNet3D, make_pools
 
+#: The 2D architectures ``create_model`` builds from a ModelConfig alone.
 MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "unet2d": UNet2D.from_config,
-    "unet3d": UNet3D.from_config,
 }
+ARCH_3D = "unet3d"
 
 
 def create_model(cfg: ModelConfig) -> nn.Module:
@@ -27,6 +30,10 @@ def create_model(cfg: ModelConfig) -> nn.Module:
     Raises:
         InputError: unknown architecture (the message lists the valid names) or an invalid setting.
     """
+    if cfg.arch == ARCH_3D:
+        raise InputError(
+            "model.arch", "the 3D network takes its pools from the run's vol3d settings: use build_model"
+        )
     if cfg.arch not in MODELS:
         raise InputError(
             "model.arch", f"unknown architecture {cfg.arch!r}; valid names: {', '.join(sorted(MODELS))}"
@@ -34,4 +41,22 @@ def create_model(cfg: ModelConfig) -> nn.Module:
     return MODELS[cfg.arch](cfg)
 
 
-__all__ = ["MODELS", "UNet2D", "UNet3D", "check_input_shape", "create_model", "padded_size"]
+def build_model(cfg: RunConfig) -> nn.Module:
+    """The network of a resolved run config: the 3D U-Net (pools from ``vol3d.anisotropic_levels``, which must be
+    >= 0) for ``unet3d``, else :func:`create_model` of ``cfg.model``."""
+    if cfg.model.arch != ARCH_3D:
+        return create_model(cfg.model)
+    v, m = cfg.vol3d, cfg.model
+    return UNet3D(
+        m.in_channels,
+        m.out_channels,
+        m.base_channels,
+        make_pools(m.depth, max(0, v.anisotropic_levels)),
+        m.norm,
+        residual=v.residual_encoder,
+        deep_supervision=v.deep_supervision,
+        n_ds=min(4, m.depth),
+    )
+
+
+__all__ = ["MODELS", "UNet2D", "UNet3D", "build_model", "check_input_shape", "create_model", "padded_size"]

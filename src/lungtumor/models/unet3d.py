@@ -14,8 +14,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lungtumor.core.config import ModelConfig
-
 Pool = tuple[int, int, int]
 
 
@@ -120,11 +118,6 @@ class UNet3D(nn.Module):
             self.up.append(nn.ConvTranspose3d(ch[i + 1], ch[i], pools[i], stride=pools[i], bias=False))
             self.decoder.append(Stage(2 * ch[i], ch[i], norm, (1, 1, 1), False))
             self.heads.append(nn.Conv3d(ch[i], out_channels, 1))
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig) -> UNet3D:
-        """Registry entry: isotropic pooling, plain encoder, no deep supervision (see ``train3d.build_model``)."""
-        return cls(cfg.in_channels, cfg.out_channels, cfg.base_channels, make_pools(cfg.depth), cfg.norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """(B, C, D, H, W) -> logits (B, out, D, H, W), or a list of logits per scale (training + DS)."""

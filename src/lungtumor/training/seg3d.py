@@ -27,7 +27,7 @@ from lungtumor.core.config_io import config_from_dict, save_config, to_dict, val
 from lungtumor.core.errors import InputError, ensure_writable_dir
 from lungtumor.inference.checkpoint import is_3d, read_checkpoint
 from lungtumor.inference.sliding_window import sliding_window_probs
-from lungtumor.models.registry3d import build_model3d
+from lungtumor.models import build_model
 from lungtumor.models.unet3d import divisor
 from lungtumor.training.artifacts import write_history
 from lungtumor.training.losses import LossFn, dice_bce_loss, dice_score, make_loss
@@ -114,7 +114,7 @@ class Seg3DModule(HistoryInCheckpoint, LightningModuleBase):
 
         self.save_hyperparameters({"lungtumor": lungtumor}, logger=False)
         self.cfg = config_from_dict(lungtumor["config"])
-        self.net = build_model3d(self.cfg)
+        self.net = build_model(self.cfg)
         self.loss_fn = make_loss(self.cfg.train.loss)  # train.loss, as in 2D (every loss takes 5D tensors)
         self.history: dict[str, list] = {"epochs": [], "steps": []}
         self._losses: list[float] = []
