@@ -36,7 +36,8 @@ def create_model(cfg: ModelConfig) -> nn.Module:
         )
     if cfg.arch not in MODELS:
         raise InputError(
-            "model.arch", f"unknown architecture {cfg.arch!r}; valid names: {', '.join(sorted(MODELS))}"
+            "model.arch",
+            f"unknown architecture {cfg.arch!r}; valid names: {', '.join(sorted([*MODELS, ARCH_3D]))}",
         )
     return MODELS[cfg.arch](cfg)
 
