@@ -2,7 +2,7 @@
 ``predict_speed.py``, for this tree and an older commit's tree.
 
     git worktree add /tmp/lt_old 9a4b200
-    python benchmarks/before_after.py --old /tmp/lt_old [--demo] [--rounds 2] [--out DIR]
+    python benchmarks/before_after.py --old /tmp/lt_old [--demo] [--rounds 2] [--model CKPT] [--out DIR]
 
 The old tree runs from its own ``src/`` (PYTHONPATH) with this venv's libraries. ``--demo`` runs
 ``lungtumor demo`` once per tree (about 7-9 min each on 2 cores) and compares ``summary.json``'s held-out
@@ -42,9 +42,10 @@ def run_demo(tree: Path, out: Path) -> dict:
     return summary
 
 
-def predict_speed(tree: Path, out: Path) -> list[dict]:
+def predict_speed(tree: Path, out: Path, models: list[Path]) -> list[dict]:
     script = tree / "benchmarks" / "predict_speed.py"
-    subprocess.run([sys.executable, str(script), "--out", str(out)], env=_env(tree), check=True)
+    extra = [a for m in models for a in ("--model", str(m))]
+    subprocess.run([sys.executable, str(script), "--out", str(out), *extra], env=_env(tree), check=True)
     return json.loads((out / "predict_speed.json").read_text())
 
 
@@ -58,6 +59,13 @@ def main() -> int:
     ap.add_argument("--old", type=Path, required=True, help="the older tree (a git worktree)")
     ap.add_argument("--demo", action="store_true", help="also run the demo in both trees")
     ap.add_argument("--rounds", type=int, default=2, help="predict_speed rounds per tree (alternating)")
+    ap.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        default=[],
+        help="trained checkpoint(s) for predict_speed (an untrained model makes huge masks: time a trained one)",
+    )
     ap.add_argument("--out", type=Path, default=Path("/tmp/lt_before_after"))
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +79,7 @@ def main() -> int:
     times: dict[tuple[str, str, str], dict[str, list[float]]] = {}
     for r in range(a.rounds):
         for k, t in trees.items():
-            for row in predict_speed(t, a.out / f"speed_{k}_{r}"):
+            for row in predict_speed(t, a.out / f"speed_{k}_{r}", a.model):
                 key = (row["model"], row["precision"], k)
                 d = times.setdefault(key, {"s": [], "mb": []})
                 d["s"].append(row.get("seconds", float("nan")))
