@@ -13,6 +13,7 @@ Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 NEW = Path(__file__).resolve().parents[1]
 
@@ -31,15 +34,40 @@ def _env(tree: Path) -> dict[str, str]:
 
 
 def run_demo(tree: Path, out: Path) -> dict:
+    """Run ``lungtumor demo`` from ``tree`` into ``out``; its evaluation summary and wall time."""
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "lungtumor", "demo", "--out", str(out), "-q"]
     subprocess.run(cmd, env=_env(tree), check=True, capture_output=True, text=True)
     found = sorted(out.rglob("evaluation_summary.json"))
     if not found:
-        raise SystemExit(f"{out}: the demo wrote no summary.json")
+        raise SystemExit(f"{out}: the demo wrote no evaluation_summary.json")
     summary = json.loads(found[0].read_text())["summary"]
     summary["_wall_s"] = time.perf_counter() - t0
+    summary["_pred_dir"] = found[0].parent
     return summary
+
+
+def demo_rows(s: dict) -> dict[str, str]:
+    """The held-out figures of one demo summary, as table cells."""
+    les = s["lesions"]
+    return {
+        "Dice mean / median": f"{s['dice']['mean']:.3f} / {s['dice']['median']:.3f}",
+        "NSD (2 mm) mean": f"{s['nsd']['mean']:.3f}",
+        "HD95 mean / median (mm)": f"{s['hd95_mm']['mean']:.3g} / {s['hd95_mm']['median']:.3g}",
+        "lesions found, FP components": f"{les['n_found']}/{les['n_gt']}, {les['n_fp']}",
+        "wall time (s)": f"{s['_wall_s']:.0f}",
+    }
+
+
+def same_run(before: Path, after: Path) -> tuple[bool, bool]:
+    """(every tensor of the two runs' best.ckpt equal, every held-out mask byte-identical)."""
+    ck = [torch.load(d.parent / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+          for d in (before, after)]  # fmt: skip
+    tensors = [(k, n) for k in ("state_dict", "lungtumor_nodule") if k in ck[0] for n in ck[0][k]]
+    weights = all(k in ck[1] and torch.equal(ck[0][k][n], ck[1][k][n]) for k, n in tensors)
+    masks = [{f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in d.glob("*_tumour.nii.gz")}
+             for d in (before, after)]  # fmt: skip
+    return weights, bool(masks[0]) and masks[0] == masks[1]
 
 
 def predict_speed(tree: Path, out: Path, models: list[Path]) -> list[dict]:
@@ -73,9 +101,11 @@ def main() -> int:
     print("| what | before | after |\n| --- | --- | --- |")
     if a.demo:
         res = {k: run_demo(t, a.out / f"demo_{k}") for k, t in trees.items()}
-        keys = [k for k, v in res["before"].items() if isinstance(v, (int, float)) and k in res["after"]]
-        for k in keys:
-            print(f"| demo {k} | {res['before'][k]:.4g} | {res['after'][k]:.4g} |", flush=True)
+        rows = {k: demo_rows(v) for k, v in res.items()}
+        for name in rows["before"]:
+            print(f"| demo {name} | {rows['before'][name]} | {rows['after'][name]} |", flush=True)
+        weights, masks = same_run(res["before"]["_pred_dir"], res["after"]["_pred_dir"])
+        print(f"| demo: identical weights / identical masks | {weights} | {masks} |", flush=True)
     times: dict[tuple[str, str, str], dict[str, list[float]]] = {}
     for r in range(a.rounds):
         for k, t in trees.items():

@@ -5,7 +5,7 @@
 Copies RUN (config.yaml, metrics, loss curves, checkpoints/best.ckpt) to NEW_RUN, switches ``nodule.enabled``
 on (plus the ``--set`` overrides, dotted keys, YAML values) in the copied checkpoint's config and config.yaml,
 then trains the detector on CACHE's cases exactly as ``lungtumor train`` does after the 2D model
-(``nodule_train.train_for_run``) and stores it in NEW_RUN's best.ckpt. Score NEW_RUN with preset_sweep.py
+(``training.detector.train_for_run``) and stores it in NEW_RUN's best.ckpt. Score NEW_RUN with preset_sweep.py
 ``--score-only --model NEW_RUN``. Prints the detector's training seconds.
 """
 

@@ -8,8 +8,8 @@ script times only the step those options change, the 2D network over the prepare
 512x512x300 phantom CT, for each checkpoint given (for example a ``default`` preset model, UNet-32 at 1.5 mm
 and 256², and the ``demo`` one, UNet-16 at 2 mm and 192²: the right-sized net), side by side in one process:
 
-- ``fp32`` / ``bf16``: torch, channels-last input, as ``predict`` runs it (``inference.predict_probabilities``);
-- ``lung slices``: only the slices with the lungs' air plus 30 mm (``postprocess.lung_z_range``; ``predict``
+- ``fp32`` / ``bf16``: torch, channels-last input, as ``predict`` runs it (``inference.slices.predict_probabilities``);
+- ``lung slices``: only the slices with the lungs' air plus 30 mm (``imaging.lungs.lung_z_range``; ``predict``
   does this whenever the lung gate is on);
 - ``body box``: the frame cut to the bounding box of the body (HU > -500 on the prepared frame, 8 mm margin,
   rounded up to the net's multiple): **not a predict option**, measured to see what it would save;

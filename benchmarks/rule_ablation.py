@@ -108,7 +108,7 @@ def main() -> int:
             if "real_dice" in row:
                 t["real"].append(row["real_dice"])
             print(json.dumps({k: row[k] for k in row if k != "sets"}, default=float), flush=True)
-    print(f"\n{len(a.run)} runs (seeds) x {sum(1 for _ in a.test)} test sets; mean ± sd over the runs\n")
+    print(f"\n{len(a.run)} runs (seeds) x {len(a.test)} test sets; mean ± sd over the runs\n")
     print("| variant | held-out phantom Dice | FP per case | real-CT Dice (4 CTs) |\n|---|---|---|---|")
     for vname, t in table.items():
         real = _ms(t["real"]) if t["real"] else "-"

@@ -14,6 +14,7 @@ from lungtumor.data.msd import check_dataset, format_check_report
 from lungtumor.data.phantom import synth_dataset
 from lungtumor.evaluation.evaluate import evaluate_dirs, format_summary
 from lungtumor.evaluation.measure import measure_files
+from lungtumor.models import is_3d
 from lungtumor.preprocessing.prepare import prepare_dataset
 from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
 from lungtumor.report.writer import report_files
@@ -25,7 +26,6 @@ from lungtumor.workflows.predict import PredictOptions, collect_inputs, predict_
 
 
 def cmd_synth(args) -> int:
-
     summary = synth_dataset(
         args.out,
         n_train=args.cases,
@@ -43,7 +43,6 @@ def cmd_synth(args) -> int:
 
 
 def cmd_check(args) -> int:
-
     report = check_dataset(args.dataset, progress=not args.quiet)
     print(format_check_report(report))
     for line in report.errors:
@@ -52,9 +51,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-
     cfg = load_config(args.config, args.preset)
-    if cfg.model.arch == "unet3d":  # the 3D recipe has its own cache (lungtumor.preprocessing.prepare3d)
+    if is_3d(cfg):  # the 3D recipe has its own cache (lungtumor.preprocessing.prepare3d)
         print(prepare_dataset_3d(args.dataset, args.out, cfg.vol3d, val_cases=args.val_cases or None,
                                  folds=args.folds, seed=args.seed, progress=not args.quiet))  # fmt: skip
         return 0
@@ -72,7 +70,6 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_train(args) -> int:
-
     run_cfg = args.out / "config.yaml"
     if args.resume and args.config is None and args.preset is None and run_cfg.is_file():
         cfg = load_config(run_cfg)  # continue the run with its own settings
@@ -92,7 +89,7 @@ def cmd_train(args) -> int:
         lg = logging.getLogger("lungtumor.training")
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)
-    if cfg.model.arch == "unet3d":  # the 3D recipe (lungtumor.training.seg3d)
+    if is_3d(cfg):  # the 3D recipe (lungtumor.training.seg3d)
         print(train3d(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet))
         return 0
     result = train(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet)
@@ -118,7 +115,6 @@ def _print_skipped(skipped: list[tuple[Path, str]]) -> None:
 
 
 def cmd_predict(args) -> int:
-
     skipped: list[tuple[Path, str]] = []
     collect_inputs(args.inputs, skipped)  # the same walk predict_paths makes: say what it leaves out, first
     _print_skipped(skipped)
@@ -154,7 +150,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_measure(args) -> int:
-
     errors: list[str] = []
     n = 0
     for line in measure_files(args.masks, args.out, errors):
@@ -171,7 +166,6 @@ def cmd_measure(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-
     summary = evaluate_dirs(
         args.pred_dir,
         args.gt_dir,
@@ -184,7 +178,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
-
     paths = report_files(args.image, args.mask, args.out, run_dir=args.run_dir)
     for p in paths:
         print(p)
@@ -192,7 +185,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_demo(args) -> int:
-
     result = run_demo(
         args.out,
         cases=args.cases,

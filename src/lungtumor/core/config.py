@@ -27,7 +27,7 @@ class PrepConfig:
             (resample in-plane to ``spacing_mm``, then pad/crop the centre to ``size``).
         size: in-plane output size (rows, cols) = (y, x) in pixels.
         spacing_mm: in-plane target spacing in mm for ``resize="spacing"``.
-        blob: add a 3D blobness channel (Hessian objectness of the prepared HU, see ``blobness.py``): on
+        blob: add a 3D blobness channel (Hessian objectness of the prepared HU, see ``preprocessing.blobness``): on
             one slice a small nodule looks like a vessel, in 3D it is a blob and a vessel a tube.
     """
 
@@ -117,7 +117,7 @@ class InferConfig:
     """Prediction settings.
 
     ``min_z_extent_ratio`` > 0 drops components whose z extent (mm) is under that fraction of their largest
-    axial diameter (``postprocess.remove_flat_components``: the one-slice false positives of a 2D model).
+    axial diameter (``postprocessing.filters.remove_flat_components``: the one-slice false positives of a 2D model).
     """
 
     threshold: float = 0.5
@@ -172,7 +172,7 @@ class Vol3DConfig:
 
 @dataclass
 class NoduleConfig:
-    """The 3D nodule detector that runs beside a 2D model (``nodules.py``, ``nodule_train.py``).
+    """The 3D nodule detector that runs beside a 2D model (``inference.detector``, ``training.detector``).
 
     A 2D model sees a small nodule on a few slices, where it looks like a vessel's cross-section; in 3D one
     is a blob, the other a tube. The detector finds bright blobs in the lungs (multi-scale Laplacian of

@@ -192,7 +192,7 @@ def measure_lesions(mask: Volume) -> list[Lesion]:
 
     Args:
         mask: Volume whose array (z, y, x) is {0, 1}; spacing (x, y, z) mm. Any stored orientation: the
-            measures are taken on its axial slices (``orientation.to_canonical``), and the voxel indices
+            measures are taken on its axial slices (``imaging.orientation.to_canonical``), and the voxel indices
             reported (slices, centroid index) are those of that canonical order: the stored ones for LPS
             storage (direction identity); for a RAS-stored file (diag(-1, -1, 1)) the slice index is the
             file's own, while y and x run the other way.

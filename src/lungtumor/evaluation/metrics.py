@@ -43,7 +43,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _tensor(m: np.ndarray):
-
     return torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)[None, None])
 
 

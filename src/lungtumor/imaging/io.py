@@ -116,7 +116,6 @@ def _check_header_geometry(path: Path, spacing, origin, direction, dim: int) -> 
 
 
 def _read_dicom_series(path: Path, budget: int | None = None) -> Volume:
-
     reader = sitk.ImageSeriesReader()
     try:
         series = reader.GetGDCMSeriesIDs(str(path))

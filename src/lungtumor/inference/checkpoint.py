@@ -25,19 +25,12 @@ from lungtumor.core.config import NoduleConfig, RunConfig
 from lungtumor.core.config_io import config_from_dict, to_dict
 from lungtumor.core.errors import InputError, atomic_write_bytes
 from lungtumor.inference.detector import CKPT_KEY, load_detector
-from lungtumor.models import build_model, create_model
+from lungtumor.models import ARCH_3D, build_model, create_model, is_3d
 from lungtumor.models.nodule3d import NodulePatchNet
-
-ARCH_3D = "unet3d"
-
-
-def is_3d(cfg: RunConfig) -> bool:
-    """True when ``cfg`` is the 3D recipe."""
-    return cfg.model.arch == ARCH_3D
 
 
 def load_checkpoint3d(path: str | os.PathLike):
-    """Load a 3D-recipe checkpoint (.ckpt or run folder) as ``checkpoint.LoadedModel`` (model in eval, CPU).
+    """Load a 3D-recipe checkpoint (.ckpt or run folder) as :class:`LoadedModel` (model in eval, CPU).
 
     Raises:
         InputError: missing, foreign or mismatching checkpoint, or not a 3D one.
@@ -66,7 +59,7 @@ def _arch_of(path: Path) -> str:
 
 
 def load_any(path: str | os.PathLike):
-    """Load a 2D or 3D lungtumor checkpoint (``checkpoint.load_checkpoint`` or :func:`load_checkpoint3d`)."""
+    """Load a 2D or 3D lungtumor checkpoint (:func:`load_checkpoint` or :func:`load_checkpoint3d`)."""
     return load_checkpoint3d(path) if _arch_of(Path(path)) == ARCH_3D else load_checkpoint(path)
 
 

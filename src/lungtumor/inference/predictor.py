@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from lungtumor.imaging.volume import Volume
-from lungtumor.inference.checkpoint import is_3d
 from lungtumor.inference.slices import predict_volume
 from lungtumor.inference.sliding_window import predict_volume_3d
+from lungtumor.models import is_3d
 
 
 def predict_any(
@@ -25,7 +25,7 @@ def predict_any(
     keep_prob: bool = True,
     z_range: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """``inference.predict_volume`` for 2D checkpoints, :func:`predict_volume_3d` for 3D ones.
+    """``slices.predict_volume`` for 2D checkpoints, :func:`predict_volume_3d` for 3D ones.
 
     ``keep_prob`` False: the probabilities come back as None (the 2D path then never holds the float32 map
     on the input grid). ``z_range``: see ``predict_volume`` (2D checkpoints only; 3D ones predict everywhere)."""

@@ -54,10 +54,10 @@ def predict_probabilities(
     Args:
         model: maps (B, 2k+1, H, W) to logits (B, 1, H, W).
         image: prepared input, (z, H, W) float32; a tensor (already on ``device``) gives a tensor back, on
-            ``device`` (``infer_device``), a numpy array a numpy array.
+            ``device`` (:func:`predict_volume_on_device`), a numpy array a numpy array.
         context_slices: k neighbours each side (edge slices are repeated).
         context_step: slices between context channels (1: adjacent; fractional steps interpolate, see
-            ``data.context_step``).
+            ``preprocessing.cache.context_step``).
         blob: (z, H, W) blobness channel (``prep.blob``), appended after the CT slices; None without.
         tta: also predict the left-right mirrored input and average the probabilities.
         z_range: [lo, hi): predict only these slices (their context still comes from their neighbours); the
@@ -109,7 +109,7 @@ def predict_volume(
         keep_prob: return the probability map; False: None instead, and the mask is thresholded chunk by
             chunk while restoring (the same values), so the float32 map on the input grid never exists.
         z_range: [lo, hi): run the 2D model only on these slices, probability 0 elsewhere; predict passes
-            the lungs' slices plus 30 mm (``postprocess.lung_z_range``) when the lung gate follows, which
+            the lungs' slices plus 30 mm (``imaging.lungs.lung_z_range``) when the lung gate follows, which
             drops lesions away from the lungs anyway. None: every slice. Not on the on-device path (a GPU,
             no blob channel or detector), which predicts every slice.
 
@@ -166,7 +166,7 @@ def prepare_on_device(
 ) -> torch.Tensor:
     """HU (z, y, x), any dtype, on the device → model input float32 (z, H, W) on the same device.
 
-    Same values as ``prepgeom.preprocess_volume`` (clip for ``window_zscore``, bilinear resize, pad/crop to
+    Same values as ``preprocessing.frame.preprocess_volume`` (clip for ``window_zscore``, bilinear resize, pad/crop to
     the frame with air, then ``(HU - mean) / std`` or ``HU / hu_divisor``).
     """
     x = hu.to(torch.float32, copy=True)  # a float32 input must not be clipped and normalised in place
@@ -187,7 +187,7 @@ def restore_on_device(
     prob: torch.Tensor, geom: PrepGeometry, threshold: float, keep_prob: bool
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Prepared-frame probabilities (z, H, W) on the device → (float32 map or None, uint8 mask) on the input
-    grid (z, y, x), as numpy arrays; the same values as ``prepgeom.restore_geometry`` / ``restore_mask``."""
+    grid (z, y, x), as numpy arrays; the same values as ``preprocessing.frame.restore_geometry`` / ``restore_mask``."""
     mask = torch.empty(geom.orig_shape, dtype=torch.bool, device=prob.device)
     full = np.empty(geom.orig_shape, np.float32) if keep_prob else None
     for i, back in restored_chunks(prob, geom, _RESTORE_CHUNK):
@@ -201,7 +201,7 @@ def predict_volume_on_device(
     loaded, vol: Volume, *, device: torch.device, threshold: float, batch_size: int, tta: bool, precision: str,
     keep_prob: bool,
 ) -> tuple[np.ndarray | None, np.ndarray]:  # fmt: skip
-    """``inference.predict_volume`` for a 2D checkpoint without the blob channel, every step on ``device``.
+    """:func:`predict_volume` for a 2D checkpoint without the blob channel, every step on ``device``.
 
     Returns:
         (probabilities float32 or None, mask uint8 {0, 1}), both (z, y, x) on ``vol``'s grid.

@@ -21,7 +21,13 @@ from lungtumor.models.unet3d import UNet3D, make_pools
 MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "unet2d": UNet2D.from_config,
 }
+#: ``model.arch`` of the 3D recipe.
 ARCH_3D = "unet3d"
+
+
+def is_3d(cfg: RunConfig) -> bool:
+    """True when ``cfg`` is the 3D recipe."""
+    return cfg.model.arch == ARCH_3D
 
 
 def create_model(cfg: ModelConfig) -> nn.Module:
@@ -45,7 +51,7 @@ def create_model(cfg: ModelConfig) -> nn.Module:
 def build_model(cfg: RunConfig) -> nn.Module:
     """The network of a resolved run config: the 3D U-Net (pools from ``vol3d.anisotropic_levels``, which must be
     >= 0) for ``unet3d``, else :func:`create_model` of ``cfg.model``."""
-    if cfg.model.arch != ARCH_3D:
+    if not is_3d(cfg):
         return create_model(cfg.model)
     v, m = cfg.vol3d, cfg.model
     return UNet3D(
@@ -60,4 +66,14 @@ def build_model(cfg: RunConfig) -> nn.Module:
     )
 
 
-__all__ = ["MODELS", "UNet2D", "UNet3D", "build_model", "check_input_shape", "create_model", "padded_size"]
+__all__ = [
+    "ARCH_3D",
+    "MODELS",
+    "UNet2D",
+    "UNet3D",
+    "build_model",
+    "check_input_shape",
+    "create_model",
+    "is_3d",
+    "padded_size",
+]

@@ -27,8 +27,8 @@ def postprocess_mask(
     lung_air: tuple[np.ndarray, int] | None = None,
 ) -> np.ndarray:
     """Drop components under ``min_lesion_mm3``, those flatter along z than ``min_z_extent_ratio`` allows
-    (``postprocess.remove_flat_components``) and, optionally, those away from the lungs. (z, y, x) uint8.
-    ``lung_air``: ``postprocess.lung_air_hu`` of ``ct`` when already computed (the gate closes it in place)."""
+    (:func:`remove_flat_components`) and, optionally, those away from the lungs. (z, y, x) uint8.
+    ``lung_air``: ``imaging.lungs.lung_air_hu`` of ``ct`` when already computed (the gate closes it in place)."""
 
     if min_lesion_mm3 > 0 or min_z_extent_ratio > 0:  # one labelling for both filters
         mask = filter_components(mask, ct.spacing, min_mm3=min_lesion_mm3, min_z_ratio=min_z_extent_ratio)

@@ -107,7 +107,6 @@ def _orient(a: np.ndarray, geom: SliceGeometry) -> np.ndarray:
 
 
 def _resize(a: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
-
     if (a.shape[1], a.shape[0]) == size:
         return a.astype(np.float32, copy=False)
     return np.asarray(

@@ -1,6 +1,6 @@
 """Training of the 3D recipe with PyTorch Lightning (patches, deep supervision, sliding-window validation).
 
-``train3d(cache, out, cfg)`` writes the same run folder as ``training.train``: ``checkpoints/best.ckpt`` (best
+``train3d(cache, out, cfg)`` writes the same run folder as ``seg2d.train``: ``checkpoints/best.ckpt`` (best
 per-patient validation Dice) and ``last.ckpt``, ``config.yaml``, ``metrics.csv``, ``loss_curves.png``, ``tb/``.
 Before training it resolves and records in the config: the target spacing (the cache's), the pooling
 (``vol3d.anisotropic_levels``), the patch size and the batch size (from the memory budget). Each step draws
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from lungtumor.core.config import RunConfig
 from lungtumor.core.config_io import config_from_dict, save_config, to_dict, validate
 from lungtumor.core.errors import InputError, ensure_writable_dir
-from lungtumor.inference.checkpoint import is_3d, read_checkpoint
+from lungtumor.inference.checkpoint import read_checkpoint
 from lungtumor.inference.sliding_window import sliding_window_probs
-from lungtumor.models import build_model
+from lungtumor.models import build_model, is_3d
 from lungtumor.models.unet3d import divisor
 from lungtumor.training.artifacts import write_history
 from lungtumor.training.losses import LossFn, dice_bce_loss, dice_score, make_loss

@@ -4,7 +4,7 @@
 
 1. prepares the recipe's cache once (``OUT/cache``: 2D ``prepare`` or 3D ``prepare3d``), whose splits.json
    holds the patient folds;
-2. trains one model per fold into ``OUT/fold_<k>/`` (2D: ``training.train`` on a fold view of the cache,
+2. trains one model per fold into ``OUT/fold_<k>/`` (2D: ``training.seg2d.train`` on a fold view of the cache,
    3D: ``train3d``); a finished fold (``fold_<k>/done.json``) is not trained again;
 3. predicts every fold's validation cases on their original grid (raw masks in ``OUT/oof/``);
 4. chooses postprocessing: minimum lesion size from :data:`MIN_SIZES_MM3` and lung gating on/off, kept only
@@ -39,8 +39,9 @@ from lungtumor.evaluation.metrics import dice
 from lungtumor.imaging.io import read_mask, read_volume, write_volume
 from lungtumor.imaging.lungs import lung_mask_from_hu
 from lungtumor.imaging.orientation import from_canonical, to_canonical
-from lungtumor.inference.checkpoint import is_3d, load_any
+from lungtumor.inference.checkpoint import load_any
 from lungtumor.inference.predictor import predict_any
+from lungtumor.models import is_3d
 from lungtumor.postprocessing.filters import filter_components
 from lungtumor.postprocessing.lung_gate import gate_to_lungs
 from lungtumor.preprocessing.prepare import prepare_dataset

@@ -23,8 +23,9 @@ from lungtumor.imaging.io import IMAGE_SUFFIXES, case_name, is_image_path, read_
 from lungtumor.imaging.lungs import lung_air_hu, lung_z_range
 from lungtumor.imaging.orientation import from_canonical, stored_order_note, to_canonical
 from lungtumor.imaging.volume import Volume
-from lungtumor.inference.checkpoint import is_3d, load_any
+from lungtumor.inference.checkpoint import load_any
 from lungtumor.inference.predictor import predict_any, predict_ensemble
+from lungtumor.models import is_3d
 from lungtumor.postprocessing.filters import postprocess_mask
 from lungtumor.report.writer import write_all
 
@@ -226,7 +227,7 @@ def _load_models(paths: list[Path], device: torch.device, nodules: bool | None) 
 
 
 def _predict_mask(models: list, vol: Volume, s: _Settings, opts: PredictOptions, device: torch.device):
-    """(probabilities or None, postprocessed-later mask, lung air or None) of one canonical CT."""
+    """(probabilities or None, mask before postprocessing, lung air or None) of one canonical CT."""
     air = z_range = None
     if opts.postprocess and s.lung_gate:  # the gate's lung air, and the slices worth predicting
         air = lung_air_hu(vol.array, vol.spacing)
@@ -243,10 +244,16 @@ def _predict_mask(models: list, vol: Volume, s: _Settings, opts: PredictOptions,
 
 
 def _predict_case(
-    res: PredictResult, stem: str, models: list, s: _Settings, opts: PredictOptions, ctx
+    res: PredictResult,
+    stem: str,
+    models: list,
+    s: _Settings,
+    opts: PredictOptions,
+    device: torch.device,
+    out: Path,
+    run_dir: Path | None,
 ) -> None:
-    """Predict one CT into ``res`` and write its outputs (``ctx``: device, out folder, run folder)."""
-    device, out, run_dir = ctx
+    """Predict one CT into ``res`` and write its outputs into ``out`` (``run_dir``: loss curves for reports)."""
     stored = read_volume(res.source)
     vol, ro = to_canonical(stored)  # the models see axial slices in LPS order; outputs go back as stored
     prob, mask, air = _predict_mask(models, vol, s, opts, device)
@@ -309,7 +316,7 @@ def predict_paths(
     s = _settings(opts, models[0], device)
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    ctx = (device, ensure_writable_dir(out_dir), _run_dir_of(paths[0]))
+    out, run_dir = ensure_writable_dir(out_dir), _run_dir_of(paths[0])
     results: list[PredictResult] = []
     for (case, src), stem in tqdm(
         list(zip(cases, stems, strict=True)), desc="predict", unit="case", disable=not opts.progress
@@ -317,7 +324,7 @@ def predict_paths(
         t0 = time.perf_counter()
         res = PredictResult(case=case, source=src)
         try:
-            _predict_case(res, stem, models, s, opts, ctx)
+            _predict_case(res, stem, models, s, opts, device, out, run_dir)
         except InputError as e:
             res.error = str(e)
         except MemoryError:
