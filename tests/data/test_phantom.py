@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lungtumor.core.errors import InputError
+from lungtumor.data.geometry import widen_near_root
 from lungtumor.data.lesions import sample_lesion_plan
 from lungtumor.data.phantom import build_case, make_case, synth_dataset
 from lungtumor.imaging.io import read_mask, read_volume
@@ -131,8 +132,6 @@ def test_rich_basal_plan_adds_a_large_mass_on_the_diaphragm_to_some_cases():
 
 
 def test_widen_near_root_thickens_the_trunk_and_leaves_the_periphery():
-    from lungtumor.data.anatomy import widen_near_root
-
     root = np.array([30.0, 0.0, 100.0])
     segs = np.array(
         [[*root, 40.0, 0.0, 100.0, 6.0, 5.8, 0], [140.0, 0.0, 100.0, 160.0, 0.0, 100.0, 1.0, 0.9, 4]]

@@ -24,7 +24,8 @@ from lungtumor.inference.detector import (
 )
 from lungtumor.models.nodule3d import NodulePatchNet, normalise_hu
 from lungtumor.postprocessing.detector import add_missed_lesions, drop_unconfirmed_small
-from lungtumor.training.detector import PatchSet, case_patches, train_detector
+from lungtumor.training.detector import case_patches
+from lungtumor.training.detector_module import PatchSet, train_detector
 
 
 def _chest(shape=(40, 60, 60), h=2.0):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,6 +19,7 @@ from lungtumor.cli import main
 from lungtumor.core.errors import InputError
 from lungtumor.imaging.io import write_volume
 from lungtumor.imaging.volume import Volume
+from lungtumor.report.html import _environment
 from lungtumor.report.writer import (
     report_files,
     safe_filename,
@@ -114,6 +119,40 @@ def test_report_escapes_input_strings(evil_report: Path):
     assert "&lt;img src=x onerror=alert(2)&gt;" in html
     # only the page's own two script elements: the JSON data and the viewer code
     assert len(re.findall(r"<script\b", html)) == 2
+
+
+def test_report_escapes_script_case_name_everywhere(case, tmp_path):
+    """The template autoescapes a ``<script>`` case name wherever it appears: title, heading, tables."""
+    img, mask = case
+    lesions = [{"label": 1, "size_category": EVIL}]
+    html = _html(write_report(img, mask, tmp_path, EVIL, lesions=lesions, meta={EVIL: EVIL}))
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert EVIL not in html and "<script>alert" not in html
+    assert f"<title>{escaped} · lung tumour report</title>" in html
+    assert f'<h1 id="case-name">{escaped}</h1>' in html
+    assert f"<tr><th>Case</th><td>{escaped}</td></tr>" in html
+    assert f"<tr><th>{escaped}</th><td>{escaped}</td></tr>" in html
+    assert f"<td>{escaped}</td></tr></tbody>" in html  # lesion table cell
+    assert len(re.findall(r"<script\b", html)) == 2
+
+
+def test_report_trusted_fragments_are_not_escaped(evil_report: Path):
+    """CSP, script, JSON data and data: URIs are passed as Markup: byte-exact, not entity-escaped."""
+    html = _html(evil_report)
+    script = re.findall(r"<script>(.*?)</script>", html, re.S)[-1]
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    assert f"script-src 'sha256-{digest}'" in html  # the CSP still allows exactly the page's script
+    data = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html, re.S)
+    viewer = json.loads(data.group(1))
+    assert re.search(r'<img id="ct-image" src="data:image/jpeg;base64,[A-Za-z0-9+/=]+"', html)
+    assert viewer["ct"]["lung"][viewer["default"]] in html
+
+
+def test_report_template_autoescapes_and_rejects_undefined():
+    env = _environment()
+    assert env.from_string("{{ x }}").render(x=EVIL) == "&lt;script&gt;alert(1)&lt;/script&gt;"
+    with pytest.raises(jinja2.UndefinedError):
+        env.get_template("report.html.j2").render()
 
 
 def test_report_lesion_table_from_dataclasses(case, tmp_path):

@@ -11,50 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
-
-@dataclass
-class Grid:
-    """A voxel grid in the body frame: voxel (k, j, i) sits at (x0 + i*dx, y0 + j*dy, z0 + k*dz) mm."""
-
-    nz: int
-    ny: int
-    nx: int
-    dx: float
-    dy: float
-    dz: float
-    x0: float
-    y0: float
-    z0: float
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.nz, self.ny, self.nx)
-
-    @property
-    def h(self) -> float:
-        """Effective voxel size (mm) used for anti-aliased edges."""
-        return float((self.dx * self.dy * self.dz) ** (1 / 3))
-
-    def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Body-frame coordinates (mm) of the voxel centres along z, y and x (1D float32 each)."""
-        z = (self.z0 + self.dz * np.arange(self.nz)).astype(np.float32)
-        y = (self.y0 + self.dy * np.arange(self.ny)).astype(np.float32)
-        x = (self.x0 + self.dx * np.arange(self.nx)).astype(np.float32)
-        return z, y, x
-
-    def to_index(self, p: np.ndarray) -> np.ndarray:
-        """Body-frame points (..., 3) as (x, y, z) mm -> fractional voxel indices (..., 3) as (k, j, i)."""
-        p = np.asarray(p, dtype=float)
-        return np.stack(
-            [
-                (p[..., 2] - self.z0) / self.dz,
-                (p[..., 1] - self.y0) / self.dy,
-                (p[..., 0] - self.x0) / self.dx,
-            ],
-            -1,
-        )
+from lungtumor.data.geometry import Grid
 
 
 @dataclass
@@ -152,277 +110,340 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     )
 
 
-def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], step: tuple[float, ...]) -> np.ndarray:
-    """Smooth random field of ``shape`` with unit std and correlation length ``step`` voxels per axis (float32)."""
-    low = tuple(int(np.ceil(s / max(st, 1.0))) + 2 for s, st in zip(shape, step, strict=True))
-    a = ndi.gaussian_filter(rng.standard_normal(low, dtype=np.float32), 0.7)
-    a /= a.std() + 1e-6
-    for ax, (n, lo) in enumerate(
-        zip(shape, low, strict=True)
-    ):  # separable linear upsampling by matrix products
-        pos = np.linspace(0.5, lo - 1.5, n) if lo > 2 else np.zeros(n)
-        i0 = np.clip(np.floor(pos).astype(int), 0, lo - 2)
-        f = (pos - i0).astype(np.float32)
-        U = np.zeros((n, lo), np.float32)
-        U[np.arange(n), i0] = 1 - f
-        U[np.arange(n), i0 + 1] = f
-        a = np.moveaxis(np.tensordot(U, a, axes=([1], [ax])), 0, ax)
-    return np.ascontiguousarray(a)
-
-
-def _ellipse_depth(X, Y, a, b_ant, b_post, scale=1.0):
-    """Approximate depth (mm, > 0 inside) below the border of an ellipse centred at the origin."""
+def _ellipse_depth(
+    X: np.ndarray, Y: np.ndarray, a: float, b_ant: float, b_post: float, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate depth (mm, > 0 inside) below the border of an ellipse centred at the origin, at points
+    ``X``, ``Y`` (mm, any shape); semi-axes ``a`` (lateral), ``b_ant`` (front), ``b_post`` (back) mm.
+    Also returns the normalised radius (1 on the border)."""
     b = np.where(Y < 0, b_ant, b_post)
     rho = np.sqrt((X / a) ** 2 + (Y / b) ** 2) / scale + 1e-6
     return np.hypot(X, Y) * (1.0 / rho - 1.0), rho
 
 
-def render_anatomy(an: Anatomy, grid: Grid, tex: np.ndarray, rng: np.random.Generator, table: bool):
-    """Render the chest without vessels or tumours.
+# ----------------------------------------------------------------------------- chest rendering
 
-    Returns:
-        img (z, y, x) float32 HU, and masks {"lung": bool, "lung_side": int8 (+1 left, -1 right, 0),
-        "soft": bool (where vessels may be drawn), "bone": bool, "body": bool, "wall_depth": float32 mm
-        (depth inside the thoracic cavity)}.
-    """
-    zc, yc, xc = grid.axes()
-    Y2, X2 = np.meshgrid(yc, xc, indexing="ij")
+
+@dataclass
+class _ChestMaps:
+    """Axial cross-sections (y, x) of one chest, constant along z, in the body frame (mm, HU)."""
+
+    X2: np.ndarray  # x (mm) of each voxel column, float32
+    Y2: np.ndarray  # y (mm) of each voxel column, float32
+    hil_z: float  # mean height (mm) of the hila
+    body_d: np.ndarray  # depth (mm) below the skin, > 0 inside
+    cav_d0: np.ndarray  # depth (mm) inside the thoracic cavity, no apical taper
+    g: np.ndarray  # 0 at the back, 1 at the front
+    fat_t: np.ndarray  # subcutaneous fat thickness (mm)
+    z_dia: np.ndarray  # diaphragm height (mm)
+    z_top: np.ndarray  # lung apex height (mm)
+    w_base: np.ndarray  # mediastinal half-width (mm)
+    lung_base: np.ndarray  # lung HU with the dependent (posterior) gradient
+    absx: np.ndarray  # |x - 4| (mm), distance from the midline of the mediastinum
+    liver: np.ndarray  # bool: liver side of the abdomen
+    vb: np.ndarray  # distance (mm) from the vertebral body axis
+    canal: np.ndarray  # distance (mm) from the spinal canal axis
+    vbody: np.ndarray  # bool: vertebral body
+    vcort: np.ndarray  # bool: vertebral body cortex
+    post0: np.ndarray  # bool: neural arch and spinous process
+    tproc: np.ndarray  # bool: transverse processes
+    st: np.ndarray  # bool: sternum
+    hq2: np.ndarray  # in-plane part of the heart ellipsoid's quadratic form (< 1 inside)
+    da: np.ndarray  # distance (mm) from the descending aorta axis
+    asc_svc: np.ndarray  # bool: ascending aorta and superior vena cava
+    arch2: np.ndarray  # bool: footprint of the aortic arch
+    tr: np.ndarray  # distance (mm) from the trachea axis
+    oes: np.ndarray  # bool: oesophagus
+    not_med: np.ndarray  # bool: off the spine, descending aorta and sternum
+
+
+@dataclass
+class _ChestVolumes:
+    """The volumes (z, y, x) that :func:`render_anatomy` fills slice by slice."""
+
+    img: np.ndarray  # float32 HU, air (-1000) to start with
+    lung: np.ndarray  # bool
+    soft: np.ndarray  # bool: where vessels may be drawn
+    bone: np.ndarray  # bool
+    wall: np.ndarray  # float32 mm: depth inside the thoracic cavity
+    body: np.ndarray  # bool
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int, int]) -> _ChestVolumes:
+        """Air everywhere, all masks empty."""
+        return cls(
+            img=np.full(shape, -1000.0, np.float32),
+            lung=np.zeros(shape, bool),
+            soft=np.zeros(shape, bool),
+            bone=np.zeros(shape, bool),
+            wall=np.zeros(shape, np.float32),
+            body=np.zeros(shape, bool),
+        )
+
+
+def _shell_maps(an: Anatomy, X2: np.ndarray, Y2: np.ndarray, tex0: np.ndarray) -> dict[str, np.ndarray]:
+    """Body wall, cavity, diaphragm, apex and lung-level maps (y, x) in mm / HU; ``tex0`` (y, x) texture."""
     ca, cb_ant, cb_post = an.cav
-    # 2D maps (constant along z)
+    sy, sr = an.spine_y, an.spine_r
     body_d, _ = _ellipse_depth(X2, Y2, an.A, an.B_ant, an.B_post)
     cav_d0, _ = _ellipse_depth(X2, Y2, ca, cb_ant, cb_post)
     P = np.hypot(X2, Y2) + 1e-3
     g = (1.0 - Y2 / P) / 2.0  # 0 at the back, 1 at the front
-    fat_t = an.fat * (0.75 + 0.5 * (Y2 / an.B_post + 1) / 2) * (1 + 0.08 * tex[0])  # thicker at the back
-    sy = an.spine_y
-    sr = an.spine_r
-    vb = np.hypot(X2, Y2 - sy)  # vertebral body
-    canal = np.hypot(X2, Y2 - (sy + sr + 8.0))
+    fat_t = an.fat * (0.75 + 0.5 * (Y2 / an.B_post + 1) / 2) * (1 + 0.08 * tex0)  # thicker at the back
     dia_top = np.where(X2 < 0, an.right_dome, 0.0)
     rx = (np.abs(X2) - 0.42 * ca) / (0.58 * ca)
     z_dia = dia_top - an.dome_drop * (np.clip(rx, -1.0, 1.5) ** 2 + 0.7 * np.clip(Y2 / cb_post, 0, 1) ** 2)
     z_top = (
         an.height - 70.0 * (((np.abs(X2) - 0.45 * ca) / (0.45 * ca)) ** 2 + ((Y2 + 10) / cb_post) ** 2) ** 1.3
     )
-    hx, hy, hz, hax, hay, haz = an.heart
-    xa, ya = sr * 0.75 + an.aorta_r, sy - sr * 0.55  # descending aorta
-    hil = an.hila
     # mediastinal half-width: narrow in front, wider in the middle, spine behind
     ym = sy - sr - 30.0
     w_base = 7.0 + 17.0 * np.clip(1 - ((Y2 - ym) / (0.75 * (ym + cb_ant))) ** 2, 0, 1)
     w_base = np.where(
         Y2 > sy - sr - 5, np.where(Y2 < sy + 0.5 * sr, sr + 7.0, 0.0), w_base
     )  # lungs wrap the spine
-    img = np.full(grid.shape, -1000.0, np.float32)
-    lung = np.zeros(grid.shape, bool)
-    soft = np.zeros(grid.shape, bool)
-    bone = np.zeros(grid.shape, bool)
-    wall = np.zeros(grid.shape, np.float32)
-    body = np.zeros(grid.shape, bool)
-    rib_t, rib_h = 9.0, 11.0
-    # constant 2D cross-sections, hoisted out of the slice loop
-    hq2 = ((X2 - hx) / hax) ** 2 + ((Y2 - hy) / hay) ** 2
+    lung_base = an.hu_lung + an.lung_grad * np.clip((Y2 / cb_post + 0.2) / 1.2, 0, 1) ** 2
+    return {
+        "body_d": body_d,
+        "cav_d0": cav_d0,
+        "g": g,
+        "fat_t": fat_t,
+        "z_dia": z_dia,
+        "z_top": z_top,
+        "w_base": w_base,
+        "lung_base": lung_base,
+        "absx": np.abs(X2 - 4.0),
+        "liver": X2 < 20,
+    }
+
+
+def _organ_maps(an: Anatomy, X2: np.ndarray, Y2: np.ndarray) -> dict[str, np.ndarray]:
+    """Spine, sternum, heart, great vessels, trachea and oesophagus maps (y, x): distances in mm or bool."""
+    _, cb_ant, _ = an.cav
+    sy, sr = an.spine_y, an.spine_r
+    hx, hy, _, hax, hay, _ = an.heart
+    xa, ya = sr * 0.75 + an.aorta_r, sy - sr * 0.55  # descending aorta
+    vb = np.hypot(X2, Y2 - sy)  # vertebral body
+    canal = np.hypot(X2, Y2 - (sy + sr + 8.0))
     da = np.hypot(X2 - xa, Y2 - ya)
     asc_svc = (np.hypot(X2 + 12, Y2 - (hy - 0.2 * hay)) < an.aorta_r + 2) | (
         np.hypot(X2 + 12 + an.aorta_r + 10, Y2 - (hy + 0.1 * hay)) < 9
     )
     d_arch = np.abs((X2 + 12) * (ya - hy) - (Y2 - hy) * (xa + 12)) / np.hypot(ya - hy, xa + 12)
-    arch2 = (d_arch < an.aorta_r) & (Y2 > hy - 10) & (Y2 < ya + 10)
-    tr = np.hypot(X2, Y2 - an.carina[1])
-    oes = np.hypot(X2 - 8.0, Y2 - (sy - sr - 5.0)) < 7.0
     vbody = vb < sr
-    vcort = vbody & (vb > sr - 2.2)
-    post0 = ((canal > 7) & (canal < 12)) | ((np.abs(X2) < 3.5) & (Y2 > sy + sr + 14) & (Y2 < sy + sr + 42))
-    tproc = (np.abs(Y2 - (sy + sr + 4 + 0.35 * np.abs(X2))) < 2.5) & (np.abs(X2) > 6) & (np.abs(X2) < 30)
     st = (X2 / 16.0) ** 2 + ((Y2 + cb_ant + 7.0) / 7.0) ** 2 < 1
-    lung_base = an.hu_lung + an.lung_grad * np.clip((Y2 / cb_post + 0.2) / 1.2, 0, 1) ** 2
-    not_med = (vb > sr + 4) & ~(da < an.aorta_r + 3) & ~st
-    absx = np.abs(X2 - 4.0)
-    liver = X2 < 20
+    return {
+        "vb": vb,
+        "canal": canal,
+        "vbody": vbody,
+        "vcort": vbody & (vb > sr - 2.2),
+        "post0": ((canal > 7) & (canal < 12))
+        | ((np.abs(X2) < 3.5) & (Y2 > sy + sr + 14) & (Y2 < sy + sr + 42)),
+        "tproc": (np.abs(Y2 - (sy + sr + 4 + 0.35 * np.abs(X2))) < 2.5)
+        & (np.abs(X2) > 6)
+        & (np.abs(X2) < 30),
+        "st": st,
+        "hq2": ((X2 - hx) / hax) ** 2 + ((Y2 - hy) / hay) ** 2,
+        "da": da,
+        "asc_svc": asc_svc,
+        "arch2": (d_arch < an.aorta_r) & (Y2 > hy - 10) & (Y2 < ya + 10),
+        "tr": np.hypot(X2, Y2 - an.carina[1]),
+        "oes": np.hypot(X2 - 8.0, Y2 - (sy - sr - 5.0)) < 7.0,
+        "not_med": (vb > sr + 4) & ~(da < an.aorta_r + 3) & ~st,
+    }
+
+
+def _chest_maps(an: Anatomy, grid: Grid, tex0: np.ndarray) -> _ChestMaps:
+    """All z-independent cross-sections (y, x) of the chest on ``grid``; ``tex0`` is the texture's first slice."""
+    _, yc, xc = grid.axes()
+    Y2, X2 = np.meshgrid(yc, xc, indexing="ij")
+    return _ChestMaps(
+        X2=X2,
+        Y2=Y2,
+        hil_z=an.hila[:, 2].mean(),
+        **_shell_maps(an, X2, Y2, tex0),
+        **_organ_maps(an, X2, Y2),
+    )
+
+
+def _paint_wall(
+    an: Anatomy, m: _ChestMaps, s: np.ndarray, T: np.ndarray, z: float, t: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint skin-to-cavity tissue (muscle, fat) into slice ``s`` (y, x) HU at height ``z`` mm (``t`` = z / height).
+
+    Returns the body mask (y, x) bool and the depth inside the thoracic cavity (y, x) mm.
+    """
+    top = max(0.0, (t - 1.05) / 0.5)
+    bscale = 1.0 - 0.25 * min(top, 1.0)
+    inb = m.body_d > an.A * (1 - bscale)
+    taper = 0.8 + 0.2 * np.sqrt(np.clip(1.0 - t, 0.0, 1.0))  # the chest narrows towards the apex
+    ca, cb_ant, cb_post = an.cav
+    cav_d = (
+        m.cav_d0
+        if t <= 0
+        else _ellipse_depth(m.X2, m.Y2, ca * taper, cb_ant * (0.9 + 0.1 * taper), cb_post)[0]
+    )
+    s[inb] = an.hu_muscle + 6 * T[inb]
+    fat = inb & (m.body_d - an.A * (1 - bscale) < m.fat_t)
+    s[fat] = an.hu_fat + 8 * T[fat]
+    s[inb & ~(cav_d > 0) & (T > 2.0) & ~fat] = an.hu_fat  # intermuscular fat
+    return inb, cav_d
+
+
+def _paint_ribs(an: Anatomy, m: _ChestMaps, s: np.ndarray, cav_d: np.ndarray, z: float) -> np.ndarray:
+    """Paint ribs (oblique bands outside the cavity, lower in front) and costal cartilage into ``s`` (y, x) HU.
+
+    Returns the rib mask (y, x) bool.
+    """
+    rib_t, rib_h = 9.0, 11.0  # rib thickness and height (mm)
+    ring = (cav_d < 0) & (cav_d > -rib_t) & (m.g < 0.9) & (z < an.height + 15)
+    ph = np.mod(z - an.rib_drop * m.g[ring] - an.rib_phase, an.rib_pitch)
+    u = (-cav_d[ring] - rib_t / 2) / (rib_t / 2)
+    v = (ph - rib_h / 2) / (rib_h / 2)
+    e = u * u + v * v
+    rr = np.zeros_like(ring)
+    rr[ring] = e < 1
+    cort = np.zeros_like(ring)
+    cort[ring] = (e < 1) & (e > 0.45)
+    s[rr] = 220.0
+    s[cort] = 750.0
+    cart = (cav_d < 0) & (cav_d > -rib_t) & (m.g >= 0.9) & (np.abs(m.X2) > 14) & (np.abs(m.X2) < 45)
+    cart &= np.mod(z - an.rib_drop - an.rib_phase, an.rib_pitch) < rib_h
+    s[cart] = 110.0
+    return rr
+
+
+def _paint_mediastinum(
+    an: Anatomy,
+    m: _ChestMaps,
+    s: np.ndarray,
+    T: np.ndarray,
+    z: float,
+    t: float,
+    cav_in: np.ndarray,
+    hq: np.ndarray,
+) -> None:
+    """Paint the cavity content into ``s`` (y, x) HU: mediastinal fat, abdomen below the diaphragm, heart
+    (``hq`` < 1 inside), aorta, superior vena cava, trachea and oesophagus."""
+    s[cav_in] = an.hu_fat + 12 * T[cav_in]
+    abd = cav_in & (z < m.z_dia)
+    s[abd & m.liver] = an.hu_liver + 5 * T[abd & m.liver]
+    s[abd & ~m.liver] = an.hu_muscle + 8 * T[abd & ~m.liver]
+    heart = cav_in & (hq < 1.0) & (z > m.z_dia - 15)
+    s[heart] = an.hu_blood * 0.85 + 8 * T[heart] if an.hu_blood > 100 else an.hu_muscle
+    if t < 0.8 and z > m.z_dia.min() - 40:  # descending aorta
+        s[m.da < an.aorta_r] = an.hu_blood
+    if 0.45 < t < 0.8:  # ascending aorta and superior vena cava
+        s[m.asc_svc & cav_in] = an.hu_blood
+    if 0.72 < t < 0.82:  # aortic arch, from front right to back left
+        s[m.arch2 & cav_in] = an.hu_blood
+    if t > 0.62:  # trachea
+        s[(m.tr < 10.5) & cav_in] = an.hu_muscle
+        s[m.tr < 8.5] = -1000.0
+    s[m.oes & cav_in & (z > m.z_dia)] = an.hu_muscle
+
+
+def _paint_spine(
+    an: Anatomy, m: _ChestMaps, s: np.ndarray, T: np.ndarray, z: float, t: float, inb: np.ndarray
+) -> np.ndarray:
+    """Paint vertebra (body or disc), canal, posterior elements and sternum into ``s`` (y, x) HU.
+
+    Returns their bone mask (y, x) bool.
+    """
+    vdisc = np.mod(z - an.rib_phase, an.vert_pitch) < 5.0
+    s[m.vbody] = 80.0 if vdisc else 230.0 + 20 * T[m.vbody]
+    if not vdisc:
+        s[m.vcort] = 700.0
+    post = m.post0 | m.tproc if np.mod(z - an.rib_phase, an.vert_pitch) > 0.55 * an.vert_pitch else m.post0
+    s[post & inb] = 600.0
+    s[m.canal <= 7] = 35.0
+    bone = m.vbody | (post & inb)
+    if 0.2 < t < 1.0:
+        s[m.st] = 350.0
+        bone |= m.st
+    return bone
+
+
+def _lung_mask(
+    an: Anatomy, m: _ChestMaps, z: float, t: float, cav_in: np.ndarray, cav_d: np.ndarray, hq: np.ndarray
+) -> np.ndarray:
+    """Lung parenchyma (y, x) bool at height ``z`` mm: cavity above the diaphragm, off the mediastinum, heart
+    (``hq`` > 1.12 leaves room for pericardial fat), great vessels and trachea; ribs are removed by the caller."""
+    w = m.w_base * (1.0 + 0.6 * max(0.0, 0.5 - t)) if t < 1 else m.w_base
+    lg = cav_in & (z > m.z_dia) & (z < m.z_top) & (m.absx > w) & (cav_d > 2.0)
+    if t < 0.8:
+        lg &= m.not_med
+    else:
+        lg &= m.vb > an.spine_r + 4
+    lg &= hq > 1.12
+    if 0.45 < t < 0.8:
+        lg &= ~m.asc_svc
+    if 0.72 < t < 0.82:
+        lg &= ~m.arch2
+    if t > 0.62:
+        lg &= m.tr > 12
+    return lg
+
+
+def _render_slice(an: Anatomy, m: _ChestMaps, vols: _ChestVolumes, k: int, z: float, T: np.ndarray) -> None:
+    """Render axial slice ``k`` (height ``z`` mm, texture ``T`` (y, x)) into ``vols``."""
+    t = z / an.height
+    s = vols.img[k]
+    inb, cav_d = _paint_wall(an, m, s, T, z, t)
+    rr = _paint_ribs(an, m, s, cav_d, z)
+    cav_in = (cav_d > 0) & inb
+    hq = m.hq2 + ((z - an.heart[2]) / an.heart[5]) ** 2
+    _paint_mediastinum(an, m, s, T, z, t, cav_in, hq)
+    bone = _paint_spine(an, m, s, T, z, t, inb)
+    lg = _lung_mask(an, m, z, t, cav_in, cav_d, hq)
+    lg &= ~rr
+    s[lg] = m.lung_base[lg] + 22 * T[lg]
+    vols.body[k] = inb
+    vols.wall[k] = cav_d
+    vols.bone[k] = rr | bone
+    vols.lung[k] = lg
+    vols.soft[k] = (
+        lg | (cav_in & (s < -50) & (s > -150) & (z > m.z_dia)) | (np.abs(m.hil_z - z) < 60) & cav_in
+    )
+
+
+def _paint_table(an: Anatomy, m: _ChestMaps, img: np.ndarray, rng: np.random.Generator) -> None:
+    """Paint the scanner table (two curved plates with foam between) below the back into ``img`` (z, y, x) HU."""
+    X2, Y2 = m.X2, m.Y2
+    yt = an.B_post + rng.uniform(0.5, 4.0) - 0.0009 * X2**2
+    tab = (
+        ((np.abs(Y2 - yt) < 1.6) | (np.abs(Y2 - yt - 28) < 2.2)) & (np.abs(X2) < an.A * 1.25) & (m.body_d < 0)
+    )
+    foam = (Y2 > yt) & (Y2 < yt + 28) & (np.abs(X2) < an.A * 1.25) & (m.body_d < 0)
+    img[:, foam] = -920.0
+    img[:, tab] = 120.0
+
+
+def render_anatomy(
+    an: Anatomy, grid: Grid, tex: np.ndarray, rng: np.random.Generator, table: bool
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Render the chest without vessels or tumours.
+
+    ``tex`` (z, y, x) is a unit-std texture on ``grid``; ``rng`` draws the table height when ``table``.
+
+    Returns:
+        img (z, y, x) float32 HU, and masks (z, y, x) {"lung": bool, "side": int8 (+1 left, -1 right, 0),
+        "soft": bool (where vessels may be drawn), "bone": bool, "body": bool, "wall_depth": float32 mm
+        (depth inside the thoracic cavity)}.
+    """
+    zc, _, _ = grid.axes()
+    m = _chest_maps(an, grid, tex[0])
+    vols = _ChestVolumes.empty(grid.shape)
     for k, z in enumerate(zc):
-        t = z / an.height
-        s = img[k]
-        T = tex[k]
-        top = max(0.0, (t - 1.05) / 0.5)
-        bscale = 1.0 - 0.25 * min(top, 1.0)
-        inb = body_d > an.A * (1 - bscale)
-        taper = 0.8 + 0.2 * np.sqrt(np.clip(1.0 - t, 0.0, 1.0))  # the chest narrows towards the apex
-        cav_d = (
-            cav_d0 if t <= 0 else _ellipse_depth(X2, Y2, ca * taper, cb_ant * (0.9 + 0.1 * taper), cb_post)[0]
-        )
-        s[inb] = an.hu_muscle + 6 * T[inb]
-        fat = inb & (body_d - an.A * (1 - bscale) < fat_t)
-        s[fat] = an.hu_fat + 8 * T[fat]
-        body[k] = inb
-        incav = cav_d > 0
-        wall[k] = cav_d
-        s[inb & ~incav & (T > 2.0) & ~fat] = an.hu_fat  # intermuscular fat
-        # ribs: oblique bands outside the cavity, lower in front
-        ring = (cav_d < 0) & (cav_d > -rib_t) & (g < 0.9) & (z < an.height + 15)
-        ph = np.mod(z - an.rib_drop * g[ring] - an.rib_phase, an.rib_pitch)
-        u = (-cav_d[ring] - rib_t / 2) / (rib_t / 2)
-        v = (ph - rib_h / 2) / (rib_h / 2)
-        e = u * u + v * v
-        rr = np.zeros_like(ring)
-        rr[ring] = e < 1
-        cort = np.zeros_like(ring)
-        cort[ring] = (e < 1) & (e > 0.45)
-        s[rr] = 220.0
-        s[cort] = 750.0
-        bone[k] |= rr
-        cart = (cav_d < 0) & (cav_d > -rib_t) & (g >= 0.9) & (np.abs(X2) > 14) & (np.abs(X2) < 45)
-        cart &= np.mod(z - an.rib_drop - an.rib_phase, an.rib_pitch) < rib_h
-        s[cart] = 110.0
-        # cavity content: mediastinal fat by default; abdomen below the diaphragm
-        cav_in = incav & inb
-        s[cav_in] = an.hu_fat + 12 * T[cav_in]
-        abd = cav_in & (z < z_dia)
-        s[abd & liver] = an.hu_liver + 5 * T[abd & liver]
-        s[abd & ~liver] = an.hu_muscle + 8 * T[abd & ~liver]
-        # lungs
-        w = w_base * (1.0 + 0.6 * max(0.0, 0.5 - t)) if t < 1 else w_base
-        lg = cav_in & (z > z_dia) & (z < z_top) & (absx > w) & (cav_d > 2.0)
-        if t < 0.8:
-            lg &= not_med
-        else:
-            lg &= vb > sr + 4
-        # heart with pericardial fat
-        hq = hq2 + ((z - hz) / haz) ** 2
-        lg &= hq > 1.12
-        heart = cav_in & (hq < 1.0) & (z > z_dia - 15)
-        s[heart] = an.hu_blood * 0.85 + 8 * T[heart] if an.hu_blood > 100 else an.hu_muscle
-        # vertebra, canal, posterior elements
-        if t < 0.8 and z > z_dia.min() - 40:
-            s[da < an.aorta_r] = an.hu_blood
-        if 0.45 < t < 0.8:  # ascending aorta and superior vena cava
-            s[asc_svc & cav_in] = an.hu_blood
-            lg &= ~asc_svc
-        if 0.72 < t < 0.82:  # aortic arch, from front right to back left
-            s[arch2 & cav_in] = an.hu_blood
-            lg &= ~arch2
-        if t > 0.62:
-            s[(tr < 10.5) & cav_in] = an.hu_muscle
-            s[tr < 8.5] = -1000.0
-            lg &= tr > 12
-        s[oes & cav_in & (z > z_dia)] = an.hu_muscle
-        vdisc = np.mod(z - an.rib_phase, an.vert_pitch) < 5.0
-        s[vbody] = 80.0 if vdisc else 230.0 + 20 * T[vbody]
-        if not vdisc:
-            s[vcort] = 700.0
-        post = post0 | tproc if np.mod(z - an.rib_phase, an.vert_pitch) > 0.55 * an.vert_pitch else post0
-        s[post & inb] = 600.0
-        s[canal <= 7] = 35.0
-        bone[k] |= vbody | (post & inb)
-        if 0.2 < t < 1.0:
-            s[st] = 350.0
-            bone[k] |= st
-        lg &= ~rr
-        s[lg] = lung_base[lg] + 22 * T[lg]
-        lung[k] = lg
-        soft[k] = (
-            lg
-            | (cav_in & (s < -50) & (s > -150) & (z > z_dia))
-            | (np.abs(hil[:, 2].mean() - z) < 60) & cav_in
-        )
-    side3 = np.broadcast_to(np.sign(X2 - 4.0).astype(np.int8), grid.shape) * lung
+        _render_slice(an, m, vols, k, z, tex[k])
+    side3 = np.broadcast_to(np.sign(m.X2 - 4.0).astype(np.int8), grid.shape) * vols.lung
     if table:
-        yt = an.B_post + rng.uniform(0.5, 4.0) - 0.0009 * X2**2
-        tab = (
-            ((np.abs(Y2 - yt) < 1.6) | (np.abs(Y2 - yt - 28) < 2.2))
-            & (np.abs(X2) < an.A * 1.25)
-            & (body_d < 0)
-        )
-        foam = (Y2 > yt) & (Y2 < yt + 28) & (np.abs(X2) < an.A * 1.25) & (body_d < 0)
-        img[:, foam] = -920.0
-        img[:, tab] = 120.0
-    return img, {"lung": lung, "side": side3, "soft": soft, "bone": bone, "body": body, "wall_depth": wall}
-
-
-# ----------------------------------------------------------------------------- tubes (vessels, airways)
-
-
-def grow_tree(rng: np.random.Generator, root: np.ndarray, pts: np.ndarray, r_leaf: float) -> np.ndarray:
-    """A branching tree from ``root`` to every point of ``pts`` (N, 3) mm by recursive median splits.
-
-    Radii follow Murray's law (r = r_leaf * n**(1/3) for a branch feeding n end points).
-    Returns segments (S, 9): ax, ay, az, bx, by, bz, r_a, r_b, generation.
-    """
-    segs: list[list[float]] = []
-    stack = [(np.asarray(root, float), pts, 0)]
-    while stack:
-        start, p, gen = stack.pop()
-        n = len(p)
-        r = r_leaf * n ** (1 / 3)
-        if n == 1:
-            segs.append([*start, *p[0], r, 0.55 * r_leaf, gen])
-            continue
-        c = p.mean(0)
-        v = c - start
-        end = start + rng.uniform(0.3, 0.55) * v + rng.normal(0, 0.06 * np.linalg.norm(v) + 0.5, 3)
-        mid = (start + end) / 2 + rng.normal(0, 0.05 * np.linalg.norm(end - start) + 0.2, 3)
-        segs.append([*start, *mid, r, r * 0.97, gen])
-        segs.append([*mid, *end, r * 0.97, r * 0.94, gen])
-        q = p - c
-        w, vec = np.linalg.eigh(q.T @ q)
-        order = np.argsort(q @ vec[:, -1])
-        half = n // 2 if n < 4 else int(n * rng.uniform(0.35, 0.65))
-        half = min(max(half, 1), n - 1)
-        stack.append((end, p[order[:half]], gen + 1))
-        stack.append((end, p[order[half:]], gen + 1))
-    return np.asarray(segs, float)
-
-
-def widen_near_root(segs: np.ndarray, root: np.ndarray, boost: float, length_mm: float) -> np.ndarray:
-    """``segs`` (as from :func:`grow_tree`) with each end's radius times ``1 + boost * exp(-d / length_mm)``,
-    d its distance (mm) from ``root``: a tree whose trunk is as thick as the central pulmonary arteries and veins
-    where they leave the hilum (Murray's law from a few hundred end points gives only about half of it)."""
-    out = np.array(segs, dtype=float, copy=True)
-    root = np.asarray(root, dtype=float)
-    for end, col in ((slice(0, 3), 6), (slice(3, 6), 7)):
-        d = np.linalg.norm(out[:, end] - root, axis=1)
-        out[:, col] *= 1.0 + boost * np.exp(-d / length_mm)
-    return out
-
-
-def raster_tubes(occ: np.ndarray, segs: np.ndarray, grid: Grid, grow: float = 0.0) -> None:
-    """Draw tapered capsules (segments as from :func:`grow_tree`, radii + ``grow`` mm) into ``occ`` (max, in place).
-
-    ``occ`` (z, y, x) float32 gets the anti-aliased fraction of each voxel covered, so vessels thinner than a
-    voxel come out faint (partial volume).
-    """
-    h = grid.h
-    nz, ny, nx = grid.shape
-    zc, yc, xc = grid.axes()
-    for s in segs:
-        a, b = s[0:3], s[3:6]
-        ra, rb = s[6] + grow, s[7] + grow
-        if max(ra, rb) <= 0.05:
-            continue
-        rm = max(ra, rb) + h
-        lo = np.minimum(a, b) - rm
-        hi = np.maximum(a, b) + rm
-        i0, i1 = (
-            max(int(np.floor((lo[0] - grid.x0) / grid.dx)), 0),
-            min(int(np.ceil((hi[0] - grid.x0) / grid.dx)) + 1, nx),
-        )
-        j0, j1 = (
-            max(int(np.floor((lo[1] - grid.y0) / grid.dy)), 0),
-            min(int(np.ceil((hi[1] - grid.y0) / grid.dy)) + 1, ny),
-        )
-        k0, k1 = (
-            max(int(np.floor((lo[2] - grid.z0) / grid.dz)), 0),
-            min(int(np.ceil((hi[2] - grid.z0) / grid.dz)) + 1, nz),
-        )
-        if i0 >= i1 or j0 >= j1 or k0 >= k1:
-            continue
-        ab = b - a
-        L2 = float(ab @ ab) + 1e-9
-        X = xc[i0:i1][None, None, :] - a[0]
-        Y = yc[j0:j1][None, :, None] - a[1]
-        Z = zc[k0:k1][:, None, None] - a[2]
-        t = np.clip((X * ab[0] + Y * ab[1] + Z * ab[2]) / L2, 0.0, 1.0)
-        d = np.sqrt((X - t * ab[0]) ** 2 + (Y - t * ab[1]) ** 2 + (Z - t * ab[2]) ** 2)
-        r = ra + (rb - ra) * t
-        val = np.clip((r - d) / h + 0.5, 0.0, 1.0) * np.minimum(1.0, 2.0 * r / h)
-        sub = occ[k0:k1, j0:j1, i0:i1]
-        np.maximum(sub, val.astype(np.float32), out=sub)
+        _paint_table(an, m, vols.img, rng)
+    return vols.img, {
+        "lung": vols.lung,
+        "side": side3,
+        "soft": vols.soft,
+        "bone": vols.bone,
+        "body": vols.body,
+        "wall_depth": vols.wall,
+    }

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lungtumor.data.anatomy import (
-    Anatomy,
-    Grid,
-    smooth_noise,
-)
+from lungtumor.data.anatomy import Anatomy
+from lungtumor.data.geometry import Grid, smooth_noise
 from lungtumor.imaging.components import label_components
 
 #: Where a tumour sits: against the chest wall, at the hilum (vessels, mediastinum), or inside the lung.

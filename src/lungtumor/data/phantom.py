@@ -30,14 +30,8 @@ from scipy import ndimage as ndi
 from tqdm import tqdm
 
 from lungtumor.core.errors import InputError, atomic_write_text, ensure_writable_dir
-from lungtumor.data.anatomy import (
-    grow_tree,
-    raster_tubes,
-    render_anatomy,
-    sample_anatomy,
-    smooth_noise,
-    widen_near_root,
-)
+from lungtumor.data.anatomy import render_anatomy, sample_anatomy
+from lungtumor.data.geometry import grow_tree, raster_tubes, smooth_noise, widen_near_root
 from lungtumor.data.lesions import (
     HILAR_BOOST,
     LESION_PLANS,

@@ -1,9 +1,12 @@
-"""The HTML of the case report: template, inline CSS and JS, tables, loss curves.
+"""The HTML of the case report: a jinja2 template with autoescape, inline CSS and JS, tables, loss curves.
 
-Everything here builds one string. Every value that comes from input files goes through :func:`esc`
-(``html.escape``); the viewer's data travels as JSON inside ``<script type="application/json">`` with
-``<``, ``>`` and ``&`` escaped, and a Content-Security-Policy allows only this page's own script (by hash),
-inline styles and ``data:`` images, so nothing can be fetched and injected markup could not run script.
+The page is ``templates/report.html.j2``, rendered with autoescape on and ``StrictUndefined``, so every value
+from input files (case name, file names, DICOM tags, lesion fields, config values) is HTML-escaped by the
+template. Only fragments this module builds itself are passed as :class:`markupsafe.Markup`: the CSS and
+script constants, the Content-Security-Policy, the viewer's JSON and ``data:`` image URIs. The viewer's data
+travels as JSON inside ``<script type="application/json">`` with ``<``, ``>`` and ``&`` escaped, and the
+Content-Security-Policy allows only this page's own script (by hash), inline styles and ``data:`` images, so
+nothing can be fetched and injected markup could not run script.
 """
 
 from __future__ import annotations
@@ -12,15 +15,17 @@ import base64
 import csv
 import datetime as _dt
 import hashlib
-import html
 import io
 import json
 import math
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -52,12 +57,6 @@ LESION_LABELS = {
     "size_category": "Size category",
     "n_voxels": "Voxels",
 }
-
-
-def esc(value: Any) -> str:
-    """HTML-escape ``str(value)`` (quotes included)."""
-
-    return html.escape(str(value), quote=True)
 
 
 def _json_for_script(obj: Any) -> str:
@@ -100,12 +99,9 @@ def fmt_value(key: str, v: Any) -> str:
     return str(v)
 
 
-def _num_class(v: Any) -> str:
-    return (
-        ' class="num"'
-        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-        else ""
-    )
+def _is_num(v: Any) -> bool:
+    """Whether a table cell holds a number (right-aligned)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 def _merge_slice_span(row: dict[str, Any]) -> dict[str, Any]:
@@ -121,24 +117,24 @@ def _merge_slice_span(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def lesion_table(rows: Sequence[dict[str, Any]], key_slices: Sequence[int | None]) -> str:
-    """The lesion table; rows with a key slice jump the viewer to it when clicked."""
+def lesion_table(rows: Sequence[dict[str, Any]], key_slices: Sequence[int | None]) -> dict[str, Any] | None:
+    """The lesion table as template data (``None`` without lesions): header cells, and rows with their key
+    slice (the viewer jumps to it when the row is clicked) and cells; texts unescaped."""
     if not rows:
-        return '<p class="empty" id="lesion-table">No lesion in the mask.</p>'
+        return None
     rows = [_merge_slice_span(r) for r in rows]
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    head = "".join(f"<th{_num_class(rows[0].get(k))}>{esc(_header(k))}</th>" for k in keys)
-    body = []
-    for r, z in zip(rows, key_slices, strict=False):
-        attr = f' data-slice="{int(z)}" title="Show slice {int(z)}" tabindex="0"' if z is not None else ""
-        cells = "".join(f"<td{_num_class(r.get(k))}>{esc(fmt_value(k, r.get(k)))}</td>" for k in keys)
-        body.append(f"<tr{attr}>{cells}</tr>")
-    return (
-        f'<div class="table-wrap"><table id="lesion-table" class="data"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table></div>"
-    )
+    head = [{"text": _header(k), "num": _is_num(rows[0].get(k))} for k in keys]
+    body = [
+        {
+            "slice": None if z is None else int(z),
+            "cells": [{"text": fmt_value(k, r.get(k)), "num": _is_num(r.get(k))} for k in keys],
+        }
+        for r, z in zip(rows, key_slices, strict=False)
+    ]
+    return {"head": head, "rows": body}
 
 
 def _num(v: float, digits: int) -> str:
@@ -270,42 +266,63 @@ def plot_metrics_csv(path: Path) -> bytes | None:
 # ----------------------------------------------------------------------------- page
 
 
-def _card(label: str, value: str, ident: str) -> str:
-    return f'<div class="stat" id="{ident}"><div class="stat-value">{esc(value)}</div><div class="stat-label">{esc(label)}</div></div>'
+@cache
+def _environment() -> Environment:
+    """The jinja2 environment of the report templates (autoescape on, undefined names are errors)."""
+    return Environment(
+        loader=PackageLoader("lungtumor.report", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
-def _summary_cards(lesions: Sequence[dict[str, Any]], viewer: dict[str, Any], mask: Volume) -> str:
+def _summary_cards(
+    lesions: Sequence[dict[str, Any]], viewer: dict[str, Any], mask: Volume
+) -> list[dict[str, str]]:
+    """The summary cards above the viewer as ``{"ident", "value", "label"}`` dicts."""
     total_ml = float(np.count_nonzero(mask.array)) * mask.voxel_volume_mm3 / 1000.0
     n_tum = int(np.count_nonzero(np.count_nonzero(mask.array.reshape(mask.shape[0], -1), axis=1)))
     cards = [
-        _card("lesions", str(len(lesions)), "stat-lesions"),
-        _card("total tumour volume", f"{total_ml:.2f} mL", "stat-volume"),
-        _card("slices with tumour", f"{n_tum} of {viewer['n_total']}", "stat-slices"),
+        {"ident": "stat-lesions", "value": str(len(lesions)), "label": "lesions"},
+        {"ident": "stat-volume", "value": f"{total_ml:.2f} mL", "label": "total tumour volume"},
+        {"ident": "stat-slices", "value": f"{n_tum} of {viewer['n_total']}", "label": "slices with tumour"},
     ]
     diam = [r.get("diameter_3d_mm") or r.get("max_3d_diameter_mm") or r.get("long_axis_mm") for r in lesions]
     diam = [float(d) for d in diam if isinstance(d, (int, float)) and math.isfinite(float(d))]
     if diam:
-        cards.append(_card("largest diameter", f"{max(diam):.1f} mm", "stat-diameter"))
-    return '<div class="stats">' + "".join(cards) + "</div>"
+        cards.append({"ident": "stat-diameter", "value": f"{max(diam):.1f} mm", "label": "largest diameter"})
+    return cards
 
 
-def _ticks(viewer: dict[str, Any]) -> str:
+def _ticks(viewer: dict[str, Any]) -> list[str]:
+    """Slider tick positions (percent, formatted) of the embedded slices with tumour."""
     m = len(viewer["z"])
-    marks = []
-    for i, a in enumerate(viewer["area_mm2"]):
-        if a > 0:
-            left = 100.0 * i / max(1, m - 1)
-            marks.append(f'<span style="left:{left:.3f}%"></span>')
-    return '<div class="ticks" aria-hidden="true">' + "".join(marks) + "</div>"
+    return [f"{100.0 * i / max(1, m - 1):.3f}" for i, a in enumerate(viewer["area_mm2"]) if a > 0]
 
 
-def _curves_html(curves: dict[str, str | None] | None) -> str:
-    """The training-curves section's body: the loss-curve image, or why there is none."""
+def _curves_context(curves: dict[str, str | None] | None) -> dict[str, Any] | None:
+    """The training-curves section's template data: the loss-curve image, or why there is none."""
     if curves is None:
-        return '<p class="empty">No training run folder given (use <code>--run-dir</code>).</p>'
-    if curves.get("img"):
-        return f'<figure><img id="loss-curves" class="curves" src="{curves["img"]}" alt="training loss curves"><figcaption>From {esc(curves["source"])}</figcaption></figure>'
-    return f'<p class="empty">{esc(curves.get("note") or "")}</p>'
+        return None
+    img = curves.get("img")
+    return {
+        # Trusted: a data: URI that loss_curve_section built from base64 (no quote, < or &).
+        "img": Markup(img) if img else None,
+        "source": curves.get("source") or "",
+        "note": curves.get("note") or "",
+    }
+
+
+def _csp(script: str) -> str:
+    """The Content-Security-Policy: no fetches, inline styles, ``data:`` images, only ``script`` may run."""
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    return (
+        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+        f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'"
+    )
 
 
 def render_html(
@@ -321,87 +338,38 @@ def render_html(
     curves: dict[str, str | None] | None,
 ) -> str:
     """The whole report page as one self-contained HTML string."""
-    script = SCRIPT
-    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
-    csp = (
-        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-        f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'"
-    )
     i0 = viewer["default"]
     w, h = viewer["size"]
-    ori = (
-        '<span class="ori ori-t">A</span><span class="ori ori-b">P</span>'
-        '<span class="ori ori-l">R</span><span class="ori ori-r">L</span>'
-        if viewer["axis_aligned"]
-        else ""
-    )
     ov0 = viewer["overlay"][i0] if viewer["z"] else None
     ct0 = viewer["ct"]["lung"][i0] if viewer["z"] else ""
-    meta_html = "".join(
-        f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in metadata_rows(case, image, mask, meta)
-    )
-    curves_html = _curves_html(curves)
-    note = f'<p class="note">{esc(lesion_note)}</p>' if lesion_note else ""
-    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{csp}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<title>{esc(case)} · lung tumour report</title>
-<style>{CSS}</style>
-</head>
-<body>
-<header class="top">
-  <div class="brand">lungtumor · CT lung tumour report</div>
-  <h1 id="case-name">{esc(case)}</h1>
-  <div class="sub">Generated {esc(now)} by lungtumor {esc(__version__)}</div>
-</header>
-<main>
-{_summary_cards(lesions, viewer, mask)}
-<section class="card" id="viewer">
-  <h2>Axial slices</h2>
-  <div class="viewer">
-    <div class="stage" id="stage" style="aspect-ratio:{w}/{h}">
-      <img id="ct-image" src="{ct0}" alt="CT slice">
-      <img id="overlay-image" src="{ov0 or ""}" alt="tumour overlay"{"" if ov0 else " hidden"}>
-      {ori}
-    </div>
-    <div class="controls">
-      <div class="readout"><span id="slice-number">Slice {viewer["z"][i0] if viewer["z"] else 0} / {viewer["n_total"] - 1}</span>
-        <span id="slice-position"></span><span id="slice-area"></span></div>
-      <input type="range" id="slice-slider" min="0" max="{max(0, len(viewer["z"]) - 1)}" value="{i0}" aria-label="Slice">
-      {_ticks(viewer)}
-      <div class="row"><span class="lbl">Window</span>
-        <label><input type="radio" name="window" id="window-lung" value="lung" checked> Lung (W1500 / L−600)</label>
-        <label><input type="radio" name="window" id="window-mediastinal" value="mediastinal"> Mediastinal (W400 / L40)</label></div>
-      <div class="row"><label><input type="checkbox" id="overlay-toggle" checked> <span class="swatch"></span> Tumour overlay</label></div>
-      <div class="row"><button type="button" id="jump-largest">Go to largest tumour slice</button></div>
-      <p class="hint">Drag the slider, use the arrow keys, or scroll over the image. Red ticks mark slices with tumour.
-        Slice numbers are 0-based array indices, as in the lesion table; {len(viewer["z"])} of {viewer["n_total"]} slices are embedded.</p>
-    </div>
-  </div>
-</section>
-<section class="card" id="lesions">
-  <h2>Lesions</h2>
-  {lesion_table(lesions, key_slices)}
-  {note}
-  <p class="note">Click a row to show its slice. The size category follows the AJCC 8th edition T size thresholds by greatest dimension; it is a size category, not a stage.</p>
-</section>
-<section class="card" id="training">
-  <h2>Training curves</h2>
-  {curves_html}
-</section>
-<section class="card" id="metadata">
-  <h2>Input</h2>
-  <div class="table-wrap"><table id="metadata-table" class="kv">{meta_html}</table></div>
-</section>
-</main>
-<footer>Automatic segmentation for research use; not a diagnostic device. Review every result.</footer>
-<script type="application/json" id="report-data">{_json_for_script(viewer)}</script>
-<script>{script}</script>
-</body>
-</html>
-"""
+    context = {
+        "case": case,
+        "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "version": __version__,
+        # Trusted, built here from constants and a base64 hash; escaping would turn its quotes into entities.
+        "csp": Markup(_csp(SCRIPT)),
+        # Trusted constants of this package; raw text inside <style>/<script>, where entities are not decoded
+        # (and the script must stay byte-identical to match its CSP hash).
+        "css": Markup(CSS),
+        "script": Markup(SCRIPT),
+        # Trusted: JSON with <, > and & escaped as \u003c etc., safe raw inside <script>.
+        "data_json": Markup(_json_for_script(viewer)),
+        # Trusted: data: URIs that the writer built from base64 PNG/JPEG bytes.
+        "ct_src": Markup(ct0),
+        "overlay_src": Markup(ov0) if ov0 else "",
+        "width": w,
+        "height": h,
+        "axis_aligned": bool(viewer["axis_aligned"]),
+        "slice_index": viewer["z"][i0] if viewer["z"] else 0,
+        "n_total": viewer["n_total"],
+        "n_embedded": len(viewer["z"]),
+        "slider_max": max(0, len(viewer["z"]) - 1),
+        "slider_value": i0,
+        "ticks": _ticks(viewer),
+        "cards": _summary_cards(lesions, viewer, mask),
+        "lesion_table": lesion_table(lesions, key_slices),
+        "lesion_note": lesion_note,
+        "curves": _curves_context(curves),
+        "metadata": metadata_rows(case, image, mask, meta),
+    }
+    return _environment().get_template("report.html.j2").render(context)

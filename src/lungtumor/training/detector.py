@@ -1,5 +1,6 @@
-"""Training the 3D nodule detector beside a 2D model: candidate cubes from a prepared cache, hard-negative
-mining, training, and storing its weights in the run's checkpoint (``train_for_run``).
+"""Training the 3D nodule detector beside a 2D model: candidate cubes from a prepared cache, training
+(``training.detector_module``, under Lightning), and storing its weights in the run's checkpoint
+(``train_for_run``).
 
 Prediction with it is ``inference.detector``; how its lesions join the 2D mask is ``postprocessing.detector``.
 """
@@ -14,7 +15,6 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -25,37 +25,12 @@ from scipy import ndimage as ndi
 
 from lungtumor.core.config import NoduleConfig, PrepConfig
 from lungtumor.core.config_io import from_dict
-from lungtumor.core.errors import InputError
 from lungtumor.core.runtime import cpu_has_bf16
 from lungtumor.imaging.resample import resample
 from lungtumor.inference.checkpoint import add_detector_to_checkpoint
-from lungtumor.inference.detector import (
-    CL3D,
-    PATCH_HU,
-    bf16_autocast,
-    cube_logits,
-    cubes_in,
-    extract_patches,
-    input_to_hu,
-    iso_patches,
-)
-from lungtumor.models.nodule3d import NodulePatchNet
+from lungtumor.inference.detector import PATCH_HU, extract_patches, input_to_hu, iso_patches
 from lungtumor.preprocessing.frame import frame_spacing, geometry_of
-
-
-@dataclass
-class PatchSet:
-    """Training patches of many cases.
-
-    Attributes:
-        hu: float16 (N, P, P, P) HU cubes around candidates.
-        seg: uint8 (N, P, P, P) tumour mask of the same cubes.
-        lesion: int (N,) a per-set lesion id when the candidate's centre lies in a tumour, else -1.
-    """
-
-    hu: np.ndarray
-    seg: np.ndarray
-    lesion: np.ndarray
+from lungtumor.training.detector_module import PatchSet, train_detector
 
 
 def case_patches(
@@ -129,114 +104,6 @@ def cache_patches(cache: str | Path, names: Sequence[str], cfg: NoduleConfig, wo
     return PatchSet(np.concatenate(hu), np.concatenate(seg), np.concatenate(lesion))
 
 
-def _augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The same random flips of all three axes and in-plane transpose for cubes (B, P, P, P) and masks."""
-    for ax in (1, 2, 3):
-        if rng.random() < 0.5:
-            x, y = np.flip(x, ax), np.flip(y, ax)
-    if rng.random() < 0.5:
-        x, y = np.swapaxes(x, 2, 3), np.swapaxes(y, 2, 3)
-    return np.ascontiguousarray(x), np.ascontiguousarray(y)
-
-
-def train_detector(
-    patches: PatchSet,
-    cfg: NoduleConfig,
-    *,
-    seed: int = 0,
-    bf16: bool = True,
-    device: torch.device | str = "cpu",
-    log=None,
-) -> NodulePatchNet:
-    """Train the detector on ``patches``: each batch is half tumour-centred cubes (each lesion as likely as
-    any other, so small nodules weigh like big masses) and half other candidates.
-
-    Hard negatives: halfway, ``cfg.mine_pool`` random non-tumour candidates are scored and the quarter
-    that looks most like tumour (vessel ends and junctions, hilar vessels) becomes a hard pool; from then on
-    ``cfg.hard_negatives`` of each batch's negatives come from it.
-
-    Loss: BCE on the score + BCE and soft Dice (cubes that hold tumour) on the segmentation. AdamW with a
-    one-cycle schedule peaking at ``cfg.lr``. Seeded: the same patches and seed give the same weights.
-
-    Raises:
-        InputError: no candidate lies in a tumour, or none lies outside one.
-    """
-    pos = np.flatnonzero(patches.lesion >= 0)
-    neg = np.flatnonzero(patches.lesion < 0)
-    if len(pos) == 0 or len(neg) == 0:
-        raise InputError(
-            "nodule detector",
-            f"needs tumour and non-tumour candidates, got {len(pos)} and {len(neg)} "
-            "(too few or too small tumours in the training cases? set nodule.enabled: false)",
-        )
-    _, inv = np.unique(patches.lesion[pos], return_inverse=True)
-    weight = 1.0 / np.bincount(inv)[inv]
-    weight /= weight.sum()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    dev = torch.device(device)
-    net = NodulePatchNet(cfg.channels).to(dev, memory_format=CL3D)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
-    half = cfg.batch_size // 2
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-    net.train()
-    t0 = time.perf_counter()
-    n_neg = cfg.batch_size - half
-    hard = np.zeros(0, np.int64)
-    for step in range(cfg.steps):
-        if step == cfg.steps // 2 and cfg.hard_negatives > 0:
-            hard = _mine(net, patches, neg, rng, cfg, dev, bf16)
-            net.train()
-        n_hard = int(round(n_neg * cfg.hard_negatives)) if len(hard) else 0
-        idx = np.concatenate(
-            [
-                rng.choice(pos, half, p=weight),
-                rng.choice(neg, n_neg - n_hard),
-                rng.choice(hard, n_hard) if n_hard else np.zeros(0, np.int64),
-            ]
-        )
-        x, y = _augment(rng, patches.hu[idx], patches.seg[idx])
-        xt = cubes_in(x, dev)
-        yt = torch.from_numpy(y.astype(np.float32)).to(dev)
-        label = torch.from_numpy((patches.lesion[idx] >= 0).astype(np.float32)).to(dev)
-        with bf16_autocast(dev, bf16):
-            score, seg = net(xt)
-        score, seg = score.float(), seg.float()
-        prob = torch.sigmoid(seg)
-        has = yt.sum(dim=(1, 2, 3)) > 0
-        inter = (prob * yt).sum(dim=(1, 2, 3))
-        denom = prob.sum(dim=(1, 2, 3)) + yt.sum(dim=(1, 2, 3))
-        soft_dice = (1 - (2 * inter + 1) / (denom + 1))[has].mean() if has.any() else seg.sum() * 0
-        loss = bce(score, label) + bce(seg, yt) + soft_dice
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if log is not None and (step % 100 == 0 or step == cfg.steps - 1):
-            log(
-                f"nodule detector step {step + 1}/{cfg.steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)"
-            )
-    return net.cpu().eval()
-
-
-@torch.no_grad()
-def _mine(
-    net: NodulePatchNet,
-    patches: PatchSet,
-    neg: np.ndarray,
-    rng: np.random.Generator,
-    cfg: NoduleConfig,
-    dev: torch.device,
-    bf16: bool,
-) -> np.ndarray:
-    """Indices of the hardest quarter of ``cfg.mine_pool`` random negatives (highest scores)."""
-    pool = rng.choice(neg, min(len(neg), cfg.mine_pool), replace=False)
-    net.eval()
-    order = np.argsort(-cube_logits(net, patches.hu, dev, bf16, pool), kind="stable")
-    return pool[order[: max(1, len(pool) // 4)]]
-
-
 def train_for_run(cache: Any, run_dir: Path, cfg: Any, *, progress: bool = True) -> float:
     """``lungtumor train``'s last step when ``cfg.nodule.enabled``: patches from every labelled case of the
     prepared cache ``cache`` (``data.PreparedCache``; training and validation cases), train, store the
@@ -269,6 +136,8 @@ def train_for_run(cache: Any, run_dir: Path, cfg: Any, *, progress: bool = True)
 
     auto = cfg.train.precision == "auto" and (use_cuda or cpu_has_bf16())
     bf16 = cfg.train.precision.startswith("bf16") or auto
-    net = train_detector(patches, cfg.nodule, seed=cfg.train.seed, bf16=bf16, device=device, log=log)
+    net = train_detector(
+        patches, cfg.nodule, seed=cfg.train.seed, bf16=bf16, device=device, log=log, tb_dir=Path(run_dir)
+    )
     add_detector_to_checkpoint(Path(run_dir) / "checkpoints" / "best.ckpt", net, cfg.nodule)
     return time.perf_counter() - t0
