@@ -23,21 +23,21 @@ from lungtumor.core.presets import preset
 from lungtumor.evaluation.evaluate import evaluate_case
 from lungtumor.imaging.io import read_mask, read_volume
 from lungtumor.inference.checkpoint import load_any
-from lungtumor.inference.predictor import predict_any
+from lungtumor.inference.predictor import Predictor
 from lungtumor.postprocessing.filters import remove_small_components
 
 
 def score(run: Path, data: Path) -> dict:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    m = load_any(run)
+    predictor = Predictor(
+        [load_any(run)], device=dev, precision="bf16" if dev.type == "cuda" else "32", batch_size=16
+    )
     raw, pp, t = [], [], []
     for img in sorted((data / "imagesTs").glob("*.nii.gz")):
         vol = read_volume(img)
         gt = read_mask(data / "labelsTs" / img.name, reference=vol).array
         t0 = time.perf_counter()
-        _, mask = predict_any(
-            m, vol, device=dev, threshold=0.5, precision="bf16" if dev.type == "cuda" else "32"
-        )
+        _, mask = predictor.predict(vol, threshold=0.5)
         t.append(time.perf_counter() - t0)
         sp = vol.spacing[::-1]
         raw.append(evaluate_case(mask, gt, sp).dice)

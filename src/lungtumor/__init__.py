@@ -41,6 +41,8 @@ _API: dict[str, tuple[str, str]] = {
     "train": ("lungtumor.training.seg2d", "train"),
     "report": ("lungtumor.report.writer", "report_files"),
     "run_demo": ("lungtumor.workflows.demo", "run_demo"),
+    "compare": ("lungtumor.workflows.compare", "compare"),
+    "Predictor": ("lungtumor.inference.predictor", "Predictor"),
 }
 
 __all__ = ["__version__", *_API]

@@ -20,6 +20,7 @@ from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
 from lungtumor.report.writer import report_files
 from lungtumor.training.seg2d import train
 from lungtumor.training.seg3d import train3d
+from lungtumor.workflows.compare import compare
 from lungtumor.workflows.cv import format_cv_summary, run_benchmark_msd, run_cv
 from lungtumor.workflows.demo import run_demo
 from lungtumor.workflows.predict import PredictOptions, collect_inputs, predict_paths
@@ -215,4 +216,16 @@ def cmd_benchmark_msd(args) -> int:
         f"{b['folds']}-fold CV of {b['preset']} on {b['n_cases']} cases: mean per-case Dice "
         f"{b['mean_per_case_dice']:.4f} (nnU-Net {b['nnunet_reference_dice']:.2f}); written to {args.out}"
     )
+    return 0
+
+
+def cmd_compare(args) -> int:
+    result = compare(args.baseline, args.followup, args.out, baseline_mask=args.baseline_mask,
+                     followup_mask=args.followup_mask, model=args.model, interval_days=args.interval_days,
+                     affine=args.affine, device=args.device, progress=not args.quiet)  # fmt: skip
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(result.summary_line())
+    for p in result.outputs:
+        print(p)
     return 0

@@ -278,6 +278,40 @@ def _add_benchmark_msd(sub) -> None:
     p.set_defaults(cmd="benchmark_msd")
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare a follow-up CT with its baseline: registration, lesion matching, RECIST 1.1 size category, "
+        "volume change (a size measurement, not a diagnosis)",
+        description="Registers the follow-up to the baseline on the lungs (rigid, optionally affine), matches the "
+        "lesions (overlap, then centroid distance within 15 mm), chooses RECIST 1.1 target lesions at baseline and "
+        "writes OUT/response.json (category, rule, sums, targets, registration residual), OUT/lesions.csv (a row "
+        "per matched pair, new or vanished lesion) and OUT/compare.html. Missing masks are predicted with --model. "
+        "See docs/followup.md.",
+    )
+    p.add_argument("baseline", type=Path, help="baseline CT (NIfTI, NRRD, MHA or a DICOM series folder)")
+    p.add_argument("followup", type=Path, help="follow-up CT")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--baseline-mask", type=Path, help="tumour mask on the baseline CT's grid (used as it is)")
+    p.add_argument(
+        "--followup-mask", type=Path, help="tumour mask on the follow-up CT's grid (used as it is)"
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        help="checkpoint or run folder to predict a missing mask (repeat it for an ensemble)",
+    )
+    p.add_argument(
+        "--interval-days",
+        type=float,
+        help="days between the scans, for volume doubling times (default: none)",
+    )
+    p.add_argument("--affine", action="store_true", help="refine the rigid registration with an affine one")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (prediction of missing masks)")
+    p.set_defaults(cmd="compare")
+
+
 COMMANDS = (
     _add_synth,
     _add_check,
@@ -289,4 +323,4 @@ COMMANDS = (
     _add_report,
     _add_demo,
 )
-COMMANDS += (_add_cv, _add_benchmark_msd)
+COMMANDS += (_add_cv, _add_benchmark_msd, _add_compare)

@@ -40,7 +40,7 @@ from lungtumor.imaging.io import read_mask, read_volume, write_volume
 from lungtumor.imaging.lungs import lung_mask_from_hu
 from lungtumor.imaging.orientation import from_canonical, to_canonical
 from lungtumor.inference.checkpoint import load_any
-from lungtumor.inference.predictor import predict_any
+from lungtumor.inference.predictor import Predictor
 from lungtumor.models import is_3d
 from lungtumor.postprocessing.filters import filter_components
 from lungtumor.postprocessing.lung_gate import gate_to_lungs
@@ -224,17 +224,14 @@ def _train_fold(k: int, fold: dict, cfg, cache: Path, root: Path, progress: bool
 
 def _oof_records(loaded, k: int, names: list[str], by_name: dict, dev: torch.device, oof: Path) -> list[dict]:
     """Predict fold ``k``'s validation cases (raw masks, written to ``oof``); cropped arrays for the choice."""
-    prec = "bf16" if dev.type == "cuda" else "32"
+    predictor = Predictor([loaded], device=dev, precision="bf16" if dev.type == "cuda" else "32")
     records = []
     for name in names:
         case = by_name[name]
         stored = read_volume(case.image)
         vol, ro = to_canonical(stored)  # as predict sees it
         gt = ro.apply(read_mask(case.label, reference=stored).array)
-        _, mask = predict_any(
-            loaded, vol, device=dev, threshold=loaded.config.infer.threshold,
-            batch_size=loaded.config.infer.batch_size, precision=prec,
-        )  # fmt: skip
+        _, mask = predictor.predict(vol, threshold=loaded.config.infer.threshold)
         write_volume(from_canonical(mask, stored, ro), oof / f"{name}.nii.gz")
         box = _box(mask, gt)
         lung = lung_mask_from_hu(vol.array, vol.spacing)[box]

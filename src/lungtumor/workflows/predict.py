@@ -23,8 +23,7 @@ from lungtumor.imaging.io import IMAGE_SUFFIXES, case_name, is_image_path, read_
 from lungtumor.imaging.lungs import lung_air_hu, lung_z_range
 from lungtumor.imaging.orientation import from_canonical, stored_order_note, to_canonical
 from lungtumor.imaging.volume import Volume
-from lungtumor.inference.checkpoint import load_any
-from lungtumor.inference.predictor import predict_any, predict_ensemble
+from lungtumor.inference.predictor import Predictor
 from lungtumor.models import is_3d
 from lungtumor.postprocessing.filters import postprocess_mask
 from lungtumor.report.writer import write_all
@@ -170,7 +169,6 @@ class _Settings:
     min_mm3: float
     z_ratio: float
     lung_gate: bool
-    batch: int
     tta: bool
     precision: str
 
@@ -203,60 +201,34 @@ def _settings(opts: PredictOptions, loaded, device: torch.device) -> _Settings:
     else:  # bf16 where the hardware has it (docs/decisions/0026)
         precision = "bf16" if device.type == "cuda" or cpu_has_bf16() else "32"
     lung_gate = opts.lung_gate if opts.lung_gate is not None else icfg.lung_gate
-    batch = opts.batch_size or icfg.batch_size
-    return _Settings(threshold, min_mm3, z_ratio, lung_gate, batch, bool(tta), precision)
+    return _Settings(threshold, min_mm3, z_ratio, lung_gate, bool(tta), precision)
 
 
-def _load_models(paths: list[Path], device: torch.device, nodules: bool | None) -> list:
-    """Load every checkpoint onto ``device``; ``nodules=False`` drops the detectors, ``True`` requires one."""
-    if not paths:
-        raise InputError("--model", "no model given")
-    models = [load_any(m) for m in paths]
-    gc.freeze()  # libraries and models are long-lived: keep the per-case collection below cheap
-    for m in models:
-        m.model.to(device).eval()
-        if not is_3d(m.config):
-            m.model.to(memory_format=torch.channels_last)
-    if nodules is False:  # --no-nodules: the 2D model alone
-        for m in models:
-            if getattr(m, "nodule", None) is not None:
-                m.nodule = None
-    elif nodules and not any(getattr(m, "nodule", None) is not None for m in models):
-        raise InputError(paths[0], "--nodules: the checkpoint has no nodule detector (nodule.enabled is off)")
-    return models
-
-
-def _predict_mask(models: list, vol: Volume, s: _Settings, opts: PredictOptions, device: torch.device):
+def _predict_mask(predictor: Predictor, vol: Volume, s: _Settings, opts: PredictOptions):
     """(probabilities or None, mask before postprocessing, lung air or None) of one canonical CT."""
     air = z_range = None
     if opts.postprocess and s.lung_gate:  # the gate's lung air, and the slices worth predicting
         air = lung_air_hu(vol.array, vol.spacing)
         z_range = lung_z_range(vol.array, vol.spacing, air=air)
-    # without --save-prob the float32 map on the input grid (the largest array) is never made
-    kw = dict(
-        device=device, threshold=s.threshold, tta=s.tta, precision=s.precision, keep_prob=opts.save_prob
-    )
-    if len(models) > 1:
-        prob, mask = predict_ensemble(models, vol, **kw)
-    else:  # the gate drops what lies away from the lungs: only its slices are predicted
-        prob, mask = predict_any(models[0], vol, batch_size=s.batch, z_range=z_range, **kw)
+    # without --save-prob the float32 map on the input grid (the largest array) is never made; the gate drops
+    # what lies away from the lungs: only its slices are predicted
+    prob, mask = predictor.predict(vol, threshold=s.threshold, keep_prob=opts.save_prob, z_range=z_range)
     return prob, mask, air
 
 
 def _predict_case(
     res: PredictResult,
     stem: str,
-    models: list,
+    predictor: Predictor,
     s: _Settings,
     opts: PredictOptions,
-    device: torch.device,
     out: Path,
     run_dir: Path | None,
 ) -> None:
     """Predict one CT into ``res`` and write its outputs into ``out`` (``run_dir``: loss curves for reports)."""
     stored = read_volume(res.source)
     vol, ro = to_canonical(stored)  # the models see axial slices in LPS order; outputs go back as stored
-    prob, mask, air = _predict_mask(models, vol, s, opts, device)
+    prob, mask, air = _predict_mask(predictor, vol, s, opts)
     if prob is not None:
         res.outputs.append(write_volume(from_canonical(prob, stored, ro), out / f"{stem}_prob.nii.gz"))
     del prob  # free it before postprocessing allocates
@@ -312,8 +284,11 @@ def predict_paths(
         [Path(model_path)] if isinstance(model_path, (str, os.PathLike)) else [Path(m) for m in model_path]
     )
     # load before the output folder exists: a bad model leaves nothing behind
-    models = _load_models(paths, device, opts.nodules)
+    models = Predictor.load(paths, opts.nodules)
     s = _settings(opts, models[0], device)
+    # --batch-size applies to every model; without it each checkpoint uses its own infer.batch_size
+    predictor = Predictor(models, device=device, precision=s.precision, tta=s.tta, batch_size=opts.batch_size)
+    gc.freeze()  # libraries and models are long-lived: keep the per-case collection below cheap
     if opts.threads:
         torch.set_num_threads(opts.threads)
     out, run_dir = ensure_writable_dir(out_dir), _run_dir_of(paths[0])
@@ -324,7 +299,7 @@ def predict_paths(
         t0 = time.perf_counter()
         res = PredictResult(case=case, source=src)
         try:
-            _predict_case(res, stem, models, s, opts, device, out, run_dir)
+            _predict_case(res, stem, predictor, s, opts, out, run_dir)
         except InputError as e:
             res.error = str(e)
         except MemoryError:
