@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 LOSS_NAMES = ("bce", "dice_bce", "dice_bce_sample", "dice_bce_small")
 
 
+#: ``model.arch`` of the 3D recipe (every other arch is a 2D/2.5D network).
+ARCH_3D = "unet3d"
+
+
 @dataclass
 class PrepConfig:
     """How a CT becomes model input (the same steps run in ``prepare`` and ``predict``).

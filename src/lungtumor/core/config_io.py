@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from lungtumor.core.config import LOSS_NAMES, RunConfig
+from lungtumor.core.config import ARCH_3D, LOSS_NAMES, RunConfig
 from lungtumor.core.errors import InputError, atomic_write_text
 from lungtumor.core.presets import preset
 
@@ -135,7 +135,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
 
     if not 0 <= cfg.train.ema_decay < 1:
         bad("train.ema_decay", "must be in [0, 1) (0 = off; e.g. 0.995 averages over about 200 steps)")
-    if cfg.model.arch == "unet3d" and cfg.train.ema_decay > 0:
+    if cfg.model.arch == ARCH_3D and cfg.train.ema_decay > 0:
         bad("train.ema_decay", "is for the 2D trainer; the 3D recipe (model.arch unet3d) has no EMA")
     if cfg.prep.norm not in ("divide", "window_zscore"):
         bad("prep.norm", f"{cfg.prep.norm!r} is not one of divide, window_zscore")
@@ -171,7 +171,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
 
 def _validate_nodule(cfg: RunConfig, bad: typing.Callable[[str, str], None]) -> None:
     n = cfg.nodule
-    if n.enabled and cfg.model.arch == "unet3d":
+    if n.enabled and cfg.model.arch == ARCH_3D:
         bad("nodule.enabled", "is for 2D models; the 3D recipe sees nodules in 3D already")
     if not 0.5 <= n.spacing_mm <= 5:
         bad("nodule.spacing_mm", "must be between 0.5 and 5 mm")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing
 
 from lungtumor.core.config import (
+    ARCH_3D,
     AugmentConfig,
     InferConfig,
     ModelConfig,
@@ -70,7 +71,7 @@ def _demo() -> RunConfig:
 def _3d() -> RunConfig:
     """The 3D recipe (nnU-Net-like 3D full resolution): instance-norm 3D U-Net, deep supervision, patches."""
     c = RunConfig(preset="3d")
-    c.model = ModelConfig(arch="unet3d", base_channels=32, depth=5, norm="instance", in_channels=1)
+    c.model = ModelConfig(arch=ARCH_3D, base_channels=32, depth=5, norm="instance", in_channels=1)
     c.train = TrainConfig(epochs=100, lr=1e-3, loss="dice_bce", context_slices=0, weight_decay=3e-5)
     c.infer = InferConfig(min_lesion_mm3=0.0)
     c.vol3d = Vol3DConfig()

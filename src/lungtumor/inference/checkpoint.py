@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lungtumor.core.config import NoduleConfig, RunConfig
+from lungtumor.core.config import ARCH_3D, NoduleConfig, RunConfig
 from lungtumor.core.config_io import config_from_dict, to_dict
 from lungtumor.core.errors import InputError, atomic_write_bytes
 from lungtumor.inference.detector import CKPT_KEY, load_detector
-from lungtumor.models import ARCH_3D, build_model, create_model, is_3d
+from lungtumor.models import build_model, create_model, is_3d
 from lungtumor.models.nodule3d import NodulePatchNet
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from lungtumor.core.config import ModelConfig, RunConfig
+from lungtumor.core.config import ARCH_3D, ModelConfig, RunConfig
 from lungtumor.core.errors import InputError
 from lungtumor.models.unet2d import UNet2D, check_input_shape, padded_size
 from lungtumor.models.unet3d import UNet3D, make_pools
@@ -21,8 +21,6 @@ from lungtumor.models.unet3d import UNet3D, make_pools
 MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "unet2d": UNet2D.from_config,
 }
-#: ``model.arch`` of the 3D recipe.
-ARCH_3D = "unet3d"
 
 
 def is_3d(cfg: RunConfig) -> bool:
@@ -67,7 +65,6 @@ def build_model(cfg: RunConfig) -> nn.Module:
 
 
 __all__ = [
-    "ARCH_3D",
     "MODELS",
     "UNet2D",
     "UNet3D",
