@@ -137,7 +137,8 @@ def lt_cache(args, out: Path, data: Path, preset: str) -> tuple[Path, float]:
 def evaluate(out: Path, model: str, pred: Path, data: Path) -> dict:
     ev = out / model / "eval"
     run(
-        [*LT, "evaluate", str(pred), str(data / "labelsTs"), "--out", str(ev), "-q"],
+        # --score-missing: a case a method failed to predict counts as an empty prediction, for both methods
+        [*LT, "evaluate", str(pred), str(data / "labelsTs"), "--out", str(ev), "--score-missing", "-q"],
         out / "logs" / f"eval_{model}.log",
     )
     s = json.loads((ev / "evaluation_summary.json").read_text())["summary"]

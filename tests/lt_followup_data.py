@@ -1,16 +1,20 @@
 """Small synthetic chest CTs and lesion masks for the follow-up tests (tests/followup/, tests/cli/).
 
-A 64 x 64 x 40 grid (z, y, x) = (40, 64, 64) at 1 x 1 x 2.5 mm (x, y, z), identity direction: a body ellipse of
+:func:`phantom_case` (a whole-body slab from :mod:`lungtumor.data.phantom`) and :func:`moved` (a CT under a known
+rigid motion) are for the registration tests. :func:`chest`: a 64 x 64 x 40 grid (z, y, x) = (40, 64, 64) at 1 x 1 x 2.5 mm (x, y, z), identity direction: a body ellipse of
 soft tissue in air, two lungs (ellipsoids, the left one shorter), a spine, and a few vessels; every structure
 is defined in world mm, so a CT "moved by" ``shift_mm`` is the same function sampled at ``p - shift``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
+from lungtumor.data.phantom import PhantomCase, build_case
 from lungtumor.imaging.volume import Volume
 
 SHAPE = (40, 64, 64)  # (z, y, x)
@@ -69,3 +73,29 @@ def chest(
 def mask_volume(mask: np.ndarray) -> Volume:
     """A uint8 mask Volume on the phantom grid."""
     return Volume(mask.astype(np.uint8), spacing=SPACING, origin=ORIGIN)
+
+
+def phantom_case(seed: int, matrix: int = 128, slices: int = 48) -> PhantomCase:
+    """A phantom chest slab (body, lungs, vessels, airways, tumours; int16 HU), about 0.4 s at 128 x 128 x 48."""
+    return build_case(seed, matrix=matrix, slices=slices)
+
+
+def rigid_motion(
+    ct: Volume, rotation_deg: Sequence[float], translation_mm: Sequence[float]
+) -> sitk.Euler3DTransform:
+    """A rigid motion about the middle of ``ct``'s grid: rotations about x, y, z (degrees), then a translation
+    (x, y, z mm). It maps a follow-up world point to the baseline world point whose content it shows."""
+    centre = ct.to_sitk().TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in ct.shape[::-1]])
+    tx = sitk.Euler3DTransform()
+    tx.SetCenter(centre)
+    tx.SetRotation(*(math.radians(float(a)) for a in rotation_deg))
+    tx.SetTranslation(tuple(float(v) for v in translation_mm))
+    return tx
+
+
+def moved(ct: Volume, motion: sitk.Transform, seed: int = 1, noise_hu: float = 10.0) -> Volume:
+    """``ct`` (HU) resampled on its own grid through ``motion`` (linear, air outside), with fresh noise (HU)."""
+    img = sitk.Cast(ct.to_sitk(), sitk.sitkFloat32)
+    out = sitk.GetArrayFromImage(sitk.Resample(img, img, motion, sitk.sitkLinear, -1000.0))
+    out = out + np.random.default_rng(seed).normal(0.0, noise_hu, out.shape)
+    return ct.with_array(np.clip(np.rint(out), -1024, 3071).astype(np.int16))

@@ -101,34 +101,52 @@ def test_duplicate_and_empty(tmp_path: Path) -> None:
         load_dataset(tmp_path / "nope")
 
 
-@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink_file", "symlink_dir"])
+@pytest.mark.parametrize("kind", ["dotdot", "absolute"])
 def test_paths_outside_the_dataset_are_refused(tmp_path: Path, kind: str) -> None:
     outside = tmp_path / "outside"
     _write_case(outside, "evil")
     root = _json_ds(tmp_path / "ds", names=("lung_001",))
     data = json.loads((root / "dataset.json").read_text())
-    img = "./imagesTr/evil.nii.gz"
-    if kind == "dotdot":
-        img = "../outside/imagesTr/evil.nii.gz"
-    elif kind == "absolute":
+    img = "../outside/imagesTr/evil.nii.gz"
+    if kind == "absolute":
         img = str(outside / "imagesTr" / "evil.nii.gz")
-    elif kind == "symlink_file":
-        os.symlink(outside / "imagesTr" / "evil.nii.gz", root / "imagesTr" / "evil.nii.gz")
-    else:
-        os.symlink(outside / "imagesTr", root / "linked")
-        img = "./linked/evil.nii.gz"
     data["training"].append({"image": img, "label": "./labelsTr/lung_001.nii.gz"})
     (root / "dataset.json").write_text(json.dumps(data))
     with pytest.raises(InputError, match="points outside the dataset folder"):
         load_dataset(root)
 
 
-def test_symlink_out_of_root_in_folder_layout(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["symlink_file", "symlink_dir"])
+def test_symlinks_out_of_the_dataset_are_read(tmp_path: Path, kind: str) -> None:
+    """A dataset of links to the raw data (as nnU-Net users make them) is read; the case keeps the link's name."""
+    outside = tmp_path / "outside"
+    _write_case(outside, "raw_scan")
+    root = _json_ds(tmp_path / "ds", names=("lung_001",))
+    data = json.loads((root / "dataset.json").read_text())
+    if kind == "symlink_file":
+        os.symlink(outside / "imagesTr" / "raw_scan.nii.gz", root / "imagesTr" / "lung_002.nii.gz")
+        os.symlink(outside / "labelsTr" / "raw_scan.nii.gz", root / "labelsTr" / "lung_002.nii.gz")
+        entry = {"image": "./imagesTr/lung_002.nii.gz", "label": "./labelsTr/lung_002.nii.gz"}
+    else:
+        os.symlink(outside / "imagesTr", root / "linked")
+        entry = {"image": "./linked/raw_scan.nii.gz", "label": "./labelsTr/lung_001.nii.gz"}
+    data["training"].append(entry)
+    (root / "dataset.json").write_text(json.dumps(data))
+    ds = load_dataset(root)
+    names = [c.name for c in ds.cases]
+    assert names == (["lung_001", "lung_002"] if kind == "symlink_file" else ["lung_001", "raw_scan"])
+    assert all(root in c.image.parents for c in ds.cases)  # the link's path, not its target
+    assert check_dataset(root).ok
+
+
+def test_symlink_out_of_root_in_folder_layout_is_read(tmp_path: Path) -> None:
     _write_case(tmp_path / "outside", "x")
     _write_case(tmp_path / "ds", "a")
-    os.symlink(tmp_path / "outside" / "imagesTr" / "x.nii.gz", tmp_path / "ds" / "imagesTr" / "x.nii.gz")
-    with pytest.raises(InputError, match="outside the dataset"):
-        load_dataset(tmp_path / "ds")
+    for sub in ("imagesTr", "labelsTr"):
+        os.symlink(tmp_path / "outside" / sub / "x.nii.gz", tmp_path / "ds" / sub / "b.nii.gz")
+    ds = load_dataset(tmp_path / "ds")
+    assert [c.name for c in ds.cases] == ["a", "b"]
+    assert ds.cases[1].image == (tmp_path / "ds").resolve() / "imagesTr" / "b.nii.gz"
 
 
 def test_symlink_inside_root_is_fine(tmp_path: Path) -> None:

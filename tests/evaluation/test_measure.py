@@ -240,3 +240,44 @@ def test_cli_bad_masks_alone_leave_no_output_folder(tmp_path, capsys):
     empty.mkdir()
     assert main(["measure", str(empty), "--out", str(tmp_path / "o")]) == 2
     assert "folder holds no mask files" in capsys.readouterr().err
+
+
+def test_cli_label_picks_the_tumour_of_a_multi_label_mask(tmp_path, capsys):
+    small = ellipsoid((4.0, 4.0, 4.0), shape=(12, 30, 30))
+    ml = small * 2  # label 2: the tumour (e.g. the GTV of an RTSTRUCT label map)
+    ml[0, :3, :3] = 1  # label 1: another structure, in a corner
+    p = write_volume(Volume(ml, spacing=SPACING), tmp_path / "ml.nii.gz")
+    assert main(["measure", str(p), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "values {0, 1, 2}" in err and "with --label N" in err
+    assert main(["measure", str(p), "-o", str(tmp_path / "o"), "--label", "2"]) == 0
+    assert "ml: 1 lesion(s)" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "o" / "ml_lesions.json").read_text())
+    ref = measure_lesions(Volume(small, spacing=SPACING))
+    assert doc["totals"]["n_lesions"] == 1
+    assert doc["lesions"][0]["volume_ml"] == pytest.approx(ref[0].volume_ml)
+    assert main(["measure", str(p), "-o", str(tmp_path / "o"), "--label", "0"]) == 2
+    assert "--label: must be a label value of 1 or more" in capsys.readouterr().err
+
+
+def test_cli_two_masks_with_one_name_do_not_overwrite_each_other(tmp_path, capsys):
+    one = ellipsoid((4.0, 4.0, 4.0), shape=(12, 30, 30))
+    two = ellipsoid((6.0, 6.0, 6.0), shape=(12, 30, 30))
+    for folder, m in (("site_a", one), ("site_b", two)):
+        (tmp_path / folder).mkdir()
+        write_volume(Volume(m, spacing=SPACING), tmp_path / folder / "case.nii.gz")
+    out = tmp_path / "o"
+    argv = ["measure", str(tmp_path / "site_a" / "case.nii.gz"), str(tmp_path / "site_b"), "-o", str(out)]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.glob("*.json")) == [
+        "case_site_a_lesions.json",
+        "case_site_b_lesions.json",
+    ]
+    vols = [
+        json.loads((out / f"case_site_{s}_lesions.json").read_text())["totals"]["total_volume_ml"]
+        for s in "ab"
+    ]
+    assert vols[0] < vols[1]
+    assert main(argv) == 0  # deterministic: the same names again
+    assert len(list(out.glob("*.json"))) == 2
+    capsys.readouterr()

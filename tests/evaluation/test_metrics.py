@@ -132,16 +132,18 @@ def test_evaluate_cli_writes_csv_and_json(tmp_path, capsys):
     pred[:, 30:, 30:] = 0
     _write(tmp_path / "gt", "c1.nii.gz", gt)
     _write(tmp_path / "gt", "c2.nii.gz", gt)
-    _write(tmp_path / "gt", "c3.nii.gz", gt)  # no prediction: reported, scored as empty
+    _write(tmp_path / "gt", "c3.nii.gz", gt)  # no prediction: with --score-missing, scored as empty
     _write(tmp_path / "pred", "c1_tumour.nii.gz", gt)
     _write(tmp_path / "pred", "c2.nii.gz", pred)
     _write(tmp_path / "pred", "extra_tumour.nrrd", gt)  # no ground truth: listed, not scored
     _write(tmp_path / "pred", "c1_prob.nii.gz", gt.astype(np.float32))  # probability map: skipped
-    rc = main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", str(tmp_path / "ev"), "-q"])
+    argv = ["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", str(tmp_path / "ev"), "-q"]
+    rc = main([*argv, "--score-missing"])
     assert rc == 0
-    out = capsys.readouterr().out
-    assert "evaluated 3 cases" in out and "c3" in out and "extra" in out
-    assert "warning: 1 case(s) without prediction, scored as empty: c3" in out and "error" not in out
+    out, err = capsys.readouterr()
+    assert "evaluated 3 cases" in out and "warning" not in out and "error" not in err
+    assert "warning: 1 ground-truth case(s) without a prediction, scored as an empty prediction: c3" in err
+    assert "warning: 1 prediction(s) without ground truth, skipped: extra" in err
     rows = {r["case"]: r for r in csv.DictReader((tmp_path / "ev" / "evaluation_cases.csv").open())}
     assert set(rows) == {"c1", "c2", "c3", "extra"}
     assert float(rows["c1"]["dice"]) == 1.0
@@ -192,3 +194,66 @@ def test_evaluate_with_no_matching_names_is_input_error(tmp_path, capsys):
     assert not (tmp_path / "ev").exists()
     rc = main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt" / "c1.nii.gz")])
     assert rc == 2 and "ground-truth path is a file, not a folder" in capsys.readouterr().err
+
+
+def test_evaluate_skips_unmatched_files_by_default(tmp_path, capsys):
+    gt = _two_lesions()
+    for name in ("c1", "c2", "c3"):
+        _write(tmp_path / "gt", f"{name}.nii.gz", gt)
+    _write(tmp_path / "pred", "c1_tumour.nii.gz", gt)
+    _write(tmp_path / "pred", "c2_tumour.nii.gz", gt)
+    _write(tmp_path / "pred", "stray_tumour.nii.gz", gt)
+    rc = main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(tmp_path / "ev")])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    warnings = err.strip().splitlines()
+    assert warnings == [
+        "warning: 1 ground-truth case(s) without a prediction, skipped, not scored (--score-missing scores "
+        "them as empty): c3",
+        "warning: 1 prediction(s) without ground truth, skipped: stray",
+    ]
+    assert "evaluated 2 cases" in out and "dice           mean 1.000" in out
+    doc = json.loads((tmp_path / "ev" / "evaluation_summary.json").read_text())
+    assert doc["summary"]["no_prediction"] == ["c3"] and doc["summary"]["missing_prediction"] == []
+    rows = {r["case"]: r for r in csv.DictReader((tmp_path / "ev" / "evaluation_cases.csv").open())}
+    assert rows["c3"]["status"] == "no_prediction" and rows["stray"]["status"] == "no_ground_truth"
+
+
+@pytest.mark.parametrize(
+    "gt_name, pred_name",
+    [
+        ("lung_001.nii.gz", "lung_001_0000_tumour.nii.gz"),  # nnU-Net channel suffix kept by predict
+        ("lung_001_gt.nii.gz", "lung_001_tumour.nii.gz"),
+        ("lung_001_label.nii.gz", "lung_001_seg.nii.gz"),
+        ("lung_001_mask.nrrd", "lung_001.nii.gz"),
+        ("LUNG_001_GT.nii.gz", "LUNG_001_Seg.nii.gz"),
+    ],
+)
+def test_evaluate_matches_names_with_usual_suffixes(tmp_path, gt_name, pred_name):
+    gt = _two_lesions()
+    _write(tmp_path / "gt", gt_name, gt)
+    _write(tmp_path / "pred", pred_name, gt)
+    s = evaluate_dirs(tmp_path / "pred", tmp_path / "gt", tmp_path / "ev")
+    assert [c.status for c in s.cases] == ["ok"] and s.cases[0].dice == 1.0 and not s.warnings
+
+
+def test_evaluate_with_multi_label_masks(tmp_path, capsys):
+    """--label N picks the tumour in a multi-label ground truth (an RTSTRUCT label map), --pred-label in
+    multi-label predictions (a TotalSegmentator --ml file); without them the error suggests the option."""
+    gt = _two_lesions()
+    ml = gt.astype(np.uint8) * 3
+    ml[0, :4, :4] = 1  # another structure
+    _write(tmp_path / "gt", "c1.nii.gz", ml)
+    _write(tmp_path / "pred", "c1_tumour.nii.gz", gt)
+    _write(tmp_path / "pred_ml", "c1.nii.gz", ml)
+    ev = str(tmp_path / "ev")
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", ev, "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "values {0, 1, 3}" in err and "--label N" in err
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", ev, "--label", "3"]) == 0
+    assert "dice           mean 1.000" in capsys.readouterr().out
+    argv = ["evaluate", str(tmp_path / "pred_ml"), str(tmp_path / "gt"), "-o", ev, "--label", "3"]
+    assert main(argv) == 2
+    assert "--pred-label N" in capsys.readouterr().err
+    assert main([*argv, "--pred-label", "3"]) == 0
+    assert "dice           mean 1.000" in capsys.readouterr().out

@@ -293,19 +293,19 @@ def test_report_in_browser(browser, evil_report: Path, tmp_path):
 
     ct, ov, slider = page.locator("#ct-image"), page.locator("#overlay-image"), page.locator("#slice-slider")
     label = page.locator("#slice-number")
-    assert label.inner_text() == "Slice 12 / 23"  # the largest tumour slice
+    assert label.inner_text() == "Slice 13 of 24 (index 12)"  # the largest tumour slice
     assert ov.is_visible()
     src0 = ct.get_attribute("src")
 
     slider.focus()
     page.keyboard.press("ArrowRight")
-    assert label.inner_text() == "Slice 13 / 23"
+    assert label.inner_text() == "Slice 14 of 24 (index 13)"
     assert ct.get_attribute("src") != src0
     page.keyboard.press("Home")
-    assert label.inner_text() == "Slice 0 / 23"
+    assert label.inner_text() == "Slice 1 of 24 (index 0)"
     assert not ov.is_visible()  # no tumour on slice 0
     page.click("#jump-largest")
-    assert label.inner_text() == "Slice 12 / 23" and ov.is_visible()
+    assert label.inner_text() == "Slice 13 of 24 (index 12)" and ov.is_visible()
 
     page.click("#overlay-toggle")
     assert not ov.is_visible()
@@ -320,9 +320,9 @@ def test_report_in_browser(browser, evil_report: Path, tmp_path):
 
     slider.focus()
     page.keyboard.press("Home")
-    assert label.inner_text() == "Slice 0 / 23"
+    assert label.inner_text() == "Slice 1 of 24 (index 0)"
     page.click("#lesion-table tbody tr")  # jumps to the lesion's long-axis slice
-    assert label.inner_text() == "Slice 12 / 23"
+    assert label.inner_text() == "Slice 13 of 24 (index 12)"
 
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert dialogs == []

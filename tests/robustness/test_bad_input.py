@@ -351,14 +351,6 @@ def json_absolute_outside(fx: Fx) -> Bad:
     return Bad(["check", ds, "-q"], ("training[0]", "elsewhere.nii.gz", "points outside the dataset folder"))
 
 
-def json_symlink_out(fx: Fx) -> Bad:
-    secret = _ct(fx.tmp / "secret.nii.gz")
-    ds = _dataset(fx.tmp / "ds")
-    (ds / "imagesTr" / "c2.nii.gz").symlink_to(secret)
-    (ds / "dataset.json").write_text(json.dumps({"training": [_entry(0), _entry(2)]}))
-    return _prepare(fx, ds, "training[1]", "c2.nii.gz", "points outside the dataset folder")
-
-
 def json_nul_in_path(fx: Fx) -> Bad:
     ds, _ = _json_dataset(fx, {"training": [{"image": "./imagesTr/c0\u0000.nii.gz", "label": "l.nii.gz"}]})
     return _prepare(fx, ds, "training[0]", "not a valid path", "null byte")
@@ -474,7 +466,7 @@ def out_is_a_file(fx: Fx) -> Bad:
 
 def unknown_preset(fx: Fx) -> Bad:
     bad = _prepare(
-        fx, fx.tiny_dataset, "--preset", "unknown preset 'tiny'; valid presets: 3d, default, demo, seed2d"
+        fx, fx.tiny_dataset, "--preset", "invalid choice: 'tiny'", "'3d', 'default', 'demo', 'seed2d'"
     )
     bad.argv += ["--preset", "tiny"]
     return bad
@@ -524,7 +516,9 @@ def option_wrong_type(fx: Fx) -> Bad:
 
 
 def option_missing(fx: Fx) -> Bad:
-    return Bad(["predict", fx.tmp / "ct.nii.gz"], ("the following arguments are required: --model, --out",))
+    return Bad(
+        ["predict", fx.tmp / "ct.nii.gz"], ("the following arguments are required: --model, -o/--out",)
+    )
 
 
 def threshold_out_of_range(fx: Fx) -> Bad:
@@ -538,7 +532,13 @@ def unknown_device(fx: Fx) -> Bad:
     ct = _ct(fx.tmp / "ct.nii.gz")
     out = fx.tmp / "out"
     argv = ["predict", ct, "--model", fx.tiny_run, "--out", out, "--device", "tpu", "-q"]
-    return Bad(argv, ("--device", "unknown device 'tpu'; use auto, cpu or cuda"), [out])
+    return Bad(argv, ("--device", "unknown device 'tpu'; use auto, cpu, cuda (or gpu), cuda:N, mps"), [out])
+
+
+def device_index_for_train(fx: Fx) -> Bad:
+    out = fx.tmp / "run"
+    argv = ["train", fx.tiny_cache, "--out", out, "--device", "cuda:1", "-q"]
+    return Bad(argv, ("--device", "not by index", "CUDA_VISIBLE_DEVICES=1"), [out])
 
 
 def threads_below_one(fx: Fx) -> Bad:
@@ -584,6 +584,22 @@ def measure_folder_without_masks(fx: Fx) -> Bad:
     masks.mkdir()
     (masks / "notes.txt").write_text("not a mask")
     return Bad(["measure", masks, "--out", out], ("masks", "folder holds no mask files"), [out])
+
+
+def measure_multi_label(fx: Fx) -> Bad:
+    m = np.zeros(SHAPE, np.uint8)
+    m[1, 1, 1], m[2, 2, 2] = 1, 3
+    mask, out = _ct(fx.tmp / "ml.nii.gz", m), fx.tmp / "m"
+    return Bad(["measure", mask, "--out", out], ("ml.nii.gz", "values {0, 1, 3}", "--label N"), [out])
+
+
+def slot_given_twice(fx: Fx) -> Bad:
+    out = fx.tmp / "ds"
+    return Bad(
+        ["synth", out, "-o", fx.tmp / "other", "-q"],
+        ("lungtumor synth", "unrecognized arguments", "already given: OUT as -o/--out"),
+        [out],
+    )
 
 
 def report_mask_off_grid(fx: Fx) -> Bad:
@@ -657,7 +673,6 @@ KINDS: dict[str, tuple[str, Callable[[Fx], Bad]]] = {
     "dataset.json: duplicate case": ("prepare", json_duplicate_case),
     "dataset.json: path with ..": ("prepare", json_dotdot_path),
     "dataset.json: absolute path outside the dataset": ("check", json_absolute_outside),
-    "dataset.json: symlink out of the dataset": ("prepare", json_symlink_out),
     "dataset.json: NUL byte in a path": ("prepare", json_nul_in_path),
     "dataset.json: nested 200000 deep": ("prepare", json_deeply_nested),
     "empty dataset (no training cases)": ("prepare", empty_dataset),
@@ -681,12 +696,15 @@ KINDS: dict[str, tuple[str, Callable[[Fx], Bad]]] = {
     "missing required option": ("predict", option_missing),
     "--threshold out of range": ("predict", threshold_out_of_range),
     "unknown --device": ("predict", unknown_device),
+    "train --device cuda:N (GPUs are chosen by count)": ("train", device_index_for_train),
+    "output folder given twice (OUT and -o)": ("synth", slot_given_twice),
     "--threads below 1": ("predict", threads_below_one),
     "--min-lesion-mm3 not a number": ("predict", min_lesion_nan),
     "synth --matrix out of range": ("synth", synth_bad_matrix),
     "evaluate: prediction folder missing": ("evaluate", evaluate_missing_dir),
     "evaluate: no prediction matches a case by name": ("evaluate", evaluate_no_matching_case),
     "measure: folder without masks": ("measure", measure_folder_without_masks),
+    "measure: multi-label mask without --label": ("measure", measure_multi_label),
     "report: mask not on the CT grid": ("report", report_mask_off_grid),
     "demo: output under a regular file": ("demo", demo_out_under_a_file),
     "train: folder that is not a cache": ("train", train_not_a_cache),

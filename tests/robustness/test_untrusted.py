@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from lungtumor.imaging.io import read_mask
+from lungtumor.core.paths import unique_stems
+from lungtumor.data.msd import load_dataset
+from lungtumor.imaging.io import read_mask, read_volume, write_volume
+from lungtumor.imaging.volume import Volume
 
 from ._util import one_error_line, run_cli, run_console
 
@@ -135,4 +138,95 @@ def test_batch_with_a_bad_case_writes_the_others(tmp_path: Path, capsys, tiny_da
     assert not list(out.glob("case_06*"))
     for m in masks:
         assert read_mask(out / m).array.dtype == np.uint8
-    assert len(stdout.strip().splitlines()) == 11
+    case_lines = [ln for ln in stdout.strip().splitlines() if not ln.startswith(("model ", "warning: "))]
+    assert len(case_lines) == 11, stdout  # one line per written case, after the model's line and warning
+
+
+# ----------------------------------------------------------------------------- symlinks and output names
+
+
+def test_dataset_of_symlinks_is_read(tmp_path: Path, capsys, tiny_dataset) -> None:
+    """nnU-Net users link their raw data into imagesTr/labelsTr: check and prepare read it, by the links' names."""
+    ds = tmp_path / "linked"
+    for sub in ("imagesTr", "labelsTr"):
+        (ds / sub).mkdir(parents=True)
+        for i, f in enumerate(sorted((tiny_dataset / sub).glob("*.nii.gz"))):
+            (ds / sub / f"lung_{i:03d}.nii.gz").symlink_to(f)
+    rc, out, err = run_cli(capsys, "check", ds, "-q")
+    assert rc == 0, err
+    assert "lung_000" in out
+    cases = load_dataset(ds).cases
+    assert [c.name for c in cases] == [f"lung_{i:03d}" for i in range(len(cases))]
+    assert all(c.image.is_symlink() for c in cases)
+
+
+def _mask_file(path: Path) -> Path:
+    m = np.zeros((6, 16, 18), np.uint8)
+    m[2:4, 4:8, 4:9] = 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_volume(Volume(m, spacing=(0.8, 0.8, 2.5)), path)
+
+
+def test_outputs_replace_symlinks_and_never_write_through_them(tmp_path: Path, capsys) -> None:
+    mask = _mask_file(tmp_path / "in" / "c1.nii.gz")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "c1_lesions.json").symlink_to(secret)  # an existing link at an output path
+    (out / f".tmp-{os.getpid()}-c1_lesions.csv").symlink_to(secret)  # planted at the temporary name
+    rc, _, err = run_cli(capsys, "measure", mask, "-o", out)
+    assert rc == 0, err
+    assert secret.read_text() == "keep me"
+    for name in ("c1_lesions.json", "c1_lesions.csv"):
+        assert not (out / name).is_symlink() and (out / name).is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_output_folder_that_is_a_symlink_is_used(tmp_path: Path, capsys) -> None:
+    mask = _mask_file(tmp_path / "in" / "c1.nii.gz")
+    real = tmp_path / "real_out"
+    real.mkdir()
+    link = tmp_path / "out_link"
+    link.symlink_to(real, target_is_directory=True)
+    rc, _, err = run_cli(capsys, "measure", mask, "--out", link)
+    assert rc == 0, err
+    assert (real / "c1_lesions.json").is_file() and link.is_symlink()
+
+
+def test_unique_stems_are_distinct_and_deterministic() -> None:
+    items = [
+        ("ct", Path("a/ct.nii.gz")),
+        ("ct", Path("b/ct.nii.gz")),
+        ("CT", Path("c/CT.nii.gz")),  # the same name on a case-insensitive file system
+        ("lung", Path("a/lung.nii.gz")),
+        ("ct", Path("x/a/ct.nii.gz")),  # same parent name as the first
+        ("ct_a", Path("d/ct_a.nii.gz")),
+    ]
+    stems = unique_stems(items)
+    assert stems == ["ct_a", "ct_b", "CT_c", "lung", "ct_a_2", "ct_a_3"]
+    assert len({s.casefold() for s in stems}) == len(stems)
+    assert unique_stems(items) == stems
+    assert unique_stems([("..", Path("p/...nii.gz"))]) == ["__"]
+
+
+def test_predict_two_inputs_with_one_name_get_distinct_outputs(
+    tmp_path: Path, capsys, tiny_dataset, tiny_run
+):
+    cts = sorted((tiny_dataset / "imagesTs").glob("*.nii.gz"))[:2]
+    for folder, ct in zip(("site_a", "site_b"), cts, strict=True):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "ct.nii.gz").symlink_to(ct)
+    out = tmp_path / "out"
+    argv = ["predict", "-i", tmp_path / "site_a" / "ct.nii.gz", tmp_path / "site_b", "--model", tiny_run]
+    rc, stdout, err = run_cli(capsys, *argv, "-o", out, "-q")
+    assert rc == 0, err
+    masks = sorted(p.name for p in out.glob("*_tumour.nii.gz"))
+    assert masks == ["ct_site_a_tumour.nii.gz", "ct_site_b_tumour.nii.gz"]
+    assert sorted(p.name for p in out.glob("*_lesions.json")) == [
+        "ct_site_a_lesions.json",
+        "ct_site_b_lesions.json",
+    ]
+    for mask, ct in zip(masks, cts, strict=True):  # each output on its own input's grid
+        read_mask(out / mask, reference=read_volume(ct))
+    assert len(stdout.strip().splitlines()) >= 2

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from lungtumor import __version__
+from lungtumor.cli.options import HelpFormatter, finish_args
 from lungtumor.cli.parsers import COMMANDS
 from lungtumor.core.errors import InputError
 
@@ -28,6 +29,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        """Parse, then fill the positional-or-option slots (``OUT`` or ``-o/--out``; parsers.finish_args)."""
+        ns, extras = super().parse_known_args(args, namespace)
+        problem = finish_args(ns)
+        if problem:
+            self.error(problem)
+        return ns, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
@@ -38,12 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lungtumor {__version__}")
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress output (bars or lines)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     orig = sub.add_parser
 
     def add_parser(name, **kw):
         kw.setdefault("parents", [common])
+        kw.setdefault("formatter_class", HelpFormatter)
         return orig(name, **kw)
 
     sub.add_parser = add_parser  # type: ignore[method-assign]

@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 
 from lungtumor.core.config_io import load_config
+from lungtumor.core.runtime import lightning_accelerator
 from lungtumor.data.msd import check_dataset, format_check_report
 from lungtumor.data.phantom import synth_dataset
 from lungtumor.evaluation.evaluate import evaluate_dirs, format_summary
 from lungtumor.evaluation.measure import measure_files
+from lungtumor.inference.card import PHANTOM_WARNING, card_line, trained_on_phantoms_only
+from lungtumor.inference.checkpoint import read_card
 from lungtumor.models import is_3d
 from lungtumor.preprocessing.prepare import prepare_dataset
 from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
@@ -23,6 +26,7 @@ from lungtumor.training.seg3d import train3d
 from lungtumor.workflows.compare import compare
 from lungtumor.workflows.cv import format_cv_summary, run_benchmark_msd, run_cv
 from lungtumor.workflows.demo import run_demo
+from lungtumor.workflows.outputs import check_dicom_inputs, load_dicom_writer, parse_output_types
 from lungtumor.workflows.predict import PredictOptions, collect_inputs, predict_paths
 
 
@@ -82,8 +86,8 @@ def cmd_train(args) -> int:
         cfg.train.devices = args.devices
     if args.num_nodes is not None:
         cfg.train.num_nodes = args.num_nodes
-    if args.accelerator is not None:
-        cfg.train.accelerator = args.accelerator
+    if args.device is not None:  # --device (old name --accelerator): predict's vocabulary, Lightning's name
+        cfg.train.accelerator = lightning_accelerator(args.device)
     if not args.quiet:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -117,8 +121,11 @@ def _print_skipped(skipped: list[tuple[Path, str]]) -> None:
 
 def cmd_predict(args) -> int:
     skipped: list[tuple[Path, str]] = []
-    collect_inputs(args.inputs, skipped)  # the same walk predict_paths makes: say what it leaves out, first
+    cases = collect_inputs(args.inputs, skipped)  # the same walk predict_paths makes: say what it leaves out
     _print_skipped(skipped)
+    types = parse_output_types(args.output_type)  # bad output types fail before the model line is printed
+    check_dicom_inputs([src for _, src in cases], types, args.out)
+    load_dicom_writer(types)
 
     opts = PredictOptions(
         threshold=args.threshold,
@@ -133,7 +140,13 @@ def cmd_predict(args) -> int:
         threads=args.threads,
         progress=not args.quiet,
         nodules=args.nodules,
+        output_types=args.output_type,
     )
+    for m in args.model:  # which model, trained on what: one line each (its model card)
+        card = read_card(m)
+        print(card_line(m, card))
+        if trained_on_phantoms_only(card):
+            print(f"warning: {m}: {PHANTOM_WARNING}")  # stdout: stderr is for the one error line
     results = predict_paths(args.inputs, args.model, args.out, opts)
     failed = [r for r in results if r.error]
     for r in results:
@@ -153,7 +166,7 @@ def cmd_predict(args) -> int:
 def cmd_measure(args) -> int:
     errors: list[str] = []
     n = 0
-    for line in measure_files(args.masks, args.out, errors):
+    for line in measure_files(args.masks, args.out, errors, label=args.label):
         print(line)
         n += 1
     for e in errors:
@@ -173,13 +186,18 @@ def cmd_evaluate(args) -> int:
         out_dir=args.out or args.pred_dir,
         tolerance_mm=args.tolerance_mm,
         lesion_overlap=args.lesion_overlap,
+        label=args.label,
+        pred_label=args.pred_label,
+        score_missing=args.score_missing,
     )
+    for w in summary.warnings:  # files that match nothing: skipped, said on stderr
+        print(f"warning: {w}", file=sys.stderr)
     print(format_summary(summary))
     return 0
 
 
 def cmd_report(args) -> int:
-    paths = report_files(args.image, args.mask, args.out, run_dir=args.run_dir)
+    paths = report_files(args.image, args.mask, args.out, run_dir=args.run_dir, label=args.label)
     for p in paths:
         print(p)
     return 0

@@ -1,12 +1,20 @@
 """The ``lungtumor`` command's arguments: one parser per subcommand (no heavy imports, so ``--help`` is fast).
 
 Each subcommand sets ``cmd``; :func:`lungtumor.cli.main` runs ``lungtumor.cli.commands.cmd_<cmd>``.
+
+Conventions (issue 24, users' habits from nnU-Net and TotalSegmentator): ``-i/--input`` names what a command
+reads (the CTs or masks of predict, measure and report, the dataset of prepare) and ``-o/--out`` its output
+folder on every command that writes one; a command that takes them as positional arguments keeps those too
+(``cli.options.finish_args`` fills each slot from whichever form was given). Every option's help shows its
+default (``cli.options.HelpFormatter``).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from lungtumor.cli.options import DEVICE_HELP, PRESET_NAMES, add_inputs, add_label, add_out, add_slot
 
 
 def _add_synth(sub) -> None:
@@ -16,7 +24,7 @@ def _add_synth(sub) -> None:
         description="Write dataset.json, imagesTr/, labelsTr/, imagesTs/ (and labelsTs/ for scoring) of synthetic "
         "chest CTs with tumours of known volume; lesions.json records every lesion's true volume.",
     )
-    p.add_argument("out", type=Path, help="output dataset folder")
+    add_slot(p, "out", "OUT", ("-o", "--out"), "output dataset folder")
     p.add_argument("--cases", type=int, default=20, help="number of labelled training cases (default 20)")
     p.add_argument("--test-cases", type=int, default=4, help="number of test cases in imagesTs (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
@@ -76,14 +84,17 @@ def _add_prepare(sub) -> None:
         description="Normalise and resample every labelled case once and store it as memory-mapped arrays, with "
         "an index of tumour slices and a patient-level split. Resumable: run it again after an interruption.",
     )
-    p.add_argument("dataset", type=Path, help="dataset folder (dataset.json or imagesTr/labelsTr)")
-    p.add_argument("out", type=Path, help="cache folder to write")
+    add_slot(p, "dataset", "DATASET", ("-i", "--input"), "dataset folder (dataset.json or imagesTr/labelsTr)")
+    add_slot(p, "out", "CACHE", ("-o", "--out"), "cache folder to write")
     p.add_argument(
         "--preset",
         default=None,
-        help="preparation preset: default, seed2d, demo (default: the config's, or default)",
+        choices=PRESET_NAMES,
+        help="preparation preset (default: the config's, or default)",
     )
-    p.add_argument("--config", type=Path, help="YAML config; its prep section overrides the preset")
+    p.add_argument(
+        "--config", type=Path, help="YAML config; its prep section overrides the preset (default: none)"
+    )
     p.add_argument(
         "--val-cases", type=int, default=0, help="validation patients (default: about 10%%, the seed's 58/6)"
     )
@@ -100,17 +111,31 @@ def _add_train(sub) -> None:
         "the resolved config, TensorBoard logs and a loss-curve PNG into RUN_DIR.",
     )
     p.add_argument("cache", type=Path, help="cache folder written by `lungtumor prepare`")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--config", type=Path, help="YAML config overriding the preset")
-    p.add_argument("--preset", default=None, help="recipe: default (2.5D, Dice+BCE), seed2d, demo")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--devices", type=int, help="devices (GPUs, or CPU processes) per node")
-    p.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP")
-    p.add_argument("--accelerator", help="auto, cpu, gpu")
+    add_out(p, "run folder", required=True)
+    p.add_argument("--config", type=Path, help="YAML config overriding the preset (default: none)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=PRESET_NAMES,
+        help="recipe: default (2.5D, Dice+BCE), seed2d, demo or 3d (default: the config's, or default)",
+    )
+    p.add_argument("--epochs", type=int, help="override train.epochs (default: the recipe's)")
+    p.add_argument(
+        "--devices", type=int, help="devices (GPUs, or CPU processes) per node (default: the recipe's, 1)"
+    )
+    p.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP (default: the recipe's, 1)")
+    p.add_argument(
+        "--device",
+        "--accelerator",
+        dest="device",
+        help="training device: auto, cpu, cuda (or gpu), mps; several GPUs with --devices K "
+        "(default: the recipe's train.accelerator, auto); --accelerator is its old name",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from RUN_DIR/checkpoints/last.ckpt (with RUN_DIR/config.yaml unless --config/--preset is given)",
+        help="continue from RUN_DIR/checkpoints/last.ckpt (with RUN_DIR/config.yaml unless --config/--preset is "
+        "given; default: off, a new run)",
     )
     p.set_defaults(cmd="train")
 
@@ -119,9 +144,9 @@ def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict",
         help="segment tumours in CTs; writes masks in the input's original geometry, plus lesion measurements",
-        description="INPUT may be NIfTI, NRRD, MHA, a DICOM series folder, or a folder of these.",
+        description="CT may be NIfTI, NRRD, MHA, a DICOM series folder, or a folder of these.",
     )
-    p.add_argument("inputs", nargs="+", type=Path, help="CT files or folders")
+    add_inputs(p, "inputs", "CT", "CT files or folders")
     p.add_argument(
         "--model",
         type=Path,
@@ -129,9 +154,17 @@ def _add_predict(sub) -> None:
         action="append",
         help="checkpoint (.ckpt) or run folder, 2D or 3D; repeat it to average several models (an ensemble)",
     )
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_out(
+        p,
+        "output folder; two inputs with the same name get distinct outputs (<name>_<parent folder>_tumour...)",
+        required=True,
+    )
     p.add_argument("--threshold", type=float, help="probability threshold (default from the checkpoint, 0.5)")
-    p.add_argument("--min-lesion-mm3", type=float, help="drop components smaller than this (mm³)")
+    p.add_argument(
+        "--min-lesion-mm3",
+        type=float,
+        help="drop components smaller than this (mm³; default from the checkpoint)",
+    )
     p.add_argument(
         "--min-z-extent-ratio",
         type=float,
@@ -148,7 +181,7 @@ def _add_predict(sub) -> None:
     )
     p.add_argument("--save-prob", action="store_true", help="also write the tumour probability map")
     p.add_argument("--report", action="store_true", help="also write the HTML report for each case")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
@@ -163,6 +196,14 @@ def _add_predict(sub) -> None:
         "(default: on when the checkpoint has one)",
     )
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--output-type",
+        default="nifti",
+        metavar="TYPES",
+        help="comma-separated outputs: nifti (<case>_tumour.nii.gz), and for a DICOM series input dicom-seg, "
+        "rtstruct, sr (DICOM SEG, RT Structure Set, measurement SR; need pip install 'lungtumor[dicom]'); "
+        "default nifti",
+    )
     p.set_defaults(cmd="predict")
 
 
@@ -173,13 +214,15 @@ def _add_measure(sub) -> None:
         description="Writes <case>_lesions.json and <case>_lesions.csv. The size category follows AJCC 8th edition T "
         "thresholds by greatest dimension; it is a size category only, not a stage.",
     )
-    p.add_argument(
-        "masks",
-        nargs="+",
-        type=Path,
-        help="mask files, or folders of them (a predict output folder: its *_tumour masks)",
+    add_inputs(
+        p, "masks", "MASK", "mask files, or folders of them (a predict output folder: its *_tumour masks)"
     )
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_out(
+        p,
+        "output folder; two masks with the same name get distinct outputs (<name>_<parent folder>)",
+        required=True,
+    )
+    add_label(p)
     p.set_defaults(cmd="measure")
 
 
@@ -187,21 +230,35 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score predicted masks against ground truth: Dice, NSD, HD95 (mm), lesion-wise recall and FPs",
-        description="Cases are matched by name (<case>_tumour.nii.gz or <case>.nii.gz in PRED_DIR against "
-        "<case>.nii.gz in GT_DIR; also .nrrd/.mha). A ground-truth case without a prediction is reported and scored as "
-        "an empty prediction; a prediction without ground truth is listed, not scored. Writes evaluation_cases.csv "
+        description="Cases are matched by name after stripping the usual suffixes (_tumour, _label, _mask, _seg, "
+        "_gt, _0000: lung_001_0000_tumour.nii.gz in PRED_DIR matches lung_001_gt.nii.gz in GT_DIR; also .nrrd/.mha). "
+        "A file that matches nothing is skipped with a warning (with --score-missing a ground-truth case without a "
+        "prediction is scored as an empty prediction); no match at all is an error. Writes evaluation_cases.csv "
         "(a row per case), evaluation_lesions.csv (a row per ground-truth lesion: volume, size bin, found, "
         "lesion Dice) and evaluation_summary.json (with recall by lesion size).",
     )
     p.add_argument("pred_dir", type=Path, help="folder of predicted masks")
     p.add_argument("gt_dir", type=Path, help="folder of ground-truth masks")
-    p.add_argument("--out", type=Path, help="folder for per-case CSV and summary JSON (default: PRED_DIR)")
+    add_out(p, "folder for per-case CSV and summary JSON (default: PRED_DIR)")
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
     p.add_argument(
         "--lesion-overlap",
         type=float,
         default=0.1,
         help="fraction of a true lesion's voxels one predicted component must cover to count it found (default 0.1)",
+    )
+    add_label(p, "the ground truth")
+    p.add_argument(
+        "--pred-label",
+        type=int,
+        metavar="N",
+        help="the predictions are multi-label and the voxels equal to N are the tumour (default: none, binary "
+        "predictions such as lungtumor's own)",
+    )
+    p.add_argument(
+        "--score-missing",
+        action="store_true",
+        help="score a ground-truth case without a prediction as an empty prediction (Dice 0) instead of skipping it",
     )
     p.set_defaults(cmd="evaluate")
 
@@ -211,10 +268,13 @@ def _add_report(sub) -> None:
         "report",
         help="write a self-contained HTML report (slice scroller, overlay, lesion table, metadata, loss curves)",
     )
-    p.add_argument("image", type=Path, help="the CT")
+    add_slot(p, "image", "CT", ("-i", "--input"), "the CT")
     p.add_argument("--mask", type=Path, required=True, help="the tumour mask on the CT's grid")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--run-dir", type=Path, help="training run folder, to include its loss curves")
+    add_out(p, required=True)
+    p.add_argument(
+        "--run-dir", type=Path, help="training run folder, to include its loss curves (default: none)"
+    )
+    add_label(p)
     p.set_defaults(cmd="report")
 
 
@@ -222,10 +282,11 @@ def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="the whole pipeline on built-in phantoms: synth, prepare, train, predict, evaluate, report",
+        description="synth, prepare, train, predict the held-out phantoms (with reports), evaluate, into OUT; prints "
+        "where everything is. Progress goes to stderr: bars on a terminal; in a log (a file, a pipe, nohup) plain "
+        "lines instead, one per step, per tenth of a step's cases and per training epoch.",
     )
-    p.add_argument(
-        "--out", type=Path, default=Path("lungtumor_demo"), help="output folder (default ./lungtumor_demo)"
-    )
+    add_out(p, "output folder (default ./lungtumor_demo)", default=Path("lungtumor_demo"))
     p.add_argument(
         "--cases", type=int, default=35, help="labelled phantoms, training + validation (default 35)"
     )
@@ -233,8 +294,10 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--test-cases", type=int, default=8, help="held-out phantoms to predict and score (default 8)"
     )
-    p.add_argument("--epochs", type=int, default=None, help="override the demo preset's epochs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--epochs", type=int, default=None, help="override the demo preset's epochs (default: the preset's)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the phantoms, the split and training")
     _add_train_lesions(p, "rich")
     _add_hilar(p, default=True)
     p.set_defaults(cmd="demo")
@@ -250,13 +313,13 @@ def _add_cv(sub) -> None:
         "mean out-of-fold Dice (OUT/postprocessing.json; also written into each fold's checkpoint).",
     )
     p.add_argument("dataset", type=Path, help="labelled dataset folder (dataset.json or imagesTr/labelsTr)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_out(p, required=True)
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    p.add_argument("--preset", default="default", help="recipe: default, seed2d, demo, 3d (default: default)")
-    p.add_argument("--config", type=Path, help="YAML config overriding the preset")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--preset", default="default", choices=PRESET_NAMES, help="recipe (default: default)")
+    p.add_argument("--config", type=Path, help="YAML config overriding the preset (default: none)")
+    p.add_argument("--epochs", type=int, help="override train.epochs (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="fold and training seed")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (prediction)")
+    p.add_argument("--device", default="auto", help=f"prediction device: {DEVICE_HELP}")
     p.set_defaults(cmd="cv")
 
 
@@ -266,15 +329,13 @@ def _add_benchmark_msd(sub) -> None:
         help="5-fold CV of a recipe on an MSD Task06 folder, compared with nnU-Net's 0.72 mean per-case Dice",
     )
     p.add_argument("task_dir", type=Path, help="the Task06_Lung folder (dataset.json, imagesTr, labelsTr)")
-    p.add_argument(
-        "--out", type=Path, default=Path("benchmark_msd"), help="output folder (default ./benchmark_msd)"
-    )
-    p.add_argument("--preset", default="default", help="recipe (default: default)")
-    p.add_argument("--config", type=Path, help="YAML config overriding the preset")
+    add_out(p, "output folder (default ./benchmark_msd)", default=Path("benchmark_msd"))
+    p.add_argument("--preset", default="default", choices=PRESET_NAMES, help="recipe (default: default)")
+    p.add_argument("--config", type=Path, help="YAML config overriding the preset (default: none)")
     p.add_argument("--folds", type=int, default=5, help="folds (default 5, as nnU-Net)")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (prediction)")
+    p.add_argument("--epochs", type=int, help="override train.epochs (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="fold and training seed")
+    p.add_argument("--device", default="auto", help=f"prediction device: {DEVICE_HELP}")
     p.set_defaults(cmd="benchmark_msd")
 
 
@@ -291,24 +352,30 @@ def _add_compare(sub) -> None:
     )
     p.add_argument("baseline", type=Path, help="baseline CT (NIfTI, NRRD, MHA or a DICOM series folder)")
     p.add_argument("followup", type=Path, help="follow-up CT")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--baseline-mask", type=Path, help="tumour mask on the baseline CT's grid (used as it is)")
+    add_out(p, required=True)
     p.add_argument(
-        "--followup-mask", type=Path, help="tumour mask on the follow-up CT's grid (used as it is)"
+        "--baseline-mask",
+        type=Path,
+        help="tumour mask on the baseline CT's grid, used as it is (default: predicted with --model)",
+    )
+    p.add_argument(
+        "--followup-mask",
+        type=Path,
+        help="tumour mask on the follow-up CT's grid, used as it is (default: predicted with --model)",
     )
     p.add_argument(
         "--model",
         type=Path,
         action="append",
-        help="checkpoint or run folder to predict a missing mask (repeat it for an ensemble)",
+        help="checkpoint or run folder to predict a missing mask (repeat it for an ensemble; default: none)",
     )
     p.add_argument(
         "--interval-days",
         type=float,
-        help="days between the scans, for volume doubling times (default: none)",
+        help="days between the scans, for volume doubling times (default: from the two DICOM StudyDates, else none)",
     )
     p.add_argument("--affine", action="store_true", help="refine the rigid registration with an affine one")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (prediction of missing masks)")
+    p.add_argument("--device", default="auto", help=f"device for predicting missing masks: {DEVICE_HELP}")
     p.set_defaults(cmd="compare")
 
 

@@ -56,9 +56,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary name keeps the real suffix (``.x.nii.gz.tmp-123`` would confuse writers that
     pick the format from the suffix), so it is built as ``.tmp-<pid>-<name>``.
     A reader therefore never sees a half-written file under the final name.
+
+    Links are never written through: the rename replaces whatever entry is at ``path`` (a symlink there is
+    replaced by the new file; its target is untouched), and a stale entry at the temporary name (a leftover,
+    or a planted symlink) is removed before the block writes there. A folder in ``path`` is used as given
+    (an output folder that is itself a symlink is fine).
     """
     path = Path(path)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    if tmp.is_symlink() or tmp.is_file():
+        tmp.unlink()  # a link itself, not its target
+    elif tmp.is_dir():
+        shutil.rmtree(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -74,7 +83,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:  # exclusive: never opens an existing file or follows a link
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

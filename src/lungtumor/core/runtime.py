@@ -8,16 +8,65 @@ import torch
 
 from lungtumor.core.errors import InputError
 
+#: What ``--device`` accepts (predict, train, cv, compare), for messages and help texts.
+DEVICE_CHOICES = "auto, cpu, cuda (or gpu), cuda:N, mps"
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _check_device_name(name: str) -> str:
+    """``name`` normalised (``gpu`` → ``cuda``, ``gpu:N`` → ``cuda:N``); raises InputError when unknown."""
+    norm = name.strip().lower()
+    if norm == "gpu" or norm.startswith("gpu:"):
+        norm = "cuda" + norm[3:]
+    ok = norm in ("auto", "cpu", "cuda", "mps") or (norm.startswith("cuda:") and norm[5:].isdigit())
+    if not ok:
+        raise InputError("--device", f"unknown device {name!r}; use {DEVICE_CHOICES}")
+    return norm
+
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU. Raises InputError for an unknown or unavailable device."""
-    if name == "auto":
+    """The torch device of a ``--device`` value: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or
+    its alias ``gpu``, ``cuda:N`` (``gpu:N``) and ``mps`` (Apple GPUs, where torch has it).
+
+    Raises:
+        InputError: an unknown name, or a device this machine does not have.
+    """
+    norm = _check_device_name(name)
+    if norm == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise InputError("--device", f"unknown device {name!r}; use auto, cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device", "CUDA was requested but no CUDA device is available")
-    return torch.device(name)
+    if norm.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device", "CUDA was requested but no CUDA device is available")
+        index = int(norm[5:]) if ":" in norm else 0
+        if index >= torch.cuda.device_count():
+            raise InputError(
+                "--device", f"{name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    if norm == "mps" and not _mps_available():
+        raise InputError("--device", "MPS was requested but this torch build has no MPS device here")
+    return torch.device(norm)
+
+
+def lightning_accelerator(name: str) -> str:
+    """A ``--device`` value as Lightning's accelerator name (for ``train``): ``cuda``/``gpu`` → ``gpu``, ``mps``,
+    ``cpu`` and ``auto`` as they are. Training picks GPUs by count (``--devices K``), so ``cuda:N`` is refused
+    with a hint (``CUDA_VISIBLE_DEVICES=N`` chooses GPU N).
+
+    Raises:
+        InputError: an unknown name, or ``cuda:N``.
+    """
+    norm = _check_device_name(name)
+    if ":" in norm:
+        raise InputError(
+            "--device",
+            f"train uses GPUs by count (--devices K), not by index; use --device cuda and "
+            f"CUDA_VISIBLE_DEVICES={norm[5:]} to train on GPU {norm[5:]}",
+        )
+    return "gpu" if norm == "cuda" else norm
 
 
 def autocast(device: torch.device, precision: str):

@@ -17,17 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from lungtumor.core.errors import InputError
+from lungtumor.core.progress import tqdm
 from lungtumor.imaging.io import case_name, is_image_path, read_mask, read_volume
 
 _CHANNEL_SUFFIX = re.compile(r"_0000$")
 
+#: dataset.json ``name`` of the phantoms that ``lungtumor synth`` writes (``data.phantom``): how a model card
+#: knows that a model saw nothing but synthetic data.
+PHANTOM_DATASET_NAME = "lungtumor-phantoms"
+
 
 @dataclass(frozen=True)
 class Case:
-    """One labelled case: ``image`` and ``label`` are resolved absolute paths inside the dataset folder."""
+    """One labelled case: ``image`` and ``label`` are absolute paths inside the dataset folder (symlinks there
+    are kept as links, not resolved)."""
 
     name: str
     image: Path
@@ -47,20 +52,25 @@ class Dataset:
 
 
 def _inside(root: Path, rel: str | os.PathLike, where: str) -> Path:
-    """Resolve ``rel`` against ``root`` (following symlinks); refuse anything that leaves ``root``."""
+    """``rel`` joined to ``root``; refuse a path whose name leaves ``root`` (``..``, an absolute path elsewhere).
+
+    Symlinks are not resolved: a file or folder inside ``root`` may be a link to anywhere (nnU-Net datasets
+    are often folders of links to the raw data), and the case keeps the link's name. An absolute path
+    spelled through a symlinked ``root`` is accepted when it resolves inside it.
+    """
     if not isinstance(rel, str) or not rel.strip():
         raise InputError(where, f"path must be a non-empty string, got {rel!r}")
-    try:
-        p = Path(rel)
-        full = (p if p.is_absolute() else root / p).resolve()
-    except (ValueError, OSError) as e:  # e.g. an embedded NUL byte, a symlink loop
-        raise InputError(
-            where, f"path {rel!r} is not a valid path ({getattr(e, 'strerror', None) or e})"
-        ) from None
-    try:
-        full.relative_to(root)
-    except ValueError:
-        raise InputError(where, f"path {rel!r} points outside the dataset folder {root}") from None
+    if "\x00" in rel:
+        raise InputError(where, f"path {rel!r} is not a valid path (embedded null byte)")
+    full = Path(os.path.normpath(root / rel))  # an absolute ``rel`` replaces ``root``
+    if full != root and root not in full.parents:
+        try:
+            resolved = full.resolve()
+        except (ValueError, OSError, RuntimeError):  # e.g. a symlink loop
+            resolved = full
+        if Path(rel).is_absolute() and root in resolved.parents:
+            return resolved
+        raise InputError(where, f"path {rel!r} points outside the dataset folder {root}")
     return full
 
 
@@ -158,7 +168,7 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
 
     Raises:
         InputError: missing folder, invalid dataset.json, missing keys, duplicate cases, a path outside the
-            folder (``..``, absolute, or a symlink leading out), or no cases at all.
+            folder by its name (``..`` or absolute; a symlink in the folder may point anywhere), or no cases.
     """
     given = Path(root)
     if not given.exists():
@@ -185,6 +195,33 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
         seen[c.name] = c
     ds.cases.sort(key=lambda c: c.name)
     return ds
+
+
+def dataset_source(ds: Dataset) -> dict[str, object]:
+    """Where a dataset's cases come from, for the prepared cache and the model card (primitives only).
+
+    Returns:
+        ``{"name", "path", "description", "synthetic", "cases"}``: ``synthetic`` is True for the phantoms of
+        ``lungtumor synth`` (dataset.json ``name`` is :data:`PHANTOM_DATASET_NAME` and ``lesions.json`` lies
+        beside it), False for any other dataset; ``cases`` counts the labelled cases.
+    """
+    meta: dict = {}
+    if ds.source == "dataset.json":
+        try:
+            loaded = json.loads((ds.root / "dataset.json").read_text(encoding="utf-8"))
+            meta = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            meta = {}
+    name = meta.get("name") if isinstance(meta.get("name"), str) else ds.root.name
+    synthetic = name == PHANTOM_DATASET_NAME and (ds.root / "lesions.json").is_file()
+    description = meta.get("description") if isinstance(meta.get("description"), str) else ""
+    return {
+        "name": name,
+        "path": str(ds.root),
+        "description": description,
+        "synthetic": synthetic,
+        "cases": len(ds.cases),
+    }
 
 
 # ----------------------------------------------------------------------------- check

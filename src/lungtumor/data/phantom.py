@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
-from tqdm import tqdm
 
 from lungtumor.core.errors import InputError, atomic_write_text, ensure_writable_dir
+from lungtumor.core.progress import tqdm
 from lungtumor.data.anatomy import render_anatomy, sample_anatomy
 from lungtumor.data.geometry import grow_tree, raster_tubes, smooth_noise, widen_near_root
 from lungtumor.data.lesions import (
@@ -41,6 +41,7 @@ from lungtumor.data.lesions import (
     sample_grid,
     sample_lesion_plan,
 )
+from lungtumor.data.msd import PHANTOM_DATASET_NAME
 from lungtumor.imaging.io import write_volume
 from lungtumor.imaging.volume import Volume
 
@@ -380,7 +381,7 @@ def synth_dataset(
     train = [r for r in records if r["split"] == "train"]
     test = [r for r in records if r["split"] == "test"]
     ds = {
-        "name": "lungtumor-phantoms",
+        "name": PHANTOM_DATASET_NAME,
         "description": "Synthetic chest CT phantoms with lung tumours (lungtumor synth, seed "
         f"{seed}). labelsTs/ holds the test cases' true masks so held-out phantoms can be scored; "
         "lesions.json records every lesion's true volume, centre and diameter.",

@@ -25,6 +25,12 @@ PRED_SUFFIX = "_tumour"
 PROB_SUFFIX = "_prob"
 
 
+#: Suffixes that name a mask or a channel rather than the case; stripped (repeatedly, any case) from file names
+#: before ground truth and predictions are matched: nnU-Net's ``_0000``, the usual label/mask names, and
+#: lungtumor's own ``_tumour``.
+MATCH_SUFFIXES = (PRED_SUFFIX, "_label", "_mask", "_seg", "_gt", "_0000")
+
+
 CASES_CSV = "evaluation_cases.csv"
 
 
@@ -39,7 +45,7 @@ class CaseMetrics:
     """One evaluated case. Volumes in mL, distances in mm."""
 
     case: str
-    status: str = "ok"  # ok | missing_prediction | no_ground_truth
+    status: str = "ok"  # ok | no_prediction (skipped) | missing_prediction (scored empty) | no_ground_truth
     dice: float = float("nan")
     nsd: float = float("nan")
     hd95_mm: float = float("nan")
@@ -109,6 +115,10 @@ def _by_size(rows: list[dict]) -> dict:
     return out
 
 
+#: Statuses of rows that are listed but not scored.
+SKIPPED = ("no_ground_truth", "no_prediction")
+
+
 @dataclass
 class SegmentationMetrics:
     """Accumulate per-case metrics and aggregate them at the end (MONAI style).
@@ -146,7 +156,7 @@ class SegmentationMetrics:
         return m
 
     def add(self, m: CaseMetrics) -> None:
-        """Store an already computed case (e.g. a ``no_ground_truth`` row, which is not aggregated)."""
+        """Store an already computed case (e.g. a skipped ``no_ground_truth`` row, which is not aggregated)."""
         self.cases.append(m)
 
     def reset(self) -> None:
@@ -155,13 +165,14 @@ class SegmentationMetrics:
 
     def aggregate(self) -> dict:
         """Mean and median of each metric over the scored cases, with counts of undefined values."""
-        scored = [c for c in self.cases if c.status != "no_ground_truth"]
+        scored = [c for c in self.cases if c.status not in SKIPPED]
         n_gt = sum(c.n_gt_lesions for c in scored)
         n_found = sum(c.n_found for c in scored)
         return {
             "n_cases": len(scored),
             "n_missing_prediction": sum(c.status == "missing_prediction" for c in scored),
             "n_no_ground_truth": sum(c.status == "no_ground_truth" for c in self.cases),
+            "n_no_prediction": sum(c.status == "no_prediction" for c in self.cases),
             "n_both_empty": sum(c.gt_ml == 0 and c.pred_ml == 0 for c in scored),
             "tolerance_mm": self.tolerance_mm,
             "lesion_overlap": self.lesion_overlap,
@@ -189,9 +200,22 @@ class EvaluationSummary:
     csv_path: Path
     json_path: Path
     lesions_csv_path: Path | None = None
+    warnings: list[str] = field(default_factory=list)  # unmatched files: one line each, for stderr
 
 
-def _index(folder: Path, what: str, strip_suffix: bool) -> dict[str, Path]:
+def match_name(name: str) -> str:
+    """The name a case is matched by: ``name`` without trailing :data:`MATCH_SUFFIXES` (``lung_001_0000_tumour``
+    and ``lung_001_gt`` are both ``lung_001``)."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for suf in MATCH_SUFFIXES:
+            if name.lower().endswith(suf) and len(name) > len(suf):
+                name, stripped = name[: -len(suf)], True
+    return name
+
+
+def _index(folder: Path, what: str, skip_prob: bool) -> dict[str, Path]:
     if not folder.is_dir():
         if folder.exists():
             raise InputError(folder, f"{what} path is a file, not a folder")
@@ -200,11 +224,9 @@ def _index(folder: Path, what: str, strip_suffix: bool) -> dict[str, Path]:
     for p in sorted(folder.iterdir()):
         if not p.is_file() or not is_image_path(p) or p.name.startswith("."):
             continue
-        name = case_name(p)
-        if strip_suffix and name.endswith(PROB_SUFFIX):
+        if skip_prob and case_name(p).endswith(PROB_SUFFIX):
             continue  # probability maps written by ``predict --save-prob`` are not masks
-        if strip_suffix and name.endswith(PRED_SUFFIX):
-            name = name[: -len(PRED_SUFFIX)]
+        name = match_name(case_name(p))
         if name in out:
             raise InputError(p, f"two {what} files for case {name!r} (the other is {out[name].name})")
         out[name] = p
@@ -213,31 +235,85 @@ def _index(folder: Path, what: str, strip_suffix: bool) -> dict[str, Path]:
     return out
 
 
+def _unmatched_warnings(missing: list[str], extra: list[str], score_missing: bool) -> list[str]:
+    """One warning line per kind of unmatched file (for stderr)."""
+    lines = []
+    if missing:
+        how = (
+            "scored as an empty prediction"
+            if score_missing
+            else "skipped, not scored (--score-missing scores them as empty)"
+        )
+        lines.append(f"{len(missing)} ground-truth case(s) without a prediction, {how}: {', '.join(missing)}")
+    if extra:
+        lines.append(f"{len(extra)} prediction(s) without ground truth, skipped: {', '.join(extra)}")
+    return lines
+
+
+def _score(
+    gts: dict[str, Path],
+    preds: dict[str, Path],
+    acc: SegmentationMetrics,
+    *,
+    label: int | None,
+    pred_label: int | None,
+    score_missing: bool,
+) -> None:
+    """Score every ground-truth case into ``acc``; unmatched files get unscored rows (or, for ground truth
+    with ``score_missing``, are scored against an empty prediction)."""
+    for name, gt_path in gts.items():
+        pred_path = preds.get(name)
+        if pred_path is None and not score_missing:
+            acc.add(CaseMetrics(case=name, status="no_prediction", gt_file=str(gt_path)))
+            continue
+        gt = read_mask(gt_path, label=label, label_option="--label")
+        if pred_path is None:
+            pred = np.zeros_like(gt.array)
+        else:
+            pred = read_mask(pred_path, reference=gt, label=pred_label, label_option="--pred-label").array
+        m = acc.update(pred, gt.array, gt.spacing[::-1], case=name)
+        m.gt_file = str(gt_path)
+        if pred_path is None:
+            m.status = "missing_prediction"
+        else:
+            m.pred_file = str(pred_path)
+    for name in sorted(set(preds) - set(gts)):
+        acc.add(CaseMetrics(case=name, status="no_ground_truth", pred_file=str(preds[name])))
+
+
 def evaluate_dirs(
     pred_dir: str | os.PathLike,
     gt_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     tolerance_mm: float = 2.0,
     lesion_overlap: float = 0.1,
+    *,
+    label: int | None = None,
+    pred_label: int | None = None,
+    score_missing: bool = False,
 ) -> EvaluationSummary:
     """Score every case of ``gt_dir`` against ``pred_dir`` and write ``evaluation_cases.csv`` and
     ``evaluation_summary.json`` into ``out_dir`` (atomically).
 
-    Cases match by name: prediction ``<case>_tumour.<ext>`` or ``<case>.<ext>`` against ground truth
-    ``<case>.<ext>`` (.nii.gz, .nii, .nrrd, .mha, ...); ``<case>_prob.<ext>`` probability maps are skipped.
+    Cases match by name (.nii.gz, .nii, .nrrd, .mha, ...) after :func:`match_name` strips the usual suffixes
+    (``_tumour``, ``_label``, ``_mask``, ``_seg``, ``_gt``, ``_0000``) on both sides; ``<case>_prob.<ext>``
+    probability maps are skipped. A file that matches nothing is skipped (listed with its status, not scored,
+    and named in ``EvaluationSummary.warnings``); with ``score_missing`` a ground-truth case without a prediction
+    is scored as an empty prediction instead. ``label`` / ``pred_label``: the ground truth / the predictions are
+    multi-label masks whose voxels equal to it are the tumour (without them masks must be binary).
 
     Raises:
-        InputError: a folder is missing or empty, no prediction matches a ground-truth case, a mask
-            unreadable or not binary, a prediction not on its ground truth's grid, bad options, or an
-            unwritable output folder.
+        InputError: a folder is missing or empty, no prediction matches a ground-truth case, two files of a
+            folder match one case, a mask unreadable or not binary, a prediction not on its ground truth's
+            grid, bad options, or an unwritable output folder.
     """
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise InputError("--tolerance-mm", f"must be a finite number >= 0, got {tolerance_mm}")
     if not 0 < lesion_overlap <= 1:
         raise InputError("--lesion-overlap", f"must be in (0, 1], got {lesion_overlap}")
-    gts = _index(Path(gt_dir), "ground-truth", strip_suffix=False)
-    preds = _index(Path(pred_dir), "prediction", strip_suffix=True)
-    if not set(gts) & set(preds):  # surely the wrong folder: every case would score as an empty prediction
+    gts = _index(Path(gt_dir), "ground-truth", skip_prob=False)
+    preds = _index(Path(pred_dir), "prediction", skip_prob=True)
+    if not set(gts) & set(preds):  # surely the wrong folder: nothing could be scored
         raise InputError(
             pred_dir,
             f"no prediction matches a ground-truth case by name (ground truth: {', '.join(list(gts)[:3])}"
@@ -246,30 +322,17 @@ def evaluate_dirs(
         )
     out = ensure_writable_dir(out_dir)
     acc = SegmentationMetrics(tolerance_mm=tolerance_mm, lesion_overlap=lesion_overlap)
-    for name, gt_path in gts.items():
-        gt = read_mask(gt_path)
-        sp = gt.spacing[::-1]
-        pred_path = preds.get(name)
-        if pred_path is None:
-            pred = np.zeros_like(gt.array)
-        else:
-            pred = read_mask(pred_path, reference=gt).array
-        m = acc.update(pred, gt.array, sp, case=name)
-        m.gt_file = str(gt_path)
-        if pred_path is None:
-            m.status = "missing_prediction"
-        else:
-            m.pred_file = str(pred_path)
-    for name in sorted(set(preds) - set(gts)):
-        acc.add(CaseMetrics(case=name, status="no_ground_truth", pred_file=str(preds[name])))
+    _score(gts, preds, acc, label=label, pred_label=pred_label, score_missing=score_missing)
     agg = acc.aggregate()
-    agg["missing_prediction"] = [c.case for c in acc.cases if c.status == "missing_prediction"]
-    agg["no_ground_truth"] = [c.case for c in acc.cases if c.status == "no_ground_truth"]
+    for status in ("missing_prediction", "no_prediction", "no_ground_truth"):
+        agg[status] = [c.case for c in acc.cases if c.status == status]
     agg["units"] = {"hd95_mm": "mm", "gt_ml": "mL", "pred_ml": "mL", "tolerance_mm": "mm"}
     agg["policy"] = (
         "Dice NaN when both masks are empty; HD95 NaN when either is empty; NSD NaN when both are empty, "
-        "0 when one is; NaNs are excluded from mean/median and counted in n_undefined. A missing prediction "
-        "is scored as an empty mask; a prediction without ground truth is listed but not scored."
+        "0 when one is; NaNs are excluded from mean/median and counted in n_undefined. A ground-truth case "
+        "without a prediction is "
+        + ("scored as an empty mask" if score_missing else "listed (no_prediction) but not scored")
+        + "; a prediction without ground truth is listed but not scored."
     )
     csv_path, json_path, les_path = out / CASES_CSV, out / SUMMARY_JSON, out / LESIONS_CSV
     names = [f.name for f in fields(CaseMetrics) if f.name != "lesions"]
@@ -280,8 +343,14 @@ def evaluate_dirs(
     )
     doc = {"summary": agg, "cases": [_json_safe(asdict(c)) for c in acc.cases]}
     atomic_write_text(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    missing = agg["missing_prediction"] + agg["no_prediction"]
     return EvaluationSummary(
-        aggregate=agg, cases=acc.cases, csv_path=csv_path, json_path=json_path, lesions_csv_path=les_path
+        aggregate=agg,
+        cases=acc.cases,
+        csv_path=csv_path,
+        json_path=json_path,
+        lesions_csv_path=les_path,
+        warnings=_unmatched_warnings(missing, agg["no_ground_truth"], score_missing),
     )
 
 
@@ -301,7 +370,7 @@ def _json_safe(d: dict) -> dict:
 
 
 def format_summary(summary: EvaluationSummary) -> str:
-    """A short human-readable summary of an evaluation."""
+    """A short human-readable summary of an evaluation (the unmatched files are in ``summary.warnings``)."""
     a = summary.aggregate
 
     def f(key: str, unit: str = "", digits: int = 3) -> str:
@@ -325,16 +394,6 @@ def format_summary(summary: EvaluationSummary) -> str:
     bins = [f"{k} {v['n_found']}/{v['n_gt']}" for k, v in a.get("lesions_by_size", {}).items() if v["n_gt"]]
     if bins:
         lines.append("found by size  " + ", ".join(bins) + " (volume-equivalent diameter)")
-    if a["missing_prediction"]:
-        lines.append(
-            f"warning: {len(a['missing_prediction'])} case(s) without prediction, scored as empty: "
-            + ", ".join(a["missing_prediction"])
-        )
-    if a["no_ground_truth"]:
-        lines.append(
-            f"warning: {len(a['no_ground_truth'])} prediction(s) without ground truth, not scored: "
-            + ", ".join(a["no_ground_truth"])
-        )
     extra = f", {summary.lesions_csv_path.name}" if summary.lesions_csv_path else ""
     lines.append(f"wrote {summary.csv_path}{extra} and {summary.json_path}")
     return "\n".join(lines)

@@ -32,7 +32,8 @@ from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
 from lungtumor.core.errors import InputError, atomic_write_text, ensure_writable_dir
-from lungtumor.imaging.components import component_sizes, label_components_in_box
+from lungtumor.core.paths import unique_stems
+from lungtumor.imaging.components import component_sizes, label_components_in_box, paint
 from lungtumor.imaging.io import IMAGE_SUFFIXES, case_name, is_image_path, read_mask
 from lungtumor.imaging.orientation import to_canonical
 from lungtumor.imaging.volume import Volume
@@ -242,6 +243,28 @@ def measure_lesions(mask: Volume) -> list[Lesion]:
     return lesions
 
 
+def lesion_labels(mask: Volume) -> tuple[np.ndarray, int]:
+    """The lesions of a binary mask as a label map numbered as :func:`measure_lesions` numbers them.
+
+    Args:
+        mask: Volume whose array (z, y, x) is {0, 1}, in any stored orientation.
+
+    Returns:
+        (labels, n): uint16 (int32 beyond 65535 lesions) array of the mask's own shape and array order (not the
+        canonical one), 0 background and k = lesion k (by decreasing volume; ties in canonical scan order,
+        as ``measure_lesions``); n lesions.
+    """
+    can, ro = to_canonical(mask)
+    box, labels, n = label_components_in_box(can.array)
+    out = np.zeros(can.shape, np.uint16 if n <= 65535 else np.int32)
+    if n:
+        counts = component_sizes(labels, n)
+        table = np.zeros(n + 1, out.dtype)
+        table[sorted(range(1, n + 1), key=lambda j: -counts[j])] = np.arange(1, n + 1)
+        paint(out[box], labels, table)  # a slab at a time
+    return np.ascontiguousarray(ro.restore(out)), n
+
+
 def _totals(lesions: Sequence[Lesion]) -> dict:
     return {
         "n_lesions": len(lesions),
@@ -337,27 +360,34 @@ def collect_masks(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def measure_files(
-    paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, errors: list[str] | None = None
+    paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    errors: list[str] | None = None,
+    *,
+    label: int | None = None,
 ) -> Iterator[str]:
     """Measure each mask file (folders as :func:`collect_masks` expands them) and write its JSON and CSV into
     ``out_dir``; yields one printable line per mask.
 
     ``errors``: a mask that cannot be measured (missing, unreadable, not binary) appends its one-line
-    message here and the others go on; None: its :class:`InputError` is raised.
+    message here and the others go on; None: its :class:`InputError` is raised. ``label``: the masks are
+    multi-label and the voxels equal to it are the tumour (``measure --label N``). Two masks with the same
+    file name get distinct output names (:func:`lungtumor.core.paths.unique_stems`: ``<name>_<parent folder>``).
 
     Raises:
         InputError: (besides the above) the output folder is not writable, or a folder holds no masks.
     """
-    for p in collect_masks(paths):
+    masks = collect_masks(paths)
+    stems = unique_stems([(case_name(p), p) for p in masks])
+    for p, stem in zip(masks, stems, strict=True):
         try:
-            vol = read_mask(p)
+            vol = read_mask(p, label=label, label_option="--label")
         except InputError as e:
             if errors is None:
                 raise
             errors.append(str(e))
             continue
         ensure_writable_dir(out_dir)  # made once a mask is read: bad masks alone leave no folder behind
-        case = case_name(p)
         lesions = measure_lesions(vol)
-        json_path, _ = write_lesions(lesions, case, out_dir)
-        yield f"{summary_line(case, lesions)} -> {json_path}"
+        json_path, _ = write_lesions(lesions, stem, out_dir)
+        yield f"{summary_line(stem, lesions)} -> {json_path}"

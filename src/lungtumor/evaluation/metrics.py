@@ -10,10 +10,11 @@ Empty masks:
 - NSD is NaN when both are empty and 0 when only one is.
 - Lesion recall is NaN for a case without ground-truth lesions; false positives still count.
 
-Folder evaluation (:func:`evaluate_dirs`): a ground-truth case without a prediction is **not dropped**: its row
-has status ``missing_prediction`` and it is scored as an empty prediction (so it lowers Dice and recall), and
-the summary lists it. A prediction without ground truth gets a row with status ``no_ground_truth`` and is
-not scored.
+Folder evaluation (:func:`evaluate_dirs`): cases match by name with the usual suffixes stripped. A ground-truth
+case without a prediction gets a row with status ``no_prediction`` and is not scored (a warning names it); with
+``score_missing`` (``evaluate --score-missing``) it has status ``missing_prediction`` and is scored as an empty
+prediction (so it lowers Dice and recall). A prediction without ground truth gets a row with status
+``no_ground_truth`` and is not scored.
 """
 
 from __future__ import annotations

@@ -164,6 +164,7 @@ def _read_dicom_series(path: Path, budget: int | None = None) -> Volume:
         ("0018|0060", "KVP"),
         ("0008|103e", "SeriesDescription"),
         ("0020|000e", "SeriesInstanceUID"),
+        ("0008|0020", "StudyDate"),
     ):
         if reader.HasMetaDataKey(0, tag):
             meta[name] = reader.GetMetaData(0, tag).strip()
@@ -381,20 +382,44 @@ def _nifti_nonfinite(path: Path) -> int:
         return 0
 
 
-def read_mask(path: str | os.PathLike, reference: Volume | None = None) -> Volume:
+def read_mask(
+    path: str | os.PathLike,
+    reference: Volume | None = None,
+    *,
+    label: int | None = None,
+    label_option: str | None = None,
+) -> Volume:
     """Read a binary label volume and check it is {0, 1} and (optionally) on ``reference``'s grid.
+
+    ``label``: the mask is multi-label (a TotalSegmentator ``--ml`` file, an RTSTRUCT-derived label map) and
+    the voxels equal to ``label`` are the tumour; the other values are background. ``label_option``: the error for
+    a multi-label mask without ``label`` suggests it (``"--label"``: commands that have such an option).
 
     Returns:
         Volume with a uint8 array of 0/1.
+
+    Raises:
+        InputError: unreadable, not binary (without ``label``), a ``label`` below 1, or off ``reference``'s grid.
     """
+    if label is not None and label < 1:
+        raise InputError(label_option or "--label", f"must be a label value of 1 or more, got {label}")
     vol = read_volume(path)
     a = vol.array
+    if label is not None:
+        a = (a == label).view(np.uint8)
+        vol = vol.with_array(a)
     # min/max first: a full np.unique (a sort) costs ~20x more and is only needed for the message.
     binary = a.min() >= 0 and a.max() <= 1 and (a.dtype.kind != "f" or bool(np.all((a == 0) | (a == 1))))
     if not binary:
         vals = np.unique(a)
         kind = "non-binary values" if a.dtype.kind == "f" else "values"
-        raise InputError(path, f"label has {kind} {_list_values(vals)}; expected 0 and 1")
+        integral = bool(np.all(vals == np.round(vals))) and vals.min() >= 0
+        hint = (
+            f" (a multi-label mask: choose the tumour's label with {label_option} N)"
+            if label_option and integral
+            else ""
+        )
+        raise InputError(path, f"label has {kind} {_list_values(vals)}; expected 0 and 1{hint}")
     if reference is not None:
         why = reference.grid_mismatch(vol)
         if why:

@@ -2,8 +2,9 @@
 
 ``load_checkpoint(path) -> LoadedModel`` (2D, with the nodule detector stored beside it), ``load_checkpoint3d``
 and ``load_any`` (either, by the stored arch). A checkpoint's ``hyper_parameters["lungtumor"]`` holds
-``{"config": to_dict(RunConfig), "stats": {...}, "prep": {...}}`` with primitives only, so
-``torch.load(weights_only=True)`` reads it and nothing but tensors and primitives is ever unpickled. Writing
+``{"config": to_dict(RunConfig), "stats": {...}, "prep": {...}, "card": {...}}`` (the model card,
+``inference.card``; absent in older checkpoints) with primitives only, so ``torch.load(weights_only=True)``
+reads it and nothing but tensors and primitives is ever unpickled; ``read_card`` reads the card alone. Writing
 checkpoints (atomically) is ``training.trainer.AtomicCheckpointIO``; ``add_detector_to_checkpoint`` adds the
 detector's weights to a written checkpoint.
 """
@@ -14,7 +15,7 @@ import io
 import os
 import pickle
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from torch import nn
 from lungtumor.core.config import ARCH_3D, NoduleConfig, RunConfig
 from lungtumor.core.config_io import config_from_dict, to_dict
 from lungtumor.core.errors import InputError, atomic_write_bytes
+from lungtumor.inference.card import card_of
 from lungtumor.inference.detector import CKPT_KEY, load_detector
 from lungtumor.models import build_model, create_model, is_3d
 from lungtumor.models.nodule3d import NodulePatchNet
@@ -50,7 +52,7 @@ def load_checkpoint3d(path: str | os.PathLike):
         ) from None
     model.eval()
     stats = {k: float(v) for k, v in dict(info.get("stats", {})).items()}
-    return LoadedModel(model, cfg, stats, dict(info.get("prep", {})), p)
+    return LoadedModel(model, cfg, stats, dict(info.get("prep", {})), p, card=card_of(info))
 
 
 def _arch_of(path: Path) -> str:
@@ -88,6 +90,8 @@ class LoadedModel:
         prep: the cache's preprocessing parameters as a plain dict.
         path: the checkpoint file.
         nodule: the 3D nodule detector trained beside the model (``config.nodule.enabled``), else None.
+        card: the model card (``inference.card``): training data, preset, validation; ``{"version": 0}``
+            for a checkpoint written before cards existed.
     """
 
     model: nn.Module
@@ -96,6 +100,7 @@ class LoadedModel:
     prep: dict[str, Any]
     path: Path
     nodule: nn.Module | None = None
+    card: dict[str, Any] = field(default_factory=lambda: {"version": 0})
 
 
 def checkpoint_file(path: str | os.PathLike) -> Path:
@@ -166,4 +171,20 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
 
     nodule = load_detector(ck, cfg.nodule, p)
     stats = {k: float(v) for k, v in dict(info.get("stats", {})).items()}
-    return LoadedModel(model, cfg, stats, dict(info.get("prep", to_dict(cfg.prep))), p, nodule)
+    prep = dict(info.get("prep", to_dict(cfg.prep)))
+    return LoadedModel(model, cfg, stats, prep, p, nodule, card=card_of(info))
+
+
+def read_card(path: str | os.PathLike) -> dict[str, Any]:
+    """The model card of a checkpoint (.ckpt or run folder) without reading its weights (memory-mapped).
+
+    Raises:
+        InputError: missing, foreign or unreadable checkpoint (as :func:`load_checkpoint`).
+    """
+    p = checkpoint_file(path)
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        info = ck["hyper_parameters"]["lungtumor"]
+    except Exception:  # noqa: BLE001 - anything odd: the full reader gives the precise message
+        info = read_checkpoint(p)["hyper_parameters"]["lungtumor"]
+    return card_of(info)

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lungtumor.core.config import PrepConfig
 from lungtumor.core.errors import InputError, atomic_write_text, ensure_writable_dir
-from lungtumor.data.msd import load_dataset
+from lungtumor.core.progress import tqdm
+from lungtumor.data.msd import dataset_source, load_dataset
 from lungtumor.preprocessing.cache_writer import Counter, Team, Writer, n_workers, npy_ok
 
 # public names (and the helpers ``prepare3d`` uses) importable from here, as before the split
@@ -238,6 +238,7 @@ def prepare_dataset(
             "stats": stats,
             "cases": entries,
             "tumour_slice_fraction": n_tumour / max(n_slices, 1),
+            "source": dataset_source(ds),  # where the data came from: the model card reads it
             "complete": True,
         }
         atomic_write_text(out / "splits.json", json_text(splits))

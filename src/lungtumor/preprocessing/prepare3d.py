@@ -11,7 +11,7 @@ Cache layout (its own folder; ``lungtumor prepare --preset 3d`` writes it)::
 
     CACHE/cache.json   {"version": 1, "kind": "3d", "spacing": [x, y, z], "stats": {clip_lo, clip_hi, mean, std},
                         "vol3d": {...}, "cases": [{"name", "shape": [z, y, x], "orig_shape", "orig_spacing",
-                        "n_fg", "tumour_ml"}], "complete": true}
+                        "n_fg", "tumour_ml"}], "source": {...} (data.msd.dataset_source), "complete": true}
     CACHE/cases3d/<name>_img.npy  float16 (z, y, x) normalised, at the target spacing (np.load mmap_mode="r")
     CACHE/cases3d/<name>_seg.npy  uint8   (z, y, x) {0, 1}
     CACHE/cases3d/<name>_fg.npy   int32   (n, 3) (z, y, x) indices of up to 20000 tumour voxels (sampling)
@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from lungtumor.core.config import Vol3DConfig
 from lungtumor.core.config_io import to_dict
 from lungtumor.core.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
-from lungtumor.data.msd import load_dataset
+from lungtumor.core.progress import tqdm
+from lungtumor.data.msd import dataset_source, load_dataset
 from lungtumor.imaging.io import read_mask, read_volume
 from lungtumor.imaging.orientation import canonical_pair
 from lungtumor.imaging.volume import Volume
@@ -266,6 +266,7 @@ def prepare_dataset_3d(
             "stats": stats,
             "vol3d": to_dict(cfg),
             "cases": entries,
+            "source": dataset_source(ds),  # where the data came from: the model card reads it
             "complete": True,
         }
         atomic_write_text(out / "splits.json", json_text(splits))

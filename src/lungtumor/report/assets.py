@@ -35,6 +35,7 @@ button{font:inherit;padding:5px 12px;border:1px solid #c5cdd8;border-radius:5px;
 button:hover{background:#eef3fb}
 .hint,.note,figcaption{color:var(--muted);font-size:12px}
 .empty{color:var(--muted);font-style:italic}
+.warning{border:2px solid #ff9500;background:#fff4e5;color:#5c3300;border-radius:8px;padding:10px 14px;margin:0 0 16px;font-weight:600}
 .table-wrap{overflow-x:auto}
 table{border-collapse:collapse}
 table.kv{width:100%}
@@ -71,7 +72,7 @@ SCRIPT = """
     var o = data.overlay[i];
     if (o) { ov.src = o; }
     ov.hidden = !(o && toggle.checked);
-    num.textContent = "Slice " + data.z[i] + " / " + (data.n_total - 1);
+    num.textContent = "Slice " + (data.z[i] + 1) + " of " + data.n_total + " (index " + data.z[i] + ")";
     pos.textContent = "z = " + data.pos_mm[i].toFixed(1) + " mm";
     area.textContent = data.area_mm2[i] > 0 ? "tumour " + data.area_mm2[i].toFixed(0) + " mm\\u00b2" : "no tumour";
   }

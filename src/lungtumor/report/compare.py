@@ -31,7 +31,7 @@ from lungtumor.imaging.volume import Volume
 LUNG_WINDOW = (-1350.0, 150.0)
 #: Most lesion figures on one page (the largest rows first, as listed).
 MAX_FIGURES = 20
-#: Half-width (mm) of a lesion's crop: at least this, else 1.2 x its long axis.
+#: Half-width (mm) of a figure's crop, the same on both sides: this, or 1.2 x the longer long axis of the two.
 MIN_HALF_MM = 25.0
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
@@ -62,10 +62,10 @@ def long_axis_endpoints(sl: np.ndarray, sp_yx: Sequence[float]) -> tuple[np.ndar
 
 
 def _panel(
-    ax, ct: Volume, labels: np.ndarray, lesion: Lesion | None, point_zyx: np.ndarray, title: str
+    ax, ct: Volume, labels: np.ndarray, lesion: Lesion | None, point_zyx: np.ndarray, title: str, half: float
 ) -> None:
-    """One side: the axial slice through the lesion's long axis (or through ``point_zyx``), cropped around it,
-    with the lesion's outline and its long axis."""
+    """One side: the axial slice through the lesion's long axis (or through ``point_zyx``), cropped ``half`` mm
+    around it, with the lesion's outline and its long axis."""
     z = lesion.long_axis_slice if lesion else int(round(float(point_zyx[0])))
     if not 0 <= z < ct.shape[0]:
         ax.text(0.5, 0.5, "outside the scan", ha="center", va="center", transform=ax.transAxes)
@@ -74,7 +74,6 @@ def _panel(
         return
     sx, sy = ct.spacing[0], ct.spacing[1]
     cy, cx = lesion.centroid_index_zyx[1:] if lesion else point_zyx[1:]
-    half = max(MIN_HALF_MM, 1.2 * (lesion.long_axis_mm if lesion else 0.0))
     y0, y1 = max(0, int(cy - half / sy)), min(ct.shape[1], int(cy + half / sy) + 1)
     x0, x1 = max(0, int(cx - half / sx)), min(ct.shape[2], int(cx + half / sx) + 1)
     img = np.clip(ct.array[z, y0:y1, x0:x1].astype(np.float32), *LUNG_WINDOW)
@@ -140,8 +139,9 @@ def lesion_figures(
             if fl
             else "follow-up: no lesion"
         )
-        _panel(axes[0], base_ct, base_labels, bl, b_pt, b_title)
-        _panel(axes[1], fu_ct, fu_labels, fl, f_pt, f_title)
+        half = max([MIN_HALF_MM] + [1.2 * les.long_axis_mm for les in (bl, fl) if les is not None])
+        _panel(axes[0], base_ct, base_labels, bl, b_pt, b_title, half)  # one crop (mm) for both sides
+        _panel(axes[1], fu_ct, fu_labels, fl, f_pt, f_title, half)
         fig.tight_layout()
         caption = f"{row['kind']}: baseline {row['baseline_lesions'] or '-'} / follow-up {row['followup_lesions'] or '-'}"
         out.append({"caption": caption, "png": _png(fig)})

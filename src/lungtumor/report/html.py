@@ -44,7 +44,7 @@ LESION_LABELS = {
     "volume_mm3": "Volume (mm³)",
     "long_axis_mm": "Long axis (mm)",
     "short_axis_mm": "Short axis (mm)",
-    "long_axis_slice": "Long-axis slice",
+    "long_axis_slice": "Long-axis slice index",
     "max_3d_diameter_mm": "3D diameter (mm)",
     "diameter_3d_mm": "3D diameter (mm)",
     "centroid_mm": "Centroid x, y, z (mm)",
@@ -52,8 +52,8 @@ LESION_LABELS = {
     "centroid_index_zyx": "Centroid index z, y, x",
     "size_category_ajcc8_T": "Size category (AJCC 8 T)",
     "voxels": "Voxels",
-    "slice_range": "Slices",
-    "largest_slice": "Largest slice",
+    "slice_range": "Slice indices",
+    "largest_slice": "Largest slice index",
     "size_category": "Size category",
     "n_voxels": "Voxels",
 }
@@ -336,8 +336,10 @@ def render_html(
     key_slices: Sequence[int | None],
     meta: dict[str, str],
     curves: dict[str, str | None] | None,
+    warnings: Sequence[str] = (),
 ) -> str:
-    """The whole report page as one self-contained HTML string."""
+    """The whole report page as one self-contained HTML string; ``warnings`` are shown above everything
+    (e.g. a model trained only on phantoms)."""
     i0 = viewer["default"]
     w, h = viewer["size"]
     ov0 = viewer["overlay"][i0] if viewer["z"] else None
@@ -371,5 +373,6 @@ def render_html(
         "lesion_note": lesion_note,
         "curves": _curves_context(curves),
         "metadata": metadata_rows(case, image, mask, meta),
+        "warnings": [str(w) for w in warnings],
     }
     return _environment().get_template("report.html.j2").render(context)

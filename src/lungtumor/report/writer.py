@@ -366,6 +366,8 @@ def write_report(
     lesions: Sequence[Any] | None = None,
     run_dir: str | os.PathLike | None = None,
     meta: dict[str, str] | None = None,
+    warnings: Sequence[str] = (),
+    stem: str | None = None,
 ) -> Path:
     """Write ``<case>_report.html`` (self-contained, no network access) into ``out_dir``; return its path.
 
@@ -376,7 +378,10 @@ def write_report(
         case: case name, shown escaped; the file name uses :func:`safe_filename` of it.
         lesions: measured lesions (dataclasses or dicts); measured from ``mask`` when ``None``.
         run_dir: training run folder; its ``loss_curves.png`` or ``metrics.csv`` is included.
-        meta: extra metadata to list (e.g. input file names).
+        meta: extra metadata to list (e.g. input file names, the model and its settings).
+        warnings: shown at the top of the page (e.g. a model trained only on phantoms).
+        stem: the file-name stem (``<stem>_report.html``; default :func:`safe_filename` of ``case``): predict
+            gives each input a distinct one.
 
     Raises:
         InputError: mask not on the image grid, run folder missing, output folder not writable.
@@ -396,8 +401,9 @@ def write_report(
         key_slices=[lesion_key_slice(r) for r in rows],
         meta=dict(meta or {}),
         curves=curves,
+        warnings=warnings,
     )
-    path = out / f"{safe_filename(case)}_report.html"
+    path = out / f"{stem or safe_filename(case)}_report.html"
     atomic_write_text(path, html)
     return path
 
@@ -407,8 +413,11 @@ def report_files(
     mask: str | os.PathLike,
     out: str | os.PathLike,
     run_dir: str | os.PathLike | None = None,
+    *,
+    label: int | None = None,
 ) -> list[Path]:
     """Read a CT and its mask and write the HTML report, GIF animation and PNG montage into ``out``.
+    ``label``: the mask is multi-label and the voxels equal to it are the tumour (``report --label N``).
 
     Returns:
         [report.html, animation.gif, montage.png] paths.
@@ -418,7 +427,9 @@ def report_files(
     """
     stored = read_volume(image)
     img, ro = to_canonical(stored)  # shown as axial slices, LPS order
-    msk = img.with_array(ro.apply(read_mask(mask, reference=stored).array))
+    msk = img.with_array(
+        ro.apply(read_mask(mask, reference=stored, label=label, label_option="--label").array)
+    )
     out_dir = ensure_writable_dir(out)
     meta = {"Image file": Path(image).name, "Mask file": Path(mask).name, **stored_order_note(stored, ro)}
     return write_all(img, msk, out_dir, case_name(image), run_dir=run_dir, meta=meta)
@@ -432,11 +443,16 @@ def write_all(
     lesions=None,
     run_dir: str | os.PathLike | None = None,
     meta: dict[str, str] | None = None,
+    warnings: Sequence[str] = (),
+    stem: str | None = None,
 ) -> list[Path]:
-    """The HTML report, the GIF animation and the PNG montage of one case: [html, gif, png]."""
+    """The HTML report, the GIF animation and the PNG montage of one case: [html, gif, png], named
+    ``<stem>_report.html`` etc. (``stem`` default: :func:`safe_filename` of ``case``)."""
     out_dir = Path(out_dir)
-    html = write_report(image, mask, out_dir, case, lesions=lesions, run_dir=run_dir, meta=meta)
-    stem = safe_filename(case)
+    html = write_report(
+        image, mask, out_dir, case, lesions=lesions, run_dir=run_dir, meta=meta, warnings=warnings, stem=stem
+    )
+    stem = stem or safe_filename(case)
     gif = write_animation(image, mask, out_dir / f"{stem}_animation.gif")
     montage = write_montage(image, mask, out_dir / f"{stem}_montage.png")
     return [html, gif, montage]

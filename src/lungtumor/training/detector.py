@@ -79,7 +79,7 @@ def cache_patches(cache: str | Path, names: Sequence[str], cfg: NoduleConfig, wo
     """Candidate cubes of the cached cases ``names`` (a prepared 2D cache), ``workers`` processes."""
 
     root = Path(cache)
-    meta = json.loads((root / "cache.json").read_text())
+    meta = json.loads((root / "cache.json").read_text(encoding="utf-8"))
     records = {c["name"]: c for c in meta["cases"]}
     jobs = [(str(root), n, records[n], meta["prep"], meta["stats"], cfg) for n in names]
     if workers > 1 and len(jobs) > 1:  # numpy and scipy only in the workers: fork is safe

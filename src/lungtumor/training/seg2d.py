@@ -48,6 +48,7 @@ from lungtumor.preprocessing.cache import (
 )
 from lungtumor.training.artifacts import example_figure, write_history
 from lungtumor.training.augment import augment_batch, augment_crop_batch, random_crop
+from lungtumor.training.card import build_card
 from lungtumor.training.detector import train_for_run
 from lungtumor.training.losses import make_loss
 from lungtumor.training.sampling import (
@@ -100,7 +101,8 @@ SCHEDULES = ("constant", "cosine")
 class SegModule(HistoryInCheckpoint, LightningModuleBase):
     """Orchestrates training: data fetch, batched augmentation, loss, per-patient validation, logging.
 
-    ``hyper_parameters["lungtumor"]`` = {"config": to_dict(RunConfig), "stats": {...}, "prep": {...}}.
+    ``hyper_parameters["lungtumor"]`` = {"config": to_dict(RunConfig), "stats": {...}, "prep": {...},
+    "card": {...}} (the model card, ``training.card``).
     Call :meth:`attach` with the cache before fitting.
     """
 
@@ -460,7 +462,11 @@ def train(
         # (train_for_run): a best.ckpt written mid-run is always a complete, loadable 2D model
         ck_cfg = copy.deepcopy(cfg)
         ck_cfg.nodule.enabled = False
-        module = SegModule({"config": to_dict(ck_cfg), "stats": dict(data.stats), "prep": dict(data.prep)})
+        # what the model saw: its model card (training data, preset; validation added per checkpoint)
+        card = build_card(data.root, cfg, len(data.train), len(data.val))
+        module = SegModule(
+            {"config": to_dict(ck_cfg), "stats": dict(data.stats), "prep": dict(data.prep), "card": card}
+        )
         module.attach(data, run_dir)
         trainer = make_trainer(
             run_dir, cfg, accelerator, precision,

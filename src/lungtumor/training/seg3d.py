@@ -30,6 +30,7 @@ from lungtumor.inference.sliding_window import sliding_window_probs
 from lungtumor.models import build_model, is_3d
 from lungtumor.models.unet3d import divisor
 from lungtumor.training.artifacts import write_history
+from lungtumor.training.card import build_card
 from lungtumor.training.losses import LossFn, dice_bce_loss, dice_score, make_loss
 from lungtumor.training.patches import (
     Cache3D,
@@ -107,7 +108,7 @@ def resolve_plan(cfg: RunConfig, cache: Cache3D, device: torch.device) -> RunCon
 
 
 class Seg3DModule(HistoryInCheckpoint, LightningModuleBase):
-    """Lightning orchestration of the 3D recipe; ``hyper_parameters["lungtumor"]`` = config, stats, prep."""
+    """Lightning orchestration of the 3D recipe; ``hyper_parameters["lungtumor"]`` = config, stats, prep, card."""
 
     def __init__(self, lungtumor: dict[str, Any]) -> None:
         super().__init__()
@@ -246,6 +247,7 @@ def train3d(
                 "config": to_dict(cfg),
                 "stats": dict(data.stats),
                 "prep": {"kind": "3d", "spacing": list(data.spacing)},
+                "card": build_card(data.root, cfg, len(train), len(val)),  # what the model saw
             }
         )
         module.attach(data, train, val, run_dir)

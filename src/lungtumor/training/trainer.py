@@ -28,6 +28,8 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from lungtumor.core.config import RunConfig
 from lungtumor.core.errors import InputError, atomic_path
+from lungtumor.core.progress import log_line, stderr_is_terminal
+from lungtumor.training.card import with_validation
 
 try:  # Lightning is needed for training only; checkpoint.load_checkpoint works without it.
     import lightning.pytorch as pl
@@ -110,6 +112,15 @@ class HistoryInCheckpoint:
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lungtumor_history"] = copy.deepcopy(self.history)
+        hp = checkpoint.get("hyper_parameters")
+        info = hp.get("lungtumor") if isinstance(hp, dict) else None
+        if isinstance(info, dict) and isinstance(
+            info.get("card"), dict
+        ):  # the card: these weights' validation
+            card = with_validation(
+                info["card"], self.history["epochs"], int(getattr(self, "current_epoch", -1))
+            )
+            checkpoint["hyper_parameters"] = {**hp, "lungtumor": {**info, "card": card}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = copy.deepcopy(checkpoint.get("lungtumor_history", {"epochs": [], "steps": []}))
@@ -181,6 +192,29 @@ class ProgressBar(TQDMProgressBar if pl else object):  # type: ignore[misc]
         return items
 
 
+class EpochLines(pl.Callback if pl else object):  # type: ignore[misc]
+    """Progress as one plain line per epoch (``epoch 3/20: train_loss 0.4121, val_dice 0.6034 (14 s)``), used
+    instead of the redrawn bar when stderr is not a terminal (a log file, a pipe): no carriage returns."""
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._t0 = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        parts = [f"{k} {float(m[k]):.4f}" for k in ("train_loss", "val_dice", "val_loss") if k in m]
+        took = time.monotonic() - getattr(self, "_t0", time.monotonic())
+        log_line(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {', '.join(parts)} ({took:.0f} s)")
+
+
+def progress_callbacks(progress: bool) -> list[Any]:
+    """The progress display of a run: the bar on a terminal, :class:`EpochLines` otherwise, none when off."""
+    if not progress:
+        return []
+    return [ProgressBar()] if stderr_is_terminal() else [EpochLines()]
+
+
 def make_trainer(
     run_dir: Path,
     cfg: RunConfig,
@@ -220,13 +254,14 @@ def make_trainer(
         save_on_train_epoch_end=True,
         enable_version_counter=False,
     )
+    bar = progress_callbacks(progress)
     return pl.Trainer(
         accelerator=accelerator,
         precision=precision,
         max_epochs=cfg.train.epochs,
         logger=TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False),
-        callbacks=[best_cb, *callbacks, last_cb] + ([ProgressBar()] if progress else []),
-        enable_progress_bar=progress,
+        callbacks=[best_cb, *callbacks, last_cb, *bar],
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in bar),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=cfg.train.val_every_n_epochs,

@@ -14,6 +14,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from lungtumor.followup.recist import (
     min_measurable_mm,
     slice_thickness_mm,
 )
-from lungtumor.followup.registration import Registration, register
+from lungtumor.followup.registration import POOR_RESIDUAL_MM, Registration, register
 from lungtumor.imaging.io import read_mask, read_volume
 from lungtumor.imaging.orientation import to_canonical
 from lungtumor.imaging.volume import Volume
@@ -79,7 +80,8 @@ def read_ct(path: str | os.PathLike) -> Volume:
     if lo >= CT_AIR_HU:
         raise InputError(
             path,
-            f"does not look like a CT in HU: no voxel below {CT_AIR_HU:g} HU (lowest {lo:g}; a mask or another modality?)",
+            f"does not look like a CT in HU: no voxel below {CT_AIR_HU:g} HU, so no air and no lungs (lowest {lo:g}; "
+            "a mask, another modality or a soft-tissue-only image?)",
         )
     return vol
 
@@ -87,6 +89,36 @@ def read_ct(path: str | os.PathLike) -> Volume:
 def _check_interval(interval_days: float | None) -> None:
     if interval_days is not None and not (math.isfinite(interval_days) and interval_days > 0):
         raise InputError("--interval-days", f"must be a number of days > 0, got {interval_days}")
+
+
+def study_date(ct: Volume) -> date | None:
+    """The DICOM StudyDate (``YYYYMMDD``) that the reader kept in ``ct.meta``; None when absent or invalid."""
+    text = str(ct.meta.get("StudyDate", "")).strip()
+    try:
+        return datetime.strptime(text, "%Y%m%d").date() if len(text) == 8 else None
+    except ValueError:
+        return None
+
+
+def interval_from_study_dates(baseline: Volume, followup: Volume) -> tuple[float | None, list[str]]:
+    """Days from the baseline's DICOM StudyDate to the follow-up's, and the warnings.
+
+    None without a warning when neither CT has a StudyDate (NIfTI, NRRD, MHA); None with a warning when only
+    one has a valid date, or when the follow-up's date is not later than the baseline's."""
+    raw = [str(v.meta.get("StudyDate", "")).strip() for v in (baseline, followup)]
+    if not any(raw):
+        return None, []
+    first, second = study_date(baseline), study_date(followup)
+    fix = "no volume doubling times (give --interval-days)"
+    if first is None or second is None:
+        shown = ", ".join(f"{n} {r or 'none'!r}" for n, r in zip(("baseline", "follow-up"), raw, strict=True))
+        return None, [f"DICOM StudyDate missing or not a YYYYMMDD date ({shown}): {fix}"]
+    days = (second - first).days
+    if days <= 0:
+        return None, [
+            f"the follow-up's DICOM StudyDate {raw[1]} is not later than the baseline's {raw[0]}: {fix}"
+        ]
+    return float(days), []
 
 
 def _predicted_mask(ct_path: Path, model: Any, out: Path, device: str, progress: bool) -> Path:
@@ -123,17 +155,23 @@ def _masks(
 
 
 def _warnings(reg: Registration) -> list[str]:
-    w = []
-    if not reg.lungs_found:
-        w.append(
-            "no lungs found in one of the CTs: the whole images were registered and no residual was measured"
-        )
-    elif reg.poor:
-        w.append(
-            f"poor registration: the lung surfaces are {reg.residual_mm:.1f} mm apart on average after registration "
-            f"(threshold {reg.summary()['poor_threshold_mm']:g} mm); check the lesion matches in compare.html"
-        )
-    return w
+    """The registration's warnings: a CT without lungs, or a poor residual (mm)."""
+    check = "check the lesion matches in compare.html"
+    if reg.lungs_missing:
+        which = " and the ".join(reg.lungs_missing) + (" CTs" if len(reg.lungs_missing) > 1 else " CT")
+        return [
+            f"no lungs found in the {which} (no air inside the body): the whole images were registered and no "
+            f"residual was measured; {check}"
+        ]
+    if not reg.poor:
+        return []
+    cause = "a different patient, a wrong series or a very different breath-hold?"
+    if reg.residual_mm is None:
+        return [f"poor registration: the registered lungs do not overlap ({cause}); {check}"]
+    return [
+        f"poor registration: the lung surfaces are {reg.residual_mm:.1f} mm apart on average after registration "
+        f"(threshold {POOR_RESIDUAL_MM:g} mm; {cause}); {check}"
+    ]
 
 
 def _document(
@@ -211,7 +249,8 @@ def compare(
         baseline_mask, followup_mask: tumour masks on their CT's grid, used as they are; a missing one is
             predicted with ``model``.
         model: checkpoint or run folder (or several, averaged) for the missing masks.
-        interval_days: days between the scans, for volume doubling times.
+        interval_days: days between the scans, for volume doubling times; None: from the two DICOM
+            StudyDates when both CTs are DICOM series with valid dates, the follow-up's later.
         affine: refine the rigid registration with an affine one.
         device: ``auto``, ``cpu`` or ``cuda`` for the prediction.
 
@@ -226,6 +265,10 @@ def compare(
             raise InputError(opt, f"not given, and no --model to predict it (give {opt} or --model)")
     _check_interval(interval_days)
     cts = (read_ct(paths[0]), read_ct(paths[1]))
+    interval_source, date_warnings = ("--interval-days" if interval_days is not None else None), []
+    if interval_days is None:
+        interval_days, date_warnings = interval_from_study_dates(*cts)
+        interval_source = None if interval_days is None else "DICOM StudyDate"
     # a bad mask fails before anything is predicted or written
     given = [None if m is None else (m, read_mask(m, reference=ct)) for m, ct in zip(masks, cts, strict=True)]
     out = Path(out_dir)
@@ -237,10 +280,11 @@ def compare(
     reg = register(base_ct, fu_ct, affine=affine)
     a = assess(base_m, fu_m, reg, midline_x_mm=lung_midline_x_mm(reg.baseline_lungs, base_ct),
                thickness_mm=slice_thickness_mm(cts[0]), interval_days=interval_days, gate_mm=GATE_MM)  # fmt: skip
-    warnings = _warnings(reg)
+    warnings = _warnings(reg) + date_warnings
     inputs = {"baseline_ct": str(paths[0]), "followup_ct": str(paths[1]), "baseline_mask": str(mask_files[0]),
               "followup_mask": str(mask_files[1]), "baseline_mask_source": sources[0],
-              "followup_mask_source": sources[1], "interval_days": interval_days}  # fmt: skip
+              "followup_mask_source": sources[1], "interval_days": interval_days, "interval_source": interval_source,
+              "study_dates": [cts[0].meta.get("StudyDate"), cts[1].meta.get("StudyDate")]}  # fmt: skip
     doc = _document(a, reg, inputs, warnings)
     figures = lesion_figures(
         base_ct, fu_ct, lesion_labels(base_m.array)[0], lesion_labels(fu_m.array)[0], a, reg

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lungtumor.core.config_io import load_config
 from lungtumor.core.errors import ensure_writable_dir
+from lungtumor.core.progress import log_line
 from lungtumor.data.phantom import synth_dataset
 from lungtumor.evaluation.evaluate import evaluate_dirs, format_summary
 from lungtumor.preprocessing.prepare import prepare_dataset
@@ -57,7 +58,8 @@ def run_demo(
     train_lesions: str = "rich",
     train_hilar_vessels: bool = True,
 ) -> DemoResult:
-    """Run the whole pipeline into ``out`` and return paths, timings and the held-out summary.
+    """Run the whole pipeline into ``out`` and return paths, timings and the held-out summary. With ``progress``,
+    each step and its progress go to stderr: bars on a terminal, plain lines in a log (no carriage returns).
 
     ``config`` (a RunConfig) replaces the ``demo`` preset; ``matrix``/``slices`` size the phantoms (tests use
     tiny ones). ``val_cases`` of the ``cases`` labelled phantoms validate (6 of 35: 3 were too few to choose a
@@ -76,9 +78,13 @@ def run_demo(
         cfg.train.epochs = epochs
 
     def step(name: str, fn):
+        if progress:  # one plain line per step: the log reads as a list of stages
+            log_line(f"demo: step {len(res.timings_s) + 1}/5: {name}")
         t0 = time.perf_counter()
         value = fn()
         res.timings_s[name] = time.perf_counter() - t0
+        if progress:
+            log_line(f"demo: {name} done in {res.timings_s[name]:.0f} s")
         return value
 
     data, cache, run, pred = root / "data", root / "cache", root / "run", root / "predictions"

@@ -6,17 +6,17 @@ import contextlib
 import gc
 import math
 import os
-import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from lungtumor.core.errors import InputError, ensure_writable_dir
+from lungtumor.core.paths import unique_stems
+from lungtumor.core.progress import tqdm
 from lungtumor.core.runtime import cpu_has_bf16, resolve_device
 from lungtumor.evaluation.measure import measure_lesions, write_lesions
 from lungtumor.imaging.io import IMAGE_SUFFIXES, case_name, is_image_path, read_volume, write_volume
@@ -27,6 +27,14 @@ from lungtumor.inference.predictor import Predictor
 from lungtumor.models import is_3d
 from lungtumor.postprocessing.filters import postprocess_mask
 from lungtumor.report.writer import write_all
+from lungtumor.workflows.manifest import PredictManifest, model_record, settings_record
+from lungtumor.workflows.outputs import (
+    RunInfo,
+    check_dicom_inputs,
+    load_dicom_writer,
+    parse_output_types,
+    run_info,
+)
 
 
 @dataclass
@@ -48,6 +56,7 @@ class PredictOptions:
     threads: int | None = None
     progress: bool = False
     nodules: bool | None = None
+    output_types: str | Sequence[str] = ("nifti",)  # "nifti,dicom-seg,rtstruct,sr" (workflows.outputs)
 
 
 @dataclass
@@ -62,13 +71,15 @@ class PredictResult:
     tumour_ml: float = 0.0
     seconds: float = 0.0
     error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step (read, predict, ...)
 
     def summary_line(self) -> str:
         """One human-readable line."""
         if self.error:
             return f"FAILED {self.case}: {self.error}"
+        shown = self.mask_path or next((f for f in self.outputs if f.suffix == ".dcm"), None)
         return (
-            f"{self.case}: {self.n_lesions} lesion(s), {self.tumour_ml:.2f} mL -> {self.mask_path} "
+            f"{self.case}: {self.n_lesions} lesion(s), {self.tumour_ml:.2f} mL -> {shown} "
             f"({self.seconds:.1f} s)"
         )
 
@@ -107,7 +118,8 @@ def collect_inputs(
     the caller can say so; hidden files are passed over.
 
     Raises:
-        InputError: an input does not exist, a folder holds nothing readable, or two inputs share a case name.
+        InputError: an input does not exist, or a folder holds nothing readable. Two inputs may share a case
+            name: :func:`predict_paths` gives their outputs distinct names.
     """
     out: list[tuple[str, Path]] = []
     skip = skipped if skipped is not None else []
@@ -145,20 +157,7 @@ def collect_inputs(
                     p, f"folder holds no CT images ({', '.join(IMAGE_SUFFIXES)}) or DICOM series"
                 )
             out.extend(found)
-    names = [n for n, _ in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise InputError(dup[0], "two inputs have this case name; outputs would overwrite each other")
     return out
-
-
-def output_stem(case: str) -> str:
-    """The file-name stem for ``case``'s outputs: path separators, control characters and characters that
-    are not allowed in Windows file names become ``_``, and a leading ``.`` too (no hidden files, no ``..``),
-    so an output can only ever land inside the output folder."""
-    s = re.sub(r'[\x00-\x1f\x7f/\\<>:"|?*]', "_", case)
-    s = re.sub(r"^\.+", lambda m: "_" * len(m.group()), s)
-    return s or "case"
 
 
 @dataclass
@@ -224,11 +223,24 @@ def _predict_case(
     opts: PredictOptions,
     out: Path,
     run_dir: Path | None,
+    info: RunInfo | None = None,
 ) -> None:
-    """Predict one CT into ``res`` and write its outputs into ``out`` (``run_dir``: loss curves for reports)."""
+    """Predict one CT into ``res`` and write its outputs into ``out`` (``run_dir``: loss curves for reports;
+    ``info``: the output types, the DICOM writer, and the model and settings shown in reports)."""
+    info = info or RunInfo()
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:  # seconds per step, for the manifest
+        nonlocal clock
+        now = time.perf_counter()
+        res.timings[step] = res.timings.get(step, 0.0) + now - clock
+        clock = now
+
     stored = read_volume(res.source)
     vol, ro = to_canonical(stored)  # the models see axial slices in LPS order; outputs go back as stored
+    lap("read")
     prob, mask, air = _predict_mask(predictor, vol, s, opts)
+    lap("predict")
     if prob is not None:
         res.outputs.append(write_volume(from_canonical(prob, stored, ro), out / f"{stem}_prob.nii.gz"))
     del prob  # free it before postprocessing allocates
@@ -242,20 +254,41 @@ def _predict_case(
             lung_air=air,
         )
     mask_vol = vol.with_array(mask)  # canonical: measured and shown as axial slices
-    res.mask_path = write_volume(from_canonical(mask, stored, ro), out / f"{stem}_tumour.nii.gz")
-    res.outputs.append(res.mask_path)
+    lap("postprocess")
+    stored_mask = from_canonical(mask, stored, ro)
+    if "nifti" in info.types:
+        res.mask_path = write_volume(stored_mask, out / f"{stem}_tumour.nii.gz")
+        res.outputs.append(res.mask_path)
     res.tumour_ml = float(mask.sum()) * vol.voxel_volume_mm3 / 1000.0
     lesions = None
-    if opts.measure or opts.report:
+    if opts.measure or opts.report or info.dicom_writer:
         lesions = measure_lesions(mask_vol)
         res.n_lesions = len(lesions)
         if opts.measure:
             res.outputs.extend(write_lesions(lesions, stem, out))
-    if opts.report:
-        meta = stored_order_note(stored, ro)
+    if info.dicom_writer:  # SEG / RTSTRUCT / SR referencing the source series (a DICOM folder)
         res.outputs.extend(
-            write_all(vol, mask_vol, out, res.case, lesions=lesions, run_dir=run_dir, meta=meta)
+            info.dicom_writer(
+                res.source, stored_mask, lesions, out, stem, info.types, info.parameters, info.description
+            )
         )
+    lap("write")
+    if opts.report:
+        meta = {**stored_order_note(stored, ro), **info.meta}
+        res.outputs.extend(
+            write_all(
+                vol,
+                mask_vol,
+                out,
+                res.case,
+                lesions=lesions,
+                run_dir=run_dir,
+                meta=meta,
+                warnings=info.warnings,
+                stem=stem,
+            )
+        )
+        lap("report")
 
 
 def predict_paths(
@@ -265,7 +298,8 @@ def predict_paths(
     opts: PredictOptions | None = None,
 ) -> list[PredictResult]:
     """Predict every input; write ``<case>_tumour.nii.gz`` (uint8, input geometry), lesion files, optional
-    ``<case>_prob.nii.gz`` and report. A failing case is reported in its result; the others go on.
+    ``<case>_prob.nii.gz`` and report, DICOM SEG/RTSTRUCT/SR for DICOM inputs with ``opts.output_types``, and
+    ``predict_manifest.json`` (docs/outputs.md). A failing case is reported in its result; the others go on.
 
     ``model_path`` is one checkpoint or run folder (2D or 3D), or several: then their probabilities on the
     input grid are averaged (an ensemble, e.g. a 2D and a 3D model); the first model's infer settings apply.
@@ -274,17 +308,19 @@ def predict_paths(
         InputError: the model cannot be loaded, the output folder is not writable, or inputs are missing.
     """
     opts = opts or PredictOptions()
+    opts = replace(opts, output_types=parse_output_types(opts.output_types))
     device = resolve_device(opts.device)
     cases = collect_inputs(inputs)
-    stems = [output_stem(c) for c, _ in cases]
-    dup = sorted({s for s in stems if stems.count(s) > 1})
-    if dup:
-        raise InputError(dup[0], "two inputs have this output name; outputs would overwrite each other")
+    check_dicom_inputs([src for _, src in cases], opts.output_types, Path(out_dir))  # DICOM in, not into it
+    load_dicom_writer(opts.output_types)  # highdicom missing: say so before anything is loaded
+    stems = unique_stems(cases)  # two inputs named ct.nii.gz: ct_<parent folder>_tumour.nii.gz each
     paths = (
         [Path(model_path)] if isinstance(model_path, (str, os.PathLike)) else [Path(m) for m in model_path]
     )
     # load before the output folder exists: a bad model leaves nothing behind
+    t_load = time.perf_counter()
     models = Predictor.load(paths, opts.nodules)
+    t_load = time.perf_counter() - t_load
     s = _settings(opts, models[0], device)
     # --batch-size applies to every model; without it each checkpoint uses its own infer.batch_size
     predictor = Predictor(models, device=device, precision=s.precision, tta=s.tta, batch_size=opts.batch_size)
@@ -292,6 +328,12 @@ def predict_paths(
     if opts.threads:
         torch.set_num_threads(opts.threads)
     out, run_dir = ensure_writable_dir(out_dir), _run_dir_of(paths[0])
+    # provenance: predict_manifest.json, rewritten atomically after every case
+    manifest = PredictManifest(
+        out, [model_record(m) for m in models], settings_record(s, opts, device, models)
+    )
+    manifest.set_timing("load_models_s", t_load)
+    info = run_info(manifest.data["models"], manifest.data["settings"])
     results: list[PredictResult] = []
     for (case, src), stem in tqdm(
         list(zip(cases, stems, strict=True)), desc="predict", unit="case", disable=not opts.progress
@@ -299,7 +341,7 @@ def predict_paths(
         t0 = time.perf_counter()
         res = PredictResult(case=case, source=src)
         try:
-            _predict_case(res, stem, predictor, s, opts, out, run_dir)
+            _predict_case(res, stem, predictor, s, opts, out, run_dir, info)
         except InputError as e:
             res.error = str(e)
         except MemoryError:
@@ -313,6 +355,7 @@ def predict_paths(
             res.outputs, res.mask_path = [], None
         res.seconds = time.perf_counter() - t0
         results.append(res)
+        manifest.add_case(res, out)
         gc.collect()
     return results
 

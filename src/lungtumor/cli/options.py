@@ -1,0 +1,107 @@
+"""Option helpers of the ``lungtumor`` command (light: no heavy imports, ``--help`` stays fast).
+
+``-i/--input`` and ``-o/--out`` slots that may also be given as positional arguments (:func:`finish_args`
+fills them after parsing), the help formatter that shows every default, and the shared option texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+#: ``lungtumor.core.presets.PRESETS``, not imported here (the CLI starts fast; a test keeps them equal).
+PRESET_NAMES = ("3d", "default", "demo", "seed2d")
+
+#: What ``--device`` accepts (``lungtumor.core.runtime.DEVICE_CHOICES``).
+DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda (or gpu), cuda:N or mps"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (``(default: 20)``, ``(default: off)`` for a flag), unless the
+    help already says what the default is; an option without a default value says so in its own words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or not action.option_strings or action.required:
+            return text
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action.default, bool):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        return f"{text} (default: %(default)s)"
+
+
+def add_slot(p: argparse.ArgumentParser, dest: str, metavar: str, flags: tuple[str, ...], text: str) -> None:
+    """A required path that can be given as a positional argument (``METAVAR``) or as an option (``flags``)."""
+    either = "/".join(flags)
+    p.add_argument(dest, nargs="?", type=Path, metavar=metavar, help=f"{text} (or {either})")
+    p.add_argument(
+        *flags,
+        dest=f"{dest}_opt",
+        type=Path,
+        metavar=metavar,
+        help=f"{text}; required, as {metavar} or {either}",
+    )
+    p.set_defaults(_slots=[*(p.get_default("_slots") or []), (dest, metavar, either)])
+
+
+def add_inputs(p: argparse.ArgumentParser, dest: str, metavar: str, text: str) -> None:
+    """One or more paths, as positional arguments and/or ``-i/--input`` (repeatable)."""
+    p.add_argument(dest, nargs="*", type=Path, metavar=metavar, help=f"{text} (or -i/--input)")
+    p.add_argument(
+        "-i",
+        "--input",
+        dest=f"{dest}_opt",
+        nargs="+",
+        action="extend",
+        type=Path,
+        metavar=metavar,
+        help=f"{text}, as an option (repeatable; with or instead of the positional {metavar}); required, one way "
+        "or the other",
+    )
+    p.set_defaults(_lists=[(dest, metavar, "-i/--input")])
+
+
+def add_out(p: argparse.ArgumentParser, text: str = "output folder", **kw: Any) -> None:
+    """``-o/--out``: the output folder, the same on every command."""
+    p.add_argument("-o", "--out", type=Path, help=text, **kw)
+
+
+def finish_args(ns: argparse.Namespace) -> str | None:
+    """Fill the slots of :func:`add_slot` and :func:`add_inputs` from the positional and option forms; return a usage
+    problem (``the following arguments are required: ...``) or None. Options take their slots first, then the
+    positional values fill the remaining slots left to right (``prepare -i DATA CACHE`` works)."""
+    problem = None
+    for dest, metavar, either in vars(ns).pop("_lists", ()):
+        merged = [*(getattr(ns, dest) or []), *(vars(ns).pop(f"{dest}_opt") or [])]
+        setattr(ns, dest, merged)
+        if not merged:
+            problem = f"the following arguments are required: {metavar} (or {either})"
+    slots = vars(ns).pop("_slots", ())
+    given = [getattr(ns, dest) for dest, _, _ in slots if getattr(ns, dest) is not None]
+    for dest, _, _ in slots:
+        setattr(ns, dest, vars(ns).pop(f"{dest}_opt"))
+    free = [(dest, metavar, either) for dest, metavar, either in slots if getattr(ns, dest) is None]
+    as_options = [
+        f"{metavar} as {either}" for dest, metavar, either in slots if getattr(ns, dest) is not None
+    ]
+    for (dest, _, _), value in zip(free, given, strict=False):
+        setattr(ns, dest, value)
+    if len(given) > len(free):
+        extra = " ".join(str(v) for v in given[len(free) :])
+        return f"unrecognized arguments: {extra} (already given: {', '.join(as_options)})"
+    missing = [f"{metavar} (or {either})" for _, metavar, either in free[len(given) :]]
+    if missing:
+        return f"the following arguments are required: {', '.join(missing)}"
+    return problem
+
+
+def add_label(p: argparse.ArgumentParser, what: str = "the mask") -> None:
+    p.add_argument(
+        "--label",
+        type=int,
+        metavar="N",
+        help=f"{what} is multi-label (a TotalSegmentator --ml file, an RTSTRUCT-derived label map): the voxels "
+        "equal to N are the tumour (default: none, the mask must be binary, 0 and 1)",
+    )
