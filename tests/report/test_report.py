@@ -19,7 +19,7 @@ from lungtumor.cli import main
 from lungtumor.core.errors import InputError
 from lungtumor.imaging.io import write_volume
 from lungtumor.imaging.volume import Volume
-from lungtumor.report.html import _environment
+from lungtumor.report.templating import environment
 from lungtumor.report.writer import (
     report_files,
     safe_filename,
@@ -149,7 +149,7 @@ def test_report_trusted_fragments_are_not_escaped(evil_report: Path):
 
 
 def test_report_template_autoescapes_and_rejects_undefined():
-    env = _environment()
+    env = environment()
     assert env.from_string("{{ x }}").render(x=EVIL) == "&lt;script&gt;alert(1)&lt;/script&gt;"
     with pytest.raises(jinja2.UndefinedError):
         env.get_template("report.html.j2").render()

@@ -12,11 +12,9 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
 import numpy as np
-from jinja2 import Environment, PackageLoader, StrictUndefined
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.spatial import ConvexHull, QhullError
@@ -26,6 +24,7 @@ from lungtumor.evaluation.measure import Lesion
 from lungtumor.followup.assess import Assessment
 from lungtumor.followup.registration import Registration
 from lungtumor.imaging.volume import Volume
+from lungtumor.report.templating import environment
 
 #: Lung display window (HU): width 1500, level -600.
 LUNG_WINDOW = (-1350.0, 150.0)
@@ -148,19 +147,6 @@ def lesion_figures(
     return out
 
 
-@cache
-def _environment() -> Environment:
-    """The jinja2 environment of the report templates (autoescape on, undefined names are errors)."""
-    return Environment(
-        loader=PackageLoader("lungtumor.report", "templates"),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
-
 def _cell(v: Any) -> str:
     if v is None or v == "":
         return "-"
@@ -175,7 +161,7 @@ def render_compare_html(
     """The page from ``response.json``'s document, the lesions.csv rows and the lesion figures."""
     columns = list(rows[0]) if rows else []
     return (
-        _environment()
+        environment()
         .get_template("compare.html.j2")
         .render(
             doc=doc,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from lungtumor.evaluation.measure import lesion_labels
 from lungtumor.imaging.volume import Volume
-from lungtumor.report.dicom_rtstruct import build_rtstruct, write_rtstruct
-from lungtumor.report.dicom_seg import build_seg, write_seg
-from lungtumor.report.dicom_source import Algorithm, read_source_series
-from lungtumor.report.dicom_sr import build_sr, write_sr
+from lungtumor.report.dicom_rtstruct import build_rtstruct
+from lungtumor.report.dicom_seg import build_seg
+from lungtumor.report.dicom_source import Algorithm, read_source_series, write_dicom
+from lungtumor.report.dicom_sr import build_sr
 
 #: The DICOM output types and their file-name endings (``<case><ending>``).
 DICOM_OUTPUTS = {
@@ -63,13 +63,13 @@ def write_dicom_outputs(
     try:  # all or nothing: a failure removes what this call wrote
         seg = build_seg(source, labels, n, algorithm) if {"dicom-seg", "sr"} & set(types) else None
         if seg is not None:
-            written.append(write_seg(seg, out / f"{stem}{DICOM_OUTPUTS['dicom-seg']}"))
+            written.append(write_dicom(seg, out / f"{stem}{DICOM_OUTPUTS['dicom-seg']}"))
         if "rtstruct" in types:
             rt = build_rtstruct(source, labels, n, algorithm)
-            written.append(write_rtstruct(rt, out / f"{stem}{DICOM_OUTPUTS['rtstruct']}"))
+            written.append(write_dicom(rt, out / f"{stem}{DICOM_OUTPUTS['rtstruct']}"))
         if seg is not None and "sr" in types:
             sr = build_sr(source, seg, lesions, algorithm)
-            written.append(write_sr(sr, out / f"{stem}{DICOM_OUTPUTS['sr']}"))
+            written.append(write_dicom(sr, out / f"{stem}{DICOM_OUTPUTS['sr']}"))
     except BaseException:
         for f in written:
             f.unlink(missing_ok=True)

@@ -25,7 +25,6 @@ from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
-from lungtumor.core.errors import atomic_path
 from lungtumor.report.dicom_source import (
     MANUFACTURER,
     SERIES_NUMBER,
@@ -167,14 +166,6 @@ def build_rtstruct(source: SourceSeries, labels: np.ndarray, n_lesions: int, alg
     ds.RTROIObservationsSequence = Sequence(observations)
     ds.ApprovalStatus = "UNAPPROVED"
     return ds
-
-
-def write_rtstruct(ds: FileDataset, path: str | Path) -> Path:
-    """Write ``ds`` to ``path`` atomically; return the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
-    return path
 
 
 def read_rtstruct_labels(path: str | Path, source: SourceSeries) -> np.ndarray:

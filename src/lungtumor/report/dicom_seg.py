@@ -18,7 +18,6 @@ import numpy as np
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from lungtumor.core.errors import atomic_path
 from lungtumor.report.dicom_source import (
     MANUFACTURER,
     SERIES_NUMBER,
@@ -99,16 +98,8 @@ def build_seg(
     return seg
 
 
-def write_seg(seg: hd.seg.Segmentation, path: str | Path) -> Path:
-    """Write ``seg`` to ``path`` atomically; return the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        seg.save_as(tmp)
-    return path
-
-
 def read_seg_labels(path: str | Path, source: SourceSeries) -> np.ndarray:
-    """Read a SEG written by :func:`write_seg` back onto the source's slices: (z, y, x) uint16 label map
+    """Read a SEG written by ``write_dicom`` back onto the source's slices: (z, y, x) uint16 label map
     (segment numbers; 0 where no segment), in the source's slice order."""
     seg = hd.seg.segread(str(path))
     uids = [str(ds.SOPInstanceUID) for ds in source.datasets]

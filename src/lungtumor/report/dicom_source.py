@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from lungtumor import __version__
-from lungtumor.core.errors import InputError
+from lungtumor.core.errors import InputError, atomic_path
 from lungtumor.imaging.volume import Volume
 
 #: Manufacturer / model name written into every DICOM output (General Equipment module).
@@ -169,3 +169,11 @@ def now_da_tm() -> tuple[str, str]:
     """The current local date and time as DICOM DA and TM strings."""
     now = _dt.datetime.now()
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+
+
+def write_dicom(ds: Dataset, path: str | Path) -> Path:
+    """Write a DICOM object (SEG, RTSTRUCT, SR) to ``path`` atomically, as a DICOM file; return the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return path

@@ -13,14 +13,12 @@ Absent". Codes: docs/decisions/0028-dicom-outputs.md.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import highdicom as hd
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from lungtumor.core.errors import atomic_path
 from lungtumor.report.dicom_source import (
     MANUFACTURER,
     SERIES_NUMBER,
@@ -129,11 +127,3 @@ def build_sr(
     )
     carry_deidentification(sr, source.first)  # highdicom copies PatientIdentityRemoved only
     return sr
-
-
-def write_sr(sr: hd.sr.Comprehensive3DSR, path: str | Path) -> Path:
-    """Write ``sr`` to ``path`` atomically; return the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        sr.save_as(tmp)
-    return path

@@ -19,12 +19,10 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -34,6 +32,7 @@ from lungtumor import __version__
 from lungtumor.core.errors import InputError
 from lungtumor.imaging.volume import Volume
 from lungtumor.report.assets import CSS, SCRIPT
+from lungtumor.report.templating import environment
 
 #: Column headers for known lesion fields; others are derived from the field name.
 LESION_LABELS = {
@@ -266,19 +265,6 @@ def plot_metrics_csv(path: Path) -> bytes | None:
 # ----------------------------------------------------------------------------- page
 
 
-@cache
-def _environment() -> Environment:
-    """The jinja2 environment of the report templates (autoescape on, undefined names are errors)."""
-    return Environment(
-        loader=PackageLoader("lungtumor.report", "templates"),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
-
 def _summary_cards(
     lesions: Sequence[dict[str, Any]], viewer: dict[str, Any], mask: Volume
 ) -> list[dict[str, str]]:
@@ -375,4 +361,4 @@ def render_html(
         "metadata": metadata_rows(case, image, mask, meta),
         "warnings": [str(w) for w in warnings],
     }
-    return _environment().get_template("report.html.j2").render(context)
+    return environment().get_template("report.html.j2").render(context)
