@@ -43,6 +43,7 @@ _API: dict[str, tuple[str, str]] = {
     "run_demo": ("lungtumor.workflows.demo", "run_demo"),
     "compare": ("lungtumor.workflows.compare", "compare"),
     "Predictor": ("lungtumor.inference.predictor", "Predictor"),
+    "export_model": ("lungtumor.workflows.export", "export_model"),
 }
 
 __all__ = ["__version__", *_API]

@@ -17,15 +17,18 @@ from lungtumor.evaluation.evaluate import evaluate_dirs, format_summary
 from lungtumor.evaluation.measure import measure_files
 from lungtumor.inference.card import PHANTOM_WARNING, card_line, trained_on_phantoms_only
 from lungtumor.inference.checkpoint import read_card
+from lungtumor.inference.store import install, list_models, models_dir, remove, resolve_model
 from lungtumor.models import is_3d
 from lungtumor.preprocessing.prepare import prepare_dataset
 from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
 from lungtumor.report.writer import report_files
 from lungtumor.training.seg2d import train
 from lungtumor.training.seg3d import train3d
+from lungtumor.workflows.batch import check_part
 from lungtumor.workflows.compare import compare
 from lungtumor.workflows.cv import format_cv_summary, run_benchmark_msd, run_cv
 from lungtumor.workflows.demo import run_demo
+from lungtumor.workflows.export import export_model
 from lungtumor.workflows.outputs import check_dicom_inputs, load_dicom_writer, parse_output_types
 from lungtumor.workflows.predict import PredictOptions, collect_inputs, predict_paths
 
@@ -120,6 +123,7 @@ def _print_skipped(skipped: list[tuple[Path, str]]) -> None:
 
 
 def cmd_predict(args) -> int:
+    check_part(args.num_parts, args.part_id)  # before anything is printed or loaded
     skipped: list[tuple[Path, str]] = []
     cases = collect_inputs(args.inputs, skipped)  # the same walk predict_paths makes: say what it leaves out
     _print_skipped(skipped)
@@ -141,13 +145,24 @@ def cmd_predict(args) -> int:
         progress=not args.quiet,
         nodules=args.nodules,
         output_types=args.output_type,
+        num_parts=args.num_parts,
+        part_id=args.part_id,
+        continue_prediction=args.continue_prediction,
+        models_dir=args.models_dir,
     )
-    for m in args.model:  # which model, trained on what: one line each (its model card)
-        card = read_card(m)
+    paths = [resolve_model(m, args.models_dir) for m in args.model]  # a path, or an installed model's name
+    for m, path in zip(
+        args.model, paths, strict=True
+    ):  # which model, trained on what: one line each (its card)
+        card = read_card(path)
         print(card_line(m, card))
         if trained_on_phantoms_only(card):
             print(f"warning: {m}: {PHANTOM_WARNING}")  # stdout: stderr is for the one error line
-    results = predict_paths(args.inputs, args.model, args.out, opts)
+    results = predict_paths(args.inputs, paths, args.out, opts)
+    if args.num_parts > 1:
+        print(
+            f"part {args.part_id} of {args.num_parts} (--part-id of --num-parts): {len(results)} of {len(cases)} cases"
+        )
     failed = [r for r in results if r.error]
     for r in results:
         if r.error:
@@ -246,4 +261,44 @@ def cmd_compare(args) -> int:
     print(result.summary_line())
     for p in result.outputs:
         print(p)
+    return 0
+
+
+def cmd_export(args) -> int:
+    result = export_model(args.model, args.out, args.format, opset=args.opset)
+    for line in result.summary_lines():
+        print(line)
+    return 0
+
+
+def cmd_models_install(args) -> int:
+    m = install(args.package, args.name, args.models_dir, force=args.force)
+    print(f"installed {args.package} as {m.name}: {m.path}")
+    print(card_line(m.name, m.summary.get("card", {})))
+    print(f"use it with: lungtumor predict CT... --model {m.name}")
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    found = list_models(args.models_dir)
+    if not found:
+        print(f"no models installed in {models_dir(args.models_dir)}")
+        return 0
+    print(f"{len(found)} model(s) in {models_dir(args.models_dir)}:")
+    for m in found:
+        if m.error:
+            print(f"{m.name}: damaged, reinstall it ({m.error})")
+            continue
+        det = ", nodule detector" if m.summary.get("nodule_detector") else ""
+        size = m.path.stat().st_size / 1e6
+        print(
+            f"{m.name}: {m.summary.get('arch', '?')}{det}, {size:.1f} MB, format {m.summary['format_version']}"
+        )
+        print(f"  {card_line(m.name, m.summary.get('card', {}))}")
+    return 0
+
+
+def cmd_models_remove(args) -> int:
+    path = remove(args.name, args.models_dir)
+    print(f"removed {args.name} ({path})")
     return 0

@@ -13,6 +13,9 @@ from typing import Any
 #: ``lungtumor.core.presets.PRESETS``, not imported here (the CLI starts fast; a test keeps them equal).
 PRESET_NAMES = ("3d", "default", "demo", "seed2d")
 
+#: Where installed models live by default (``lungtumor.inference.store.default_models_dir``, not imported here).
+MODELS_DIR_HELP = "the user's data folder, platformdirs.user_data_dir('lungtumor')/models, e.g. ~/.local/share/lungtumor/models"
+
 #: What ``--device`` accepts (``lungtumor.core.runtime.DEVICE_CHOICES``).
 DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda (or gpu), cuda:N or mps"
 
@@ -104,4 +107,20 @@ def add_label(p: argparse.ArgumentParser, what: str = "the mask") -> None:
         metavar="N",
         help=f"{what} is multi-label (a TotalSegmentator --ml file, an RTSTRUCT-derived label map): the voxels "
         "equal to N are the tumour (default: none, the mask must be binary, 0 and 1)",
+    )
+
+
+def quiet_leaf(p: argparse.ArgumentParser) -> None:
+    """``--debug`` and ``-q`` on a nested subcommand (``models install``), where the command's own are not seen;
+    absent unless given, so that ``lungtumor models --debug install`` keeps its ``--debug``."""
+    p.formatter_class = HelpFormatter
+    p.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks (default: off)"
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress output (default: off)",
     )

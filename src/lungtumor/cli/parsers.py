@@ -14,7 +14,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lungtumor.cli.options import DEVICE_HELP, PRESET_NAMES, add_inputs, add_label, add_out, add_slot
+from lungtumor.cli.options import (
+    DEVICE_HELP,
+    MODELS_DIR_HELP,
+    PRESET_NAMES,
+    add_inputs,
+    add_label,
+    add_out,
+    add_slot,
+    quiet_leaf,
+)
 
 
 def _add_synth(sub) -> None:
@@ -152,7 +161,8 @@ def _add_predict(sub) -> None:
         type=Path,
         required=True,
         action="append",
-        help="checkpoint (.ckpt) or run folder, 2D or 3D; repeat it to average several models (an ensemble)",
+        help="checkpoint (.ckpt), run folder, model package (.zip, from lungtumor export) or the name of an "
+        "installed model (lungtumor models list), 2D or 3D; repeat it to average several models (an ensemble)",
     )
     add_out(
         p,
@@ -204,7 +214,39 @@ def _add_predict(sub) -> None:
         "rtstruct, sr (DICOM SEG, RT Structure Set, measurement SR; need pip install 'lungtumor[dicom]'); "
         "default nifti",
     )
+    _add_batch_options(p)
     p.set_defaults(cmd="predict")
+
+
+def _add_models_dir(p) -> None:
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        help=f"folder of installed models (default: {MODELS_DIR_HELP})",
+    )
+
+
+def _add_batch_options(p) -> None:
+    """predict's options for many CTs: parts for cluster array jobs, --continue, installed models."""
+    p.add_argument(
+        "--num-parts",
+        type=int,
+        default=1,
+        metavar="K",
+        help="split the cases into K parts (for K array jobs): sorted by output name, part I takes every K-th "
+        "from the I-th and writes predict_manifest.part-I-of-K.json (default 1: all cases, predict_manifest.json)",
+    )
+    p.add_argument(
+        "--part-id", type=int, default=0, metavar="I", help="which part to predict, 0 to K-1 (default 0)"
+    )
+    p.add_argument(
+        "--continue",
+        dest="continue_prediction",
+        action="store_true",
+        help="skip the cases that the output folder's manifest lists as finished and whose outputs all exist "
+        "(same models and settings); predict the others (default: off, predict every case)",
+    )
+    _add_models_dir(p)
 
 
 def _add_measure(sub) -> None:
@@ -379,6 +421,48 @@ def _add_compare(sub) -> None:
     p.set_defaults(cmd="compare")
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a model package (.zip: safetensors weights, config, preprocessing, model card, README, sha256 "
+        "manifest) or ONNX files of a checkpoint",
+        description="--format package (default) writes OUT.zip, which predict --model and lungtumor models install "
+        "take; --format onnx writes model.onnx (and detector.onnx) with onnx_export.json into the folder OUT "
+        "(pip install 'lungtumor[onnx]'). See docs/deploy.md.",
+    )
+    add_slot(p, "model", "RUN_OR_CKPT", ("-i", "--input"), "checkpoint (.ckpt), run folder or model package")
+    add_slot(p, "out", "OUT", ("-o", "--out"), "the package file (.zip), or a folder for --format onnx")
+    p.add_argument("--format", default="package", choices=("package", "onnx"), help="what to write")
+    p.add_argument("--opset", type=int, help="ONNX opset for --format onnx (default 17)")
+    p.set_defaults(cmd="export")
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser(
+        "models",
+        help="install, list and remove model packages in a local models folder (predict --model NAME uses them)",
+        description=f"Installed models live in --models-dir (default: {MODELS_DIR_HELP}) as NAME.zip.",
+    )
+    actions = p.add_subparsers(
+        dest="models_action", metavar="ACTION", required=True, help="install, list or remove"
+    )
+    inst = actions.add_parser("install", help="check a package and copy it into the models folder")
+    inst.add_argument("package", type=Path, help="model package (.zip) written by lungtumor export")
+    inst.add_argument(
+        "--name", help="the name to install it under (default: the package's file name without .zip)"
+    )
+    inst.add_argument("--force", action="store_true", help="replace an installed model of that name")
+    inst.set_defaults(cmd="models_install")
+    lst = actions.add_parser("list", help="the installed models, with their model cards")
+    lst.set_defaults(cmd="models_list")
+    rm = actions.add_parser("remove", help="delete an installed model")
+    rm.add_argument("name", help="the installed model's name")
+    rm.set_defaults(cmd="models_remove")
+    for leaf in (inst, lst, rm):
+        _add_models_dir(leaf)
+        quiet_leaf(leaf)
+
+
 COMMANDS = (
     _add_synth,
     _add_check,
@@ -390,4 +474,4 @@ COMMANDS = (
     _add_report,
     _add_demo,
 )
-COMMANDS += (_add_cv, _add_benchmark_msd, _add_compare)
+COMMANDS += (_add_cv, _add_benchmark_msd, _add_compare, _add_export, _add_models)

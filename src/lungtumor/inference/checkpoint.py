@@ -4,7 +4,9 @@
 and ``load_any`` (either, by the stored arch). A checkpoint's ``hyper_parameters["lungtumor"]`` holds
 ``{"config": to_dict(RunConfig), "stats": {...}, "prep": {...}, "card": {...}}`` (the model card,
 ``inference.card``; absent in older checkpoints) with primitives only, so ``torch.load(weights_only=True)``
-reads it and nothing but tensors and primitives is ever unpickled; ``read_card`` reads the card alone. Writing
+reads it and nothing but tensors and primitives is ever unpickled; ``read_card`` reads the card alone. A model
+package (``*.zip``, ``inference.package``: safetensors weights, JSON config, verified sha256s) is read into the
+same checkpoint dict by ``read_checkpoint``, so every loader here takes one. Writing
 checkpoints (atomically) is ``training.trainer.AtomicCheckpointIO``; ``add_detector_to_checkpoint`` adds the
 detector's weights to a written checkpoint.
 """
@@ -27,6 +29,7 @@ from lungtumor.core.config_io import config_from_dict, to_dict
 from lungtumor.core.errors import InputError, atomic_write_bytes
 from lungtumor.inference.card import card_of
 from lungtumor.inference.detector import CKPT_KEY, load_detector
+from lungtumor.inference.package import is_package, read_package
 from lungtumor.models import build_model, create_model, is_3d
 from lungtumor.models.nodule3d import NodulePatchNet
 
@@ -61,7 +64,7 @@ def _arch_of(path: Path) -> str:
 
 
 def load_any(path: str | os.PathLike):
-    """Load a 2D or 3D lungtumor checkpoint (:func:`load_checkpoint` or :func:`load_checkpoint3d`)."""
+    """Load a 2D or 3D lungtumor checkpoint or model package (:func:`load_checkpoint` or :func:`load_checkpoint3d`)."""
     return load_checkpoint3d(path) if _arch_of(Path(path)) == ARCH_3D else load_checkpoint(path)
 
 
@@ -123,6 +126,13 @@ def _is_pickle_or_torch_zip(path: Path) -> bool:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint dict of a .ckpt (``torch.load(weights_only=True)``) or of a model package (``*.zip``).
+
+    Raises:
+        InputError: missing, unreadable, unsafe or foreign file; a package that fails its checks.
+    """
+    if is_package(path):
+        return read_package(path)
     if not path.is_file():
         raise InputError(path, "checkpoint not found")
     try:
@@ -148,7 +158,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
-    """Load a lungtumor checkpoint (a .ckpt file, or a run folder: then its checkpoints/best.ckpt).
+    """Load a lungtumor checkpoint (a .ckpt file, a run folder: then its checkpoints/best.ckpt, or a model
+    package .zip).
 
     Uses ``torch.load(weights_only=True)``: nothing but tensors and primitives is unpickled.
 
@@ -182,6 +193,8 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
         InputError: missing, foreign or unreadable checkpoint (as :func:`load_checkpoint`).
     """
     p = checkpoint_file(path)
+    if is_package(p):
+        return card_of(read_checkpoint(p)["hyper_parameters"]["lungtumor"])
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
         info = ck["hyper_parameters"]["lungtumor"]

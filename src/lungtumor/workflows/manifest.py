@@ -11,12 +11,16 @@ no case succeeds writes none (its output folder stays empty and is removed). For
                   "detector": {"enabled", "threshold", "tta", "confirm_small", "min_diameter_mm"},
                   "output_types": [...]},
      "timings": {"load_models_s": float},
-     "cases": [{"case", "input", "input_sha256": {file name: sha256}, "outputs": [{"path", "sha256"}],
+     "cases": [{"case", "stem", "input", "input_sha256": {file name: sha256}, "outputs": [{"path", "sha256"}],
                 "n_lesions", "tumour_ml", "seconds", "timings": {step: seconds}}],
      "failed": [{"case", "input", "error"}],
-     "warnings": [str]}
+     "warnings": [str],
+     "part": {"id": I, "of": K}            (only for one part of several: predict --num-parts K --part-id I)
+     "continued": {"from_started": ISO time, "cases_carried": int}}   (only with predict --continue)
 
-Paths are as given on the command line (inputs, models) or inside the output folder (outputs).
+Paths are as given on the command line (inputs, models) or inside the output folder (outputs). ``stem`` is the
+outputs' file-name stem (``core.paths.unique_stems``), by which ``--continue`` finds a case (``workflows.batch``).
+Part I of K > 1 writes ``predict_manifest.part-I-of-K.json`` instead (``workflows.batch.manifest_name``).
 """
 
 from __future__ import annotations
@@ -102,8 +106,16 @@ def settings_record(settings: Any, opts: Any, device: Any, models: Sequence[Any]
 class PredictManifest:
     """The manifest of one predict run; every change is written at once (atomically)."""
 
-    def __init__(self, out_dir: str | Path, models: list[dict[str, Any]], settings: dict[str, Any]) -> None:
-        self.path = Path(out_dir) / MANIFEST_NAME
+    def __init__(
+        self,
+        out_dir: str | Path,
+        models: list[dict[str, Any]],
+        settings: dict[str, Any],
+        name: str = MANIFEST_NAME,
+        part: tuple[int, int] | None = None,
+    ) -> None:
+        """``name``: the file name in ``out_dir``; ``part``: (I, K) when this run is part I of K > 1."""
+        self.path = Path(out_dir) / name
         warnings = [f"{m['path']}: {PHANTOM_WARNING}" for m in models if trained_on_phantoms_only(m["card"])]
         self.data: dict[str, Any] = {
             "manifest_version": MANIFEST_VERSION,
@@ -117,6 +129,16 @@ class PredictManifest:
             "failed": [],
             "warnings": warnings,
         }
+        if part is not None:
+            self.data["part"] = {"id": int(part[0]), "of": int(part[1])}
+
+    def carry(self, entries: list[dict[str, Any]], previous: dict[str, Any]) -> None:
+        """Keep the entries of cases an earlier run finished (``predict --continue``; ``previous``: its
+        manifest) as they are, and write."""
+        self.data["cases"].extend(entries)
+        if entries:
+            self.data["continued"] = {"from_started": previous.get("started"), "cases_carried": len(entries)}
+        self.write()
 
     def set_timing(self, name: str, seconds: float) -> None:
         """Record a run-level timing (seconds) and write."""
@@ -132,6 +154,7 @@ class PredictManifest:
             self.data["cases"].append(
                 {
                     "case": res.case,
+                    "stem": getattr(res, "stem", None),
                     "input": str(res.source),
                     "input_sha256": input_digests(res.source),
                     "outputs": [

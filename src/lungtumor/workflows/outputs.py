@@ -23,6 +23,14 @@ OUTPUT_TYPES = ("nifti", "dicom-seg", "rtstruct", "sr")
 DICOM_TYPES = ("dicom-seg", "rtstruct", "sr")
 #: The install line named when highdicom is missing.
 DICOM_EXTRA = "pip install 'lungtumor[dicom]'"
+#: The files each output type writes, as suffixes of the case's stem (the DICOM ones are
+#: ``report.dicom_outputs.DICOM_OUTPUTS``, not imported here: it needs highdicom; a test keeps them equal).
+TYPE_SUFFIXES = {
+    "nifti": ("_tumour.nii.gz",),
+    "dicom-seg": ("_tumour_seg.dcm",),
+    "rtstruct": ("_tumour_rtstruct.dcm",),
+    "sr": ("_tumour_seg.dcm", "_measurements_sr.dcm"),  # the SR references the SEG: both are written
+}
 
 
 def parse_output_types(value: str | Iterable[str]) -> tuple[str, ...]:
@@ -38,6 +46,21 @@ def parse_output_types(value: str | Iterable[str]) -> tuple[str, ...]:
         what = f"unknown output type {bad[0]!r}" if bad else "no output type given"
         raise InputError("--output-type", f"{what}; give a comma-separated list of {', '.join(OUTPUT_TYPES)}")
     return tuple(t for t in OUTPUT_TYPES if t in names)
+
+
+def expected_outputs(
+    stem: str, types: Sequence[str], *, save_prob: bool, measure: bool, report: bool
+) -> list[str]:
+    """The file names ``predict`` writes for a case with output stem ``stem``: the output types' files, the
+    probability map (``save_prob``), the lesion tables (``measure``) and the report's three files (``report``)."""
+    suffixes = [x for t in types for x in TYPE_SUFFIXES[t]]
+    if save_prob:
+        suffixes.append("_prob.nii.gz")
+    if measure:
+        suffixes += ["_lesions.json", "_lesions.csv"]
+    if report:
+        suffixes += ["_report.html", "_animation.gif", "_montage.png"]
+    return list(dict.fromkeys(f"{stem}{x}" for x in suffixes))
 
 
 def dicom_types(types: Sequence[str]) -> list[str]:

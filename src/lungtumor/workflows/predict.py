@@ -24,13 +24,16 @@ from lungtumor.imaging.lungs import lung_air_hu, lung_z_range
 from lungtumor.imaging.orientation import from_canonical, stored_order_note, to_canonical
 from lungtumor.imaging.volume import Volume
 from lungtumor.inference.predictor import Predictor
+from lungtumor.inference.store import resolve_model
 from lungtumor.models import is_3d
 from lungtumor.postprocessing.filters import postprocess_mask
 from lungtumor.report.writer import write_all
+from lungtumor.workflows.batch import check_part, finished_cases, manifest_name, select_part
 from lungtumor.workflows.manifest import PredictManifest, model_record, settings_record
 from lungtumor.workflows.outputs import (
     RunInfo,
     check_dicom_inputs,
+    expected_outputs,
     load_dicom_writer,
     parse_output_types,
     run_info,
@@ -57,6 +60,10 @@ class PredictOptions:
     progress: bool = False
     nodules: bool | None = None
     output_types: str | Sequence[str] = ("nifti",)  # "nifti,dicom-seg,rtstruct,sr" (workflows.outputs)
+    num_parts: int = 1  # predict part part_id of num_parts (cluster array jobs; workflows.batch)
+    part_id: int = 0
+    continue_prediction: bool = False  # skip the cases the manifest lists as finished (workflows.batch)
+    models_dir: str | os.PathLike | None = None  # installed models (inference.store); None: the user's folder
 
 
 @dataclass
@@ -72,12 +79,19 @@ class PredictResult:
     seconds: float = 0.0
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step (read, predict, ...)
+    stem: str | None = None  # the outputs' file-name stem
+    skipped: bool = False  # finished by an earlier run (--continue): outputs and numbers from its manifest
 
     def summary_line(self) -> str:
         """One human-readable line."""
         if self.error:
             return f"FAILED {self.case}: {self.error}"
         shown = self.mask_path or next((f for f in self.outputs if f.suffix == ".dcm"), None)
+        if self.skipped:
+            return (
+                f"{self.case}: finished before, skipped (--continue): {self.n_lesions} lesion(s), "
+                f"{self.tumour_ml:.2f} mL -> {shown}"
+            )
         return (
             f"{self.case}: {self.n_lesions} lesion(s), {self.tumour_ml:.2f} mL -> {shown} "
             f"({self.seconds:.1f} s)"
@@ -291,6 +305,72 @@ def _predict_case(
         lap("report")
 
 
+def _predict_one(
+    case: str,
+    src: Path,
+    stem: str,
+    predictor: Predictor,
+    s: _Settings,
+    opts: PredictOptions,
+    out: Path,
+    run_dir: Path | None,
+    info: RunInfo,
+) -> PredictResult:
+    """Predict one case; a failure is recorded in the result (and its outputs removed), never raised."""
+    t0 = time.perf_counter()
+    res = PredictResult(case=case, source=src, stem=stem)
+    try:
+        _predict_case(res, stem, predictor, s, opts, out, run_dir, info)
+    except InputError as e:
+        res.error = str(e)
+    except MemoryError:
+        res.error = f"{src}: out of memory"
+    except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
+        res.error = f"{src}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if res.error:  # a failed case leaves no outputs behind (none of them looks complete)
+        for f in res.outputs:
+            with contextlib.suppress(OSError):
+                f.unlink()
+        res.outputs, res.mask_path = [], None
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _skipped(case: str, src: Path, stem: str, entry: dict[str, Any], out: Path) -> PredictResult:
+    """The result of a case an earlier run finished (``--continue``), from its manifest entry."""
+    outputs = [out / str(o["path"]) for o in entry.get("outputs", [])]
+    mask = out / f"{stem}_tumour.nii.gz"
+    return PredictResult(
+        case=case,
+        source=src,
+        mask_path=mask if mask in outputs else None,
+        outputs=outputs,
+        n_lesions=int(entry.get("n_lesions", 0)),
+        tumour_ml=float(entry.get("tumour_ml", 0.0)),
+        seconds=float(entry.get("seconds", 0.0)),
+        stem=stem,
+        skipped=True,
+    )
+
+
+def _carry_finished(
+    manifest: PredictManifest, items: list[tuple[str, Path, str]], opts: PredictOptions
+) -> dict[str, dict[str, Any]]:
+    """``--continue``: the manifest entries (by stem) of the cases an earlier run finished, carried over into
+    ``manifest`` (``workflows.batch.finished_cases``)."""
+
+    def expected(stem: str) -> list[str]:
+        return expected_outputs(
+            stem, opts.output_types, save_prob=opts.save_prob, measure=opts.measure, report=opts.report
+        )
+
+    done, previous = finished_cases(
+        manifest.path, items, expected, manifest.data["models"], manifest.data["settings"]
+    )
+    manifest.carry([done[st] for _, _, st in items if st in done], previous or {})
+    return done
+
+
 def predict_paths(
     inputs: Iterable[str | os.PathLike],
     model_path: str | os.PathLike | Sequence[str | os.PathLike],
@@ -301,22 +381,26 @@ def predict_paths(
     ``<case>_prob.nii.gz`` and report, DICOM SEG/RTSTRUCT/SR for DICOM inputs with ``opts.output_types``, and
     ``predict_manifest.json`` (docs/outputs.md). A failing case is reported in its result; the others go on.
 
-    ``model_path`` is one checkpoint or run folder (2D or 3D), or several: then their probabilities on the
-    input grid are averaged (an ensemble, e.g. a 2D and a 3D model); the first model's infer settings apply.
+    ``model_path`` is one checkpoint, run folder, model package or installed model name, or several: then
+    their probabilities on the input grid are averaged (an ensemble, e.g. a 2D and a 3D model); the first
+    model's infer settings apply. ``opts.num_parts``/``part_id`` predict one part of the cases (its own
+    manifest), ``opts.continue_prediction`` skips the cases an earlier run finished (``workflows.batch``).
 
     Raises:
         InputError: the model cannot be loaded, the output folder is not writable, or inputs are missing.
     """
     opts = opts or PredictOptions()
     opts = replace(opts, output_types=parse_output_types(opts.output_types))
+    check_part(opts.num_parts, opts.part_id)
     device = resolve_device(opts.device)
     cases = collect_inputs(inputs)
     check_dicom_inputs([src for _, src in cases], opts.output_types, Path(out_dir))  # DICOM in, not into it
     load_dicom_writer(opts.output_types)  # highdicom missing: say so before anything is loaded
     stems = unique_stems(cases)  # two inputs named ct.nii.gz: ct_<parent folder>_tumour.nii.gz each
-    paths = (
-        [Path(model_path)] if isinstance(model_path, (str, os.PathLike)) else [Path(m) for m in model_path]
-    )
+    items = select_part([(c, src, st) for (c, src), st in zip(cases, stems, strict=True)], stems,
+                        opts.num_parts, opts.part_id)  # fmt: skip
+    specs = [model_path] if isinstance(model_path, (str, os.PathLike)) else list(model_path)
+    paths = [resolve_model(m, opts.models_dir) for m in specs]
     # load before the output folder exists: a bad model leaves nothing behind
     t_load = time.perf_counter()
     models = Predictor.load(paths, opts.nodules)
@@ -328,32 +412,19 @@ def predict_paths(
     if opts.threads:
         torch.set_num_threads(opts.threads)
     out, run_dir = ensure_writable_dir(out_dir), _run_dir_of(paths[0])
-    # provenance: predict_manifest.json, rewritten atomically after every case
-    manifest = PredictManifest(
-        out, [model_record(m) for m in models], settings_record(s, opts, device, models)
-    )
+    # provenance: predict_manifest.json (one per part), rewritten atomically after every case
+    part = (opts.part_id, opts.num_parts) if opts.num_parts > 1 else None
+    manifest = PredictManifest(out, [model_record(m) for m in models], settings_record(s, opts, device, models),
+                               name=manifest_name(opts.num_parts, opts.part_id), part=part)  # fmt: skip
+    done = _carry_finished(manifest, items, opts) if opts.continue_prediction else {}
     manifest.set_timing("load_models_s", t_load)
     info = run_info(manifest.data["models"], manifest.data["settings"])
     results: list[PredictResult] = []
-    for (case, src), stem in tqdm(
-        list(zip(cases, stems, strict=True)), desc="predict", unit="case", disable=not opts.progress
-    ):
-        t0 = time.perf_counter()
-        res = PredictResult(case=case, source=src)
-        try:
-            _predict_case(res, stem, predictor, s, opts, out, run_dir, info)
-        except InputError as e:
-            res.error = str(e)
-        except MemoryError:
-            res.error = f"{src}: out of memory"
-        except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
-            res.error = f"{src}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        if res.error:  # a failed case leaves no outputs behind (none of them looks complete)
-            for f in res.outputs:
-                with contextlib.suppress(OSError):
-                    f.unlink()
-            res.outputs, res.mask_path = [], None
-        res.seconds = time.perf_counter() - t0
+    for case, src, stem in tqdm(items, desc="predict", unit="case", disable=not opts.progress):
+        if stem in done:
+            results.append(_skipped(case, src, stem, done[stem], out))
+            continue
+        res = _predict_one(case, src, stem, predictor, s, opts, out, run_dir, info)
         results.append(res)
         manifest.add_case(res, out)
         gc.collect()
@@ -380,7 +451,8 @@ def predict(
 
     Args:
         inputs: a CT file (NIfTI, NRRD, MHA), a DICOM series folder, a folder of these, or a list of them.
-        model: a checkpoint (.ckpt) or run folder, 2D or 3D; a list averages several (an ensemble).
+        model: a checkpoint (.ckpt), run folder, model package (.zip) or installed model's name, 2D or 3D; a
+            list averages several (an ensemble).
         out_dir: where ``<case>_tumour.nii.gz`` (uint8, the input's geometry) and the lesion tables go.
         **options: any :class:`PredictOptions` field, e.g. ``threshold=0.5, device="cpu", report=True``.
 
