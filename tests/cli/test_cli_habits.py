@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lungtumor.cli import _UsageError, build_parser, main
+from lungtumor.cli import _UsageError, build_parser, commands, main
 from lungtumor.cli.options import PRESET_NAMES
 from lungtumor.core import runtime
 from lungtumor.core.errors import InputError
@@ -176,9 +176,53 @@ def test_mps_where_torch_has_it(monkeypatch) -> None:
 
 def test_train_takes_the_same_device_names() -> None:
     acc = runtime.lightning_accelerator
-    assert [acc(n) for n in ("auto", "cpu", "cuda", "gpu", "mps")] == ["auto", "cpu", "gpu", "gpu", "mps"]
-    with pytest.raises(InputError, match="CUDA_VISIBLE_DEVICES=1"):
-        acc("cuda:1")
+    names = ("auto", "cpu", "cuda", "gpu", "mps", "cuda:1")
+    assert [acc(n) for n in names] == ["auto", "cpu", "gpu", "gpu", "mps", "gpu"]
     for flag in ("--device", "--accelerator"):  # --accelerator: the old name, kept
         ns = build_parser().parse_args(["train", "cache", "-o", "run", flag, "gpu"])
         assert ns.device == "gpu"
+
+
+def test_train_device_index_is_lightnings_gpu_list(monkeypatch) -> None:
+    """``train --device cuda:N`` trains on GPU N alone: Lightning's ``devices=[N]``."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    dev = runtime.lightning_devices
+    assert dev("cuda:1", 1) == ("gpu", [1])
+    assert dev("GPU:0", 4) == ("gpu", [0])  # the index replaces the recipe's count
+    assert dev("cuda:1", [0], count=1) == ("gpu", [1])
+    assert dev("cuda", [0, 1]) == ("gpu", [0, 1])  # the recipe's GPU indices stay on a GPU
+    assert dev("gpu", 2) == ("gpu", 2)
+    assert dev("cpu", [0, 1]) == ("cpu", 2)  # off the GPU, indices become their count
+    assert dev("auto", 1) == ("auto", 1)
+    with pytest.raises(InputError, match=r"^--device: 'cuda:2' requested but only 2 CUDA device\(s\) exist$"):
+        dev("cuda:2", 1)
+    with pytest.raises(InputError, match=r"^--devices: --device cuda:1 trains on GPU 1 alone"):
+        dev("cuda:1", 1, count=2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(InputError, match="^--device: CUDA was requested but no CUDA device is available$"):
+        dev("cuda:0", 1)
+
+
+def test_train_device_index_reaches_the_config(monkeypatch, tmp_path: Path) -> None:
+    """The CLI's config for ``train --device cuda:1`` (what the trainer gets, and what the run saves)."""
+    seen = {}
+
+    class _Done:
+        is_global_zero = False
+
+    def fake_train(cache, out, cfg, **kw):
+        seen["cfg"] = cfg
+        return _Done()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(commands, "train", fake_train)
+    assert (
+        main(["train", str(tmp_path / "cache"), "-o", str(tmp_path / "run"), "--device", "cuda:1", "-q"]) == 0
+    )
+    assert (seen["cfg"].train.accelerator, seen["cfg"].train.devices) == ("gpu", [1])
+    for flag in ("--device", "--accelerator"):
+        assert main(["train", str(tmp_path / "cache"), "-o", str(tmp_path / "run"), flag, "cpu", "-q"]) == 0
+        assert (seen["cfg"].train.accelerator, seen["cfg"].train.devices) == ("cpu", 1)

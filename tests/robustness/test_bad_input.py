@@ -537,8 +537,8 @@ def unknown_device(fx: Fx) -> Bad:
 
 def device_index_for_train(fx: Fx) -> Bad:
     out = fx.tmp / "run"
-    argv = ["train", fx.tiny_cache, "--out", out, "--device", "cuda:1", "-q"]
-    return Bad(argv, ("--device", "not by index", "CUDA_VISIBLE_DEVICES=1"), [out])
+    argv = ["train", fx.tiny_cache, "--out", out, "--device", "cuda:99", "-q"]  # GPU 99: on no machine
+    return Bad(argv, ("--device", "CUDA device"), [out])
 
 
 def threads_below_one(fx: Fx) -> Bad:
@@ -639,6 +639,15 @@ def train_resume_nothing(fx: Fx) -> Bad:
     return Bad(argv, ("last.ckpt", "checkpoint not found"), [out])
 
 
+def train_checkpoints_linked_out(fx: Fx) -> Bad:
+    out, outside = fx.tmp / "run", fx.tmp / "elsewhere"
+    out.mkdir()
+    outside.mkdir()
+    (out / "checkpoints").symlink_to(outside, target_is_directory=True)
+    argv = ["train", fx.tiny_cache, "--out", out, "-q"]
+    return Bad(argv, ("run/checkpoints", "is a symbolic link out of the output folder; remove it"))
+
+
 KINDS: dict[str, tuple[str, Callable[[Fx], Bad]]] = {
     "corrupt gzip (bytes flipped in the compressed stream)": ("predict", corrupt_gzip),
     "truncated .nii.gz": ("predict", truncated_gzip),
@@ -696,7 +705,7 @@ KINDS: dict[str, tuple[str, Callable[[Fx], Bad]]] = {
     "missing required option": ("predict", option_missing),
     "--threshold out of range": ("predict", threshold_out_of_range),
     "unknown --device": ("predict", unknown_device),
-    "train --device cuda:N (GPUs are chosen by count)": ("train", device_index_for_train),
+    "train --device cuda:N of a GPU the machine does not have": ("train", device_index_for_train),
     "output folder given twice (OUT and -o)": ("synth", slot_given_twice),
     "--threads below 1": ("predict", threads_below_one),
     "--min-lesion-mm3 not a number": ("predict", min_lesion_nan),
@@ -710,6 +719,7 @@ KINDS: dict[str, tuple[str, Callable[[Fx], Bad]]] = {
     "train: folder that is not a cache": ("train", train_not_a_cache),
     "train: run folder already holds a run": ("train", train_existing_run),
     "train --resume with nothing to resume": ("train", train_resume_nothing),
+    "train: RUN/checkpoints is a symlink out of the run folder": ("train", train_checkpoints_linked_out),
 }
 
 

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from lungtumor.core.config_io import load_config
-from lungtumor.core.runtime import lightning_accelerator
+from lungtumor.core.errors import InputError
+from lungtumor.core.runtime import lightning_devices
 from lungtumor.data.msd import check_dataset, format_check_report
 from lungtumor.data.phantom import synth_dataset
 from lungtumor.evaluation.evaluate import evaluate_dirs, format_summary
@@ -24,10 +25,11 @@ from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
 from lungtumor.report.writer import report_files
 from lungtumor.training.seg2d import train
 from lungtumor.training.seg3d import train3d
-from lungtumor.workflows.batch import check_part
+from lungtumor.workflows.batch import check_part, check_processes
 from lungtumor.workflows.compare import compare
 from lungtumor.workflows.cv import format_cv_summary, run_benchmark_msd, run_cv
 from lungtumor.workflows.demo import run_demo
+from lungtumor.workflows.distributed import accelerator, launched_rank, predict_sharded
 from lungtumor.workflows.export import export_model
 from lungtumor.workflows.outputs import check_dicom_inputs, load_dicom_writer, parse_output_types
 from lungtumor.workflows.predict import PredictOptions, collect_inputs, predict_paths
@@ -89,8 +91,9 @@ def cmd_train(args) -> int:
         cfg.train.devices = args.devices
     if args.num_nodes is not None:
         cfg.train.num_nodes = args.num_nodes
-    if args.device is not None:  # --device (old name --accelerator): predict's vocabulary, Lightning's name
-        cfg.train.accelerator = lightning_accelerator(args.device)
+    if args.device is not None:  # --device (old name --accelerator): predict's names; cuda:N → devices [N]
+        acc_devices = lightning_devices(args.device, cfg.train.devices, args.devices)
+        cfg.train.accelerator, cfg.train.devices = acc_devices
     if not args.quiet:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -122,11 +125,26 @@ def _print_skipped(skipped: list[tuple[Path, str]]) -> None:
             )
 
 
+def _print_cards(models: list[Path], paths: list[Path]) -> None:
+    """Which model, trained on what: one line per model (its card), and the phantom-only warning."""
+    for m, path in zip(models, paths, strict=True):
+        card = read_card(path)
+        print(card_line(m, card))
+        if trained_on_phantoms_only(card):
+            print(f"warning: {m}: {PHANTOM_WARNING}")  # stdout: stderr is for the one error line
+
+
 def cmd_predict(args) -> int:
     check_part(args.num_parts, args.part_id)  # before anything is printed or loaded
+    check_processes(args.devices, args.num_nodes)
+    several = args.devices * args.num_nodes > 1  # processes (workflows.distributed): rank 0 prints
+    lead = not several or launched_rank() == 0
+    if several:
+        accelerator(args.device)  # cuda:N or a missing GPU: before the model line
     skipped: list[tuple[Path, str]] = []
     cases = collect_inputs(args.inputs, skipped)  # the same walk predict_paths makes: say what it leaves out
-    _print_skipped(skipped)
+    if lead:
+        _print_skipped(skipped)
     types = parse_output_types(args.output_type)  # bad output types fail before the model line is printed
     check_dicom_inputs([src for _, src in cases], types, args.out)
     load_dicom_writer(types)
@@ -142,23 +160,27 @@ def cmd_predict(args) -> int:
         device=args.device,
         tta=args.tta,
         threads=args.threads,
-        progress=not args.quiet,
+        progress=not args.quiet and lead,
         nodules=args.nodules,
         output_types=args.output_type,
         num_parts=args.num_parts,
         part_id=args.part_id,
         continue_prediction=args.continue_prediction,
         models_dir=args.models_dir,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
     )
     paths = [resolve_model(m, args.models_dir) for m in args.model]  # a path, or an installed model's name
-    for m, path in zip(
-        args.model, paths, strict=True
-    ):  # which model, trained on what: one line each (its card)
-        card = read_card(path)
-        print(card_line(m, card))
-        if trained_on_phantoms_only(card):
-            print(f"warning: {m}: {PHANTOM_WARNING}")  # stdout: stderr is for the one error line
-    results = predict_paths(args.inputs, paths, args.out, opts)
+    if lead:
+        _print_cards(args.model, paths)
+    try:
+        results = (predict_sharded if several else predict_paths)(args.inputs, paths, args.out, opts)
+    except InputError:
+        if lead:
+            raise
+        return 0  # every rank has it; rank 0 says it (another's exit code would stop rank 0 before it could)
+    if not lead:
+        return 0
     if args.num_parts > 1:
         print(
             f"part {args.part_id} of {args.num_parts} (--part-id of --num-parts): {len(results)} of {len(cases)} cases"

@@ -137,8 +137,8 @@ def _add_train(sub) -> None:
         "--device",
         "--accelerator",
         dest="device",
-        help="training device: auto, cpu, cuda (or gpu), mps; several GPUs with --devices K "
-        "(default: the recipe's train.accelerator, auto); --accelerator is its old name",
+        help="training device: auto, cpu, cuda (or gpu), cuda:N (GPU N alone), mps; several GPUs with "
+        "--devices K (default: the recipe's train.accelerator, auto); --accelerator is its old name",
     )
     p.add_argument(
         "--resume",
@@ -191,7 +191,13 @@ def _add_predict(sub) -> None:
     )
     p.add_argument("--save-prob", action="store_true", help="also write the tumour probability map")
     p.add_argument("--report", action="store_true", help="also write the HTML report for each case")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument(
+        "--device",
+        "--accelerator",
+        dest="device",
+        default="auto",
+        help=f"{DEVICE_HELP}; with --devices N: cpu, gpu or auto (--accelerator: its Lightning name)",
+    )
     p.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
@@ -245,6 +251,17 @@ def _add_batch_options(p) -> None:
         action="store_true",
         help="skip the cases that the output folder's manifest lists as finished and whose outputs all exist "
         "(same models and settings); predict the others (default: off, predict every case)",
+    )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes per node (Lightning Fabric, DDP), one per GPU with --device gpu: rank R predicts every "
+        "N-th case; one merged manifest (default 1: this process alone)",
+    )
+    p.add_argument(
+        "--num-nodes", type=int, default=1, metavar="M", help="nodes, under srun or torchrun (default 1)"
     )
     _add_models_dir(p)
 

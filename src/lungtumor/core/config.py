@@ -84,6 +84,9 @@ class TrainConfig:
     ``ema_decay`` > 0 keeps an exponential moving average of the weights (decay per optimiser step, e.g.
     0.995 averages over about 200 steps); validation, the checkpoints and so prediction use the average.
     0 = off. 2D trainer only (a 3D config with it is refused).
+
+    ``devices`` is Lightning's: a count (GPUs, or CPU processes, per node) or a list of GPU indices (``[1]``:
+    GPU 1 alone, what ``train --device cuda:1`` sets; ``[0, 2]``: DDP on GPUs 0 and 2).
     """
 
     epochs: int = 30
@@ -100,7 +103,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     accelerator: str = "auto"
-    devices: int = 1
+    devices: int | list[int] = 1
     num_nodes: int = 1
     strategy: str = "auto"
     max_steps_per_epoch: int = 0

@@ -45,6 +45,10 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise InputError(source, f"{where}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, where, source) for v, a in zip(value, args, strict=True))
+    if origin is list:  # list[int]: any length
+        if not isinstance(value, (list, tuple)):
+            raise InputError(source, f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, typing.get_args(tp)[0], where, source) for v in value]
     if origin in (typing.Union, types.UnionType):
         for a in typing.get_args(tp):
             try:
@@ -165,8 +169,18 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("infer.min_lesion_mm3", "must be >= 0")
     if cfg.infer.min_z_extent_ratio < 0:
         bad("infer.min_z_extent_ratio", "must be >= 0 (0 = off)")
+    _validate_devices(cfg.train.devices, bad)
     _validate_nodule(cfg, bad)
     cfg.model.in_channels = 2 * cfg.train.context_slices + 1 + int(cfg.prep.blob)
+
+
+def _validate_devices(devices: int | list[int], bad: typing.Callable[[str, str], None]) -> None:
+    """``train.devices``: a count >= 1, or a non-empty list of distinct GPU indices >= 0."""
+    if isinstance(devices, list):
+        if not devices or min(devices) < 0 or len(set(devices)) != len(devices):
+            bad("train.devices", f"a list of GPU indices needs distinct indices >= 0, got {devices}")
+    elif devices < 1:
+        bad("train.devices", "must be at least 1 (a count), or a list of GPU indices such as [1]")
 
 
 def _validate_nodule(cfg: RunConfig, bad: typing.Callable[[str, str], None]) -> None:

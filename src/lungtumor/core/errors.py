@@ -49,6 +49,55 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return p
 
 
+def _link_out(root: Path, sub: str | os.PathLike) -> Path | None:
+    """The first part of ``root/sub`` below ``root`` that is a symbolic link resolving outside ``root``."""
+    try:
+        base = root.resolve()
+    except (OSError, RuntimeError):
+        base = root.absolute()
+    p = root
+    for part in Path(sub).parts:
+        p = p / part
+        if not p.is_symlink():
+            continue
+        try:
+            target = p.resolve()
+        except (OSError, RuntimeError):  # a loop of links
+            return p
+        if not target.is_relative_to(base):
+            return p
+    return None
+
+
+def check_subdirs(root: str | os.PathLike, *subs: str | os.PathLike) -> None:
+    """Refuse sub-folders of the output folder ``root`` that are symbolic links out of it.
+
+    Writing never follows a link out of the output folder: a sub-folder (``RUN/checkpoints``, ``CACHE/cases``)
+    that is a symlink resolving outside ``root`` is refused, not replaced (nothing of the user's is deleted).
+    A link that stays inside ``root``, a sub-folder that does not exist yet and ``root`` itself being a
+    symlink are fine. Call it before anything is written for folders that other code (Lightning) creates.
+
+    Raises:
+        InputError: naming the link, ``... is a symbolic link out of the output folder; remove it``.
+    """
+    root = Path(root)
+    for sub in subs:
+        link = _link_out(root, sub)
+        if link is not None:
+            raise InputError(link, "is a symbolic link out of the output folder; remove it")
+
+
+def ensure_subdir(root: str | os.PathLike, sub: str | os.PathLike) -> Path:
+    """Create (or enter) the sub-folder ``root/sub`` of the output folder ``root`` and check that we can write
+    into it; a part of it that is a symbolic link out of ``root`` is refused (:func:`check_subdirs`).
+
+    Raises:
+        InputError: a link out of ``root``, or a folder that cannot be created or written to.
+    """
+    check_subdirs(root, sub)
+    return ensure_writable_dir(Path(root) / sub)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
@@ -60,7 +109,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     Links are never written through: the rename replaces whatever entry is at ``path`` (a symlink there is
     replaced by the new file; its target is untouched), and a stale entry at the temporary name (a leftover,
     or a planted symlink) is removed before the block writes there. A folder in ``path`` is used as given
-    (an output folder that is itself a symlink is fine).
+    (an output folder that is itself a symlink is fine); sub-folders of an output folder are made with
+    :func:`ensure_subdir` or checked with :func:`check_subdirs`, which refuse a link out of it.
     """
     path = Path(path)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")

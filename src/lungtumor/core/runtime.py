@@ -52,21 +52,44 @@ def resolve_device(name: str) -> torch.device:
 
 
 def lightning_accelerator(name: str) -> str:
-    """A ``--device`` value as Lightning's accelerator name (for ``train``): ``cuda``/``gpu`` → ``gpu``, ``mps``,
-    ``cpu`` and ``auto`` as they are. Training picks GPUs by count (``--devices K``), so ``cuda:N`` is refused
-    with a hint (``CUDA_VISIBLE_DEVICES=N`` chooses GPU N).
+    """A ``--device`` value as Lightning's accelerator name (for ``train``): ``cuda``/``gpu`` and ``cuda:N`` →
+    ``gpu``, ``mps``, ``cpu`` and ``auto`` as they are (the GPU of ``cuda:N`` goes into the devices:
+    :func:`lightning_devices`).
 
     Raises:
-        InputError: an unknown name, or ``cuda:N``.
+        InputError: an unknown name.
     """
     norm = _check_device_name(name)
-    if ":" in norm:
+    return "gpu" if norm.startswith("cuda") else norm
+
+
+def lightning_devices(
+    name: str, devices: int | list[int], count: int | None = None
+) -> tuple[str, int | list[int]]:
+    """A train ``--device`` value as Lightning's (accelerator, devices), given the recipe's ``train.devices``
+    and ``--devices K`` (``count``; None when not given):
+
+    * ``cuda:N`` (``gpu:N``) → ``("gpu", [N])``: GPU N alone (Lightning's ``devices=[N]``), once it exists;
+    * ``cuda``/``gpu`` → ``"gpu"`` with ``devices`` as they are (a count, or the recipe's GPU indices);
+    * ``cpu``, ``mps``, ``auto`` → themselves, with a list of GPU indices turned into its count.
+
+    Raises:
+        InputError: an unknown name or a GPU this machine does not have (naming ``--device``), or ``cuda:N``
+            with ``--devices K`` above 1 (naming ``--devices``).
+    """
+    acc = lightning_accelerator(name)
+    norm = _check_device_name(name)
+    if ":" not in norm:
+        keep = acc == "gpu" or not isinstance(devices, list)
+        return acc, devices if keep else len(devices)
+    index = int(norm[5:])
+    if count is not None and count != 1:
         raise InputError(
-            "--device",
-            f"train uses GPUs by count (--devices K), not by index; use --device cuda and "
-            f"CUDA_VISIBLE_DEVICES={norm[5:]} to train on GPU {norm[5:]}",
+            "--devices",
+            f"--device {name} trains on GPU {index} alone; use --device cuda --devices {count} for {count} GPUs",
         )
-    return "gpu" if norm == "cuda" else norm
+    resolve_device(name)  # GPU N exists, or a one-line error naming --device
+    return "gpu", [index]
 
 
 def autocast(device: torch.device, precision: str):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from lungtumor.core.errors import InputError, atomic_write_text, ensure_writable_dir
+from lungtumor.core.errors import InputError, atomic_write_text, ensure_subdir, ensure_writable_dir
 from lungtumor.core.progress import tqdm
 from lungtumor.data.anatomy import render_anatomy, sample_anatomy
 from lungtumor.data.geometry import grow_tree, raster_tubes, smooth_noise, widen_near_root
@@ -365,7 +365,7 @@ def synth_dataset(
     t0 = time.perf_counter()
     root = ensure_writable_dir(out)
     for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        ensure_writable_dir(root / d)
+        ensure_subdir(root, d)  # refuses a link out of OUT
     first_val = n_train - val_cases
     jobs = [
         (str(root), f"lung_{i:03d}", "train", _case_seed(seed, 0, i), matrix, slices,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lungtumor.core.config import PrepConfig
-from lungtumor.core.errors import InputError, atomic_write_text, ensure_writable_dir
+from lungtumor.core.errors import InputError, atomic_write_text, check_subdirs, ensure_writable_dir
 from lungtumor.core.progress import tqdm
 from lungtumor.data.msd import dataset_source, load_dataset
 from lungtumor.preprocessing.cache_writer import Counter, Team, Writer, n_workers, npy_ok
@@ -203,6 +203,7 @@ def prepare_dataset(
     created = not out.exists()
     ensure_writable_dir(out)
     w = Writer(out, prep, memory_budget)
+    check_subdirs(out, w.cases_dir.name, w.state_dir.name)  # before anything is written: no link out of OUT
     team: Team | None = None
     threads = torch.get_num_threads()
     try:

@@ -36,7 +36,13 @@ import torch.nn.functional as F
 
 from lungtumor.core.config import Vol3DConfig
 from lungtumor.core.config_io import to_dict
-from lungtumor.core.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
+from lungtumor.core.errors import (
+    InputError,
+    atomic_path,
+    atomic_write_text,
+    check_subdirs,
+    ensure_writable_dir,
+)
 from lungtumor.core.progress import tqdm
 from lungtumor.data.msd import dataset_source, load_dataset
 from lungtumor.imaging.io import read_mask, read_volume
@@ -219,6 +225,7 @@ def prepare_dataset_3d(
     created = not out.exists()
     ensure_writable_dir(out)
     state = _State(out)
+    check_subdirs(out, state.dir.name, state.cases.name)  # before anything is written: no link out of OUT
     try:
         with contextlib.suppress(FileNotFoundError):
             (out / "cache.json").unlink()

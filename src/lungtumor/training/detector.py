@@ -132,7 +132,9 @@ def train_for_run(cache: Any, run_dir: Path, cfg: Any, *, progress: bool = True)
         )
         return time.perf_counter() - t0
     use_cuda = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
-    device = torch.device("cuda" if use_cuda else "cpu")
+    gpus = cfg.train.devices  # the 2D run's first GPU index (--device cuda:N: [N]), else the default GPU
+    index = gpus[0] if isinstance(gpus, list) else None
+    device = torch.device("cuda", index) if use_cuda else torch.device("cpu")
 
     auto = cfg.train.precision == "auto" and (use_cuda or cpu_has_bf16())
     bf16 = cfg.train.precision.startswith("bf16") or auto

@@ -175,7 +175,7 @@ def train_detector(
     with quiet_lightning():
         trainer = pl.Trainer(
             accelerator="gpu" if dev.type == "cuda" else "cpu",
-            devices=1,
+            devices=[dev.index] if dev.type == "cuda" and dev.index is not None else 1,
             precision="32-true",  # bf16 autocast of the forward pass is the module's own (``bf16``)
             max_epochs=1,
             max_steps=cfg.steps,

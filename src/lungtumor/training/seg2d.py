@@ -63,6 +63,8 @@ from lungtumor.training.trainer import (
     HistoryInCheckpoint,
     LightningModuleBase,
     TrainResult,
+    check_run_folder,
+    device_count,
     ema_callbacks,
     make_trainer,
     pl,
@@ -70,6 +72,7 @@ from lungtumor.training.trainer import (
     refuse_existing_run,
     resolve_runtime,
     train_result,
+    trainer_devices,
     warmup_cosine,
 )
 
@@ -368,7 +371,7 @@ def _check_train_config(cfg: RunConfig, source: str) -> None:
         bad("train.data_on_device", f"{t.data_on_device!r} is not one of {', '.join(DATA_ON_DEVICE)}")
     if t.lr_schedule not in SCHEDULES:
         bad("train.lr_schedule", f"{t.lr_schedule!r} is not one of {', '.join(SCHEDULES)}")
-    for key in ("devices", "num_nodes", "val_every_n_epochs", "log_every_n_steps", "val_batch_size"):
+    for key in ("num_nodes", "val_every_n_epochs", "log_every_n_steps", "val_batch_size"):
         if getattr(t, key) < 1:
             bad(f"train.{key}", "must be at least 1")
     if t.crop_size and t.crop_size % (2**cfg.model.depth):
@@ -433,7 +436,10 @@ def train(
             f"prepare with prep.size [{ph}, {pw}] or lower model.depth",
         )
     create_model(cfg.model)  # validates the model settings before anything is written
+    accelerator, precision = resolve_runtime(cfg)
+    devices = trainer_devices(cfg, accelerator)
     run_dir = ensure_writable_dir(out)
+    check_run_folder(run_dir)  # Lightning writes checkpoints/ and tb/: never through a link out of the run
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     child = os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
@@ -451,8 +457,7 @@ def train(
     elif last.exists() and not child:
         refuse_existing_run(run_dir)
 
-    accelerator, precision = resolve_runtime(cfg)
-    n_proc = cfg.train.devices * cfg.train.num_nodes
+    n_proc = device_count(devices) * cfg.train.num_nodes
     strategy: Any = cfg.train.strategy
     if strategy == "auto" and n_proc > 1:
         strategy = "ddp"
@@ -473,7 +478,7 @@ def train(
             progress=progress,
             log_every_n_steps=cfg.train.log_every_n_steps,
             callbacks=(_ValidateLastEpoch(), *ema_callbacks(cfg.train.ema_decay)),
-            devices=cfg.train.devices,
+            devices=devices,
             num_nodes=cfg.train.num_nodes,
             strategy=strategy,
             use_distributed_sampler=False,

@@ -44,12 +44,14 @@ from lungtumor.training.trainer import (
     HistoryInCheckpoint,
     LightningModuleBase,
     TrainResult,
+    check_run_folder,
     make_trainer,
     pl,
     quiet_lightning,
     refuse_existing_run,
     resolve_runtime,
     train_result,
+    trainer_devices,
     warmup_cosine,
 )
 
@@ -227,8 +229,13 @@ def train3d(
         )
         raise InputError(data.root / "splits.json", what)
     accelerator, precision = resolve_runtime(cfg)
-    device = torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")
+    devices = trainer_devices(cfg, accelerator)
+    if isinstance(devices, list) and len(devices) > 1:
+        raise InputError("train.devices", "the 3D recipe trains on one GPU; give one index, such as [1]")
+    index = devices[0] if isinstance(devices, list) else None  # a count: one device, as ever
+    device = torch.device("cuda", index) if accelerator in ("gpu", "cuda") else torch.device("cpu")
     run_dir = ensure_writable_dir(out)
+    check_run_folder(run_dir)  # Lightning writes checkpoints/ and tb/: never through a link out of the run
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if resume:
@@ -255,7 +262,7 @@ def train3d(
             run_dir, cfg, accelerator, precision,
             progress=progress,
             log_every_n_steps=min(cfg.train.log_every_n_steps, cfg.vol3d.steps_per_epoch),
-            devices=1,
+            devices=[index] if index is not None else 1,
         )  # fmt: skip
         trainer.fit(module, ckpt_path=str(last) if resume else None, weights_only=True)
     return train_result(run_dir, module.history, trainer, float(cfg.vol3d.foreground_fraction), t0)

@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from lungtumor.core.config import RunConfig
-from lungtumor.core.errors import InputError, atomic_path
+from lungtumor.core.errors import InputError, atomic_path, check_subdirs
 from lungtumor.core.progress import log_line, stderr_is_terminal
 from lungtumor.training.card import with_validation
 
@@ -81,6 +81,16 @@ def train_result(
     )
 
 
+#: The sub-folders of a run folder that Lightning creates and writes (checkpoints, TensorBoard logs).
+RUN_SUBDIRS = ("checkpoints", "tb", "tb/detector")
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse a run folder whose ``checkpoints``/``tb`` sub-folder is a symbolic link out of it, before anything
+    is written (Lightning writes there through its own code; ``core.errors.check_subdirs``)."""
+    check_subdirs(run_dir, *RUN_SUBDIRS)
+
+
 def refuse_existing_run(run_dir: Path) -> NoReturn:
     """Raise the error for a fresh (not resumed) run into a folder that already holds a run."""
     raise InputError(
@@ -94,6 +104,7 @@ class AtomicCheckpointIO(TorchCheckpointIO if pl else object):  # type: ignore[m
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
+        check_subdirs(path.parent.parent, path.parent.name)  # never through a link out of the run folder
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save(checkpoint, buf)
@@ -156,6 +167,32 @@ def resolve_runtime(cfg: RunConfig) -> tuple[str, str]:
     elif prec == "32":
         prec = "32-true"
     return acc, prec
+
+
+def device_count(devices: int | list[int]) -> int:
+    """How many devices ``train.devices`` names: the count, or the number of GPU indices."""
+    return len(devices) if isinstance(devices, list) else devices
+
+
+def trainer_devices(cfg: RunConfig, accelerator: str) -> int | list[int]:
+    """``train.devices`` for ``pl.Trainer`` on ``accelerator`` (resolved, see :func:`resolve_runtime`): a count
+    as it is, a list of GPU indices after checking that training runs on CUDA and that each GPU exists.
+
+    Raises:
+        InputError: GPU indices off CUDA, or an index this machine does not have.
+    """
+    devices = cfg.train.devices
+    if not isinstance(devices, list):
+        return devices
+    if accelerator not in ("gpu", "cuda"):
+        raise InputError(
+            "train.devices", f"{devices} are GPU indices but training runs on {accelerator}; give a count"
+        )
+    n = torch.cuda.device_count()
+    missing = [i for i in devices if i >= n]
+    if missing:
+        raise InputError("train.devices", f"GPU {missing[0]} requested but only {n} CUDA device(s) exist")
+    return list(devices)
 
 
 @contextlib.contextmanager

@@ -11,12 +11,17 @@ stem and input file name, with every output this run would write (``workflows.ou
 every output it lists exists. Its entry is carried over to the new manifest; the other cases are predicted.
 The manifest must come from the same models (sha256) and the same settings that shape the masks (threshold,
 TTA, lung gate, postprocessing, detector), or ``--continue`` is refused: a folder never mixes two recipes.
+
+Processes (``--devices N``, ``workflows.distributed``): within a part, rank R of N takes every N-th case by stem
+from the R-th, as parts do (:class:`Shard`), and writes ``<manifest>.rank-R-of-N.json``; rank 0 merges them.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +42,13 @@ def check_part(num_parts: int, part_id: int) -> None:
         raise InputError(
             "--part-id", f"must be in 0..{num_parts - 1} for --num-parts {num_parts}, got {part_id}"
         )
+
+
+def check_processes(devices: int, num_nodes: int) -> None:
+    """Raises InputError unless ``devices >= 1`` and ``num_nodes >= 1``."""
+    for flag, n in (("--devices", devices), ("--num-nodes", num_nodes)):
+        if n < 1:
+            raise InputError(flag, f"must be at least 1, got {n}")
 
 
 def manifest_name(num_parts: int = 1, part_id: int = 0) -> str:
@@ -115,3 +127,67 @@ def finished_cases(
         if complete and listed:
             done[stem] = entry
     return done, old
+
+
+def rank_manifest_name(base: str, rank: int, world_size: int) -> str:
+    """The manifest of rank R of N processes: ``predict_manifest.rank-R-of-N.json`` for ``base``
+    ``predict_manifest.json`` (``predict_manifest.part-I-of-K.rank-R-of-N.json`` in a part)."""
+    return f"{base.removesuffix('.json')}.rank-{rank}-of-{world_size}.json"
+
+
+def rank_manifests(out: Path, base: str) -> list[Path]:
+    """The rank manifests of ``base`` in ``out``, of any number of processes (a killed run leaves them)."""
+    return sorted(out.glob(f"{glob.escape(base.removesuffix('.json'))}.rank-*-of-*.json"))
+
+
+def continue_sources(out: Path, base: str) -> list[Path]:
+    """The manifests that ``--continue`` of a multi-process run reads: ``base`` and its rank manifests, the newest
+    first (a case listed twice counts as the newest run wrote it)."""
+    found = [p for p in [*rank_manifests(out, base), out / base] if p.is_file()]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def finished_in(
+    manifest_paths: Sequence[Path],
+    cases: Sequence[tuple[str, Path, str]],
+    expected: Callable[[str], list[str]],
+    models: list[dict[str, Any]],
+    settings: dict[str, Any],
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """:func:`finished_cases` over several manifests: a case's entry from the first that finished it, and the
+    first manifest found (None when there is none).
+
+    Raises:
+        InputError: a manifest is unreadable, or from other models or settings.
+    """
+    done: dict[str, dict[str, Any]] = {}
+    previous = None
+    for path in manifest_paths:
+        found, old = finished_cases(path, cases, expected, models, settings)
+        for stem, entry in found.items():
+            done.setdefault(stem, entry)
+        previous = previous or old
+    return done, previous
+
+
+@dataclass
+class Shard:
+    """Rank ``rank`` of ``world_size`` processes of one predict (``workflows.distributed``): it predicts every
+    N-th case of the part by output stem, from the R-th (:func:`select_part`: no padding, so no case runs twice and
+    a rank may have none), on ``device`` with ``threads`` torch threads, into its own rank manifest."""
+
+    rank: int
+    world_size: int
+    device: Any  # this process's torch.device
+    threads: int | None = None
+    order: list[str] = field(default_factory=list)  # the part's stems in the part's order (set by select)
+    manifest: dict[str, Any] | None = None  # this rank's manifest data (set by predict_paths)
+
+    def select(self, items: Sequence[tuple[str, Path, str]]) -> list[tuple[str, Path, str]]:
+        """This rank's share of the part's (case, source, stem) items."""
+        self.order = [stem for _, _, stem in items]
+        return select_part(items, self.order, self.world_size, self.rank)
+
+    def manifest_name(self, base: str) -> str:
+        """This rank's manifest file name (:func:`rank_manifest_name`)."""
+        return rank_manifest_name(base, self.rank, self.world_size)

@@ -31,7 +31,14 @@ import numpy as np
 import torch
 
 from lungtumor.core.config_io import config_from_dict, load_config, save_config
-from lungtumor.core.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
+from lungtumor.core.errors import (
+    InputError,
+    atomic_path,
+    atomic_write_text,
+    check_subdirs,
+    ensure_subdir,
+    ensure_writable_dir,
+)
 from lungtumor.core.runtime import resolve_device
 from lungtumor.data.msd import load_dataset
 from lungtumor.evaluation.evaluate import SegmentationMetrics
@@ -301,6 +308,8 @@ def run_cv(
         raise InputError(dataset, f"{len(ds.cases)} labelled cases cannot make {folds} folds")
     dev = resolve_device(device)
     root = ensure_writable_dir(out)
+    runs = [f"fold_{k}" for k in range(folds)] + [f"folds_cache/fold_{k}" for k in range(folds)]
+    check_subdirs(root, "cache", *runs)  # never write through a link out of OUT
     cache = root / "cache"
     if is_3d(cfg):
         prepare_dataset_3d(dataset, cache, cfg.vol3d, folds=folds, seed=seed, progress=progress)
@@ -308,7 +317,7 @@ def run_cv(
         prepare_dataset(dataset, cache, cfg.prep, folds=folds, seed=seed, progress=progress, workers=1)
     fold_list = json.loads((cache / "splits.json").read_text(encoding="utf-8"))["folds"]
     by_name = {c.name: c for c in ds.cases}
-    oof = ensure_writable_dir(root / "oof")
+    oof = ensure_subdir(root, "oof")
     records: list[dict[str, Any]] = []
     for k, fold in enumerate(fold_list):
         loaded = load_any(_train_fold(k, fold, cfg, cache, root, progress))

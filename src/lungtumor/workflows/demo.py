@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lungtumor.core.config_io import load_config
-from lungtumor.core.errors import ensure_writable_dir
+from lungtumor.core.errors import check_subdirs, ensure_writable_dir
 from lungtumor.core.progress import log_line
 from lungtumor.data.phantom import synth_dataset
 from lungtumor.evaluation.evaluate import evaluate_dirs, format_summary
@@ -88,6 +88,7 @@ def run_demo(
         return value
 
     data, cache, run, pred = root / "data", root / "cache", root / "run", root / "predictions"
+    check_subdirs(root, data.name, cache.name, run.name, pred.name)  # never write through a link out of OUT
     step(
         "synth",
         lambda: synth_dataset(

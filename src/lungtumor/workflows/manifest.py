@@ -16,7 +16,10 @@ no case succeeds writes none (its output folder stays empty and is removed). For
      "failed": [{"case", "input", "error"}],
      "warnings": [str],
      "part": {"id": I, "of": K}            (only for one part of several: predict --num-parts K --part-id I)
-     "continued": {"from_started": ISO time, "cases_carried": int}}   (only with predict --continue)
+     "continued": {"from_started": ISO time, "cases_carried": int}   (only with predict --continue)
+     "processes": {"world_size", "num_nodes", "devices", "accelerator", "backend", "ranks": [{"rank", "host",
+                   "device", "threads", "predicted", "failed", "carried", "seconds", "peak_rss_mib"}]}}
+                                           (only with several processes: workflows.distributed)
 
 Paths are as given on the command line (inputs, models) or inside the output folder (outputs). ``stem`` is the
 outputs' file-name stem (``core.paths.unique_stems``), by which ``--continue`` finds a case (``workflows.batch``).

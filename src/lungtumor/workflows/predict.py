@@ -28,7 +28,15 @@ from lungtumor.inference.store import resolve_model
 from lungtumor.models import is_3d
 from lungtumor.postprocessing.filters import postprocess_mask
 from lungtumor.report.writer import write_all
-from lungtumor.workflows.batch import check_part, finished_cases, manifest_name, select_part
+from lungtumor.workflows.batch import (
+    Shard,
+    check_part,
+    check_processes,
+    continue_sources,
+    finished_in,
+    manifest_name,
+    select_part,
+)
 from lungtumor.workflows.manifest import PredictManifest, model_record, settings_record
 from lungtumor.workflows.outputs import (
     RunInfo,
@@ -64,6 +72,8 @@ class PredictOptions:
     part_id: int = 0
     continue_prediction: bool = False  # skip the cases the manifest lists as finished (workflows.batch)
     models_dir: str | os.PathLike | None = None  # installed models (inference.store); None: the user's folder
+    devices: int = 1  # processes per node (> 1, or num_nodes > 1: workflows.distributed.predict_sharded)
+    num_nodes: int = 1
 
 
 @dataclass
@@ -354,19 +364,17 @@ def _skipped(case: str, src: Path, stem: str, entry: dict[str, Any], out: Path) 
 
 
 def _carry_finished(
-    manifest: PredictManifest, items: list[tuple[str, Path, str]], opts: PredictOptions
+    manifest: PredictManifest, items: list[tuple[str, Path, str]], opts: PredictOptions, sources: list[Path]
 ) -> dict[str, dict[str, Any]]:
     """``--continue``: the manifest entries (by stem) of the cases an earlier run finished, carried over into
-    ``manifest`` (``workflows.batch.finished_cases``)."""
+    ``manifest`` (``workflows.batch.finished_in`` the manifests ``sources``)."""
 
     def expected(stem: str) -> list[str]:
         return expected_outputs(
             stem, opts.output_types, save_prob=opts.save_prob, measure=opts.measure, report=opts.report
         )
 
-    done, previous = finished_cases(
-        manifest.path, items, expected, manifest.data["models"], manifest.data["settings"]
-    )
+    done, previous = finished_in(sources, items, expected, manifest.data["models"], manifest.data["settings"])
     manifest.carry([done[st] for _, _, st in items if st in done], previous or {})
     return done
 
@@ -376,6 +384,7 @@ def predict_paths(
     model_path: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     opts: PredictOptions | None = None,
+    shard: Shard | None = None,
 ) -> list[PredictResult]:
     """Predict every input; write ``<case>_tumour.nii.gz`` (uint8, input geometry), lesion files, optional
     ``<case>_prob.nii.gz`` and report, DICOM SEG/RTSTRUCT/SR for DICOM inputs with ``opts.output_types``, and
@@ -385,6 +394,8 @@ def predict_paths(
     their probabilities on the input grid are averaged (an ensemble, e.g. a 2D and a 3D model); the first
     model's infer settings apply. ``opts.num_parts``/``part_id`` predict one part of the cases (its own
     manifest), ``opts.continue_prediction`` skips the cases an earlier run finished (``workflows.batch``).
+    ``shard``: this process is one rank of several (``workflows.distributed.predict_sharded``, which runs
+    ``opts.devices`` x ``opts.num_nodes`` processes): it predicts its share into its own rank manifest.
 
     Raises:
         InputError: the model cannot be loaded, the output folder is not writable, or inputs are missing.
@@ -392,13 +403,17 @@ def predict_paths(
     opts = opts or PredictOptions()
     opts = replace(opts, output_types=parse_output_types(opts.output_types))
     check_part(opts.num_parts, opts.part_id)
-    device = resolve_device(opts.device)
+    check_processes(opts.devices, opts.num_nodes)
+    if shard is None and opts.devices * opts.num_nodes > 1:
+        raise InputError("--devices", "several processes: call workflows.distributed.predict_sharded")
+    device = shard.device if shard else resolve_device(opts.device)
     cases = collect_inputs(inputs)
     check_dicom_inputs([src for _, src in cases], opts.output_types, Path(out_dir))  # DICOM in, not into it
     load_dicom_writer(opts.output_types)  # highdicom missing: say so before anything is loaded
     stems = unique_stems(cases)  # two inputs named ct.nii.gz: ct_<parent folder>_tumour.nii.gz each
     items = select_part([(c, src, st) for (c, src), st in zip(cases, stems, strict=True)], stems,
                         opts.num_parts, opts.part_id)  # fmt: skip
+    items = shard.select(items) if shard else items  # this rank's cases: every N-th of the part
     specs = [model_path] if isinstance(model_path, (str, os.PathLike)) else list(model_path)
     paths = [resolve_model(m, opts.models_dir) for m in specs]
     # load before the output folder exists: a bad model leaves nothing behind
@@ -409,14 +424,17 @@ def predict_paths(
     # --batch-size applies to every model; without it each checkpoint uses its own infer.batch_size
     predictor = Predictor(models, device=device, precision=s.precision, tta=s.tta, batch_size=opts.batch_size)
     gc.freeze()  # libraries and models are long-lived: keep the per-case collection below cheap
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
+    threads = opts.threads or (shard.threads if shard else None)
+    if threads:
+        torch.set_num_threads(threads)
     out, run_dir = ensure_writable_dir(out_dir), _run_dir_of(paths[0])
     # provenance: predict_manifest.json (one per part), rewritten atomically after every case
     part = (opts.part_id, opts.num_parts) if opts.num_parts > 1 else None
+    name = manifest_name(opts.num_parts, opts.part_id)
     manifest = PredictManifest(out, [model_record(m) for m in models], settings_record(s, opts, device, models),
-                               name=manifest_name(opts.num_parts, opts.part_id), part=part)  # fmt: skip
-    done = _carry_finished(manifest, items, opts) if opts.continue_prediction else {}
+                               name=shard.manifest_name(name) if shard else name, part=part)  # fmt: skip
+    sources = continue_sources(out, name) if shard else [manifest.path]  # a rank: the rank manifests too
+    done = _carry_finished(manifest, items, opts, sources) if opts.continue_prediction else {}
     manifest.set_timing("load_models_s", t_load)
     info = run_info(manifest.data["models"], manifest.data["settings"])
     results: list[PredictResult] = []
@@ -428,6 +446,8 @@ def predict_paths(
         results.append(res)
         manifest.add_case(res, out)
         gc.collect()
+    if shard:
+        shard.manifest = manifest.data  # for rank 0's merge (workflows.distributed)
     return results
 
 
