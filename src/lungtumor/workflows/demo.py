@@ -1,8 +1,8 @@
 """``lungtumor demo``: the main job on the built-in phantoms.
 
 synth → prepare → train → predict held-out phantoms → evaluate → report, with the ``demo`` preset, sized to
-finish in minutes on 2 CPU cores. Prediction uses mirror TTA (``lungtumor predict --tta``): +0.02-0.03 held-out
-Dice and fewer false positives for about 1.7x the prediction time (docs/decisions/0008).
+finish in minutes on 2 CPU cores. Prediction uses the checkpoint's own settings, as ``lungtumor predict`` does: the 2D
+mirror TTA is off (it did not earn its place over 3 training seeds, docs/decisions/0008).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def run_demo(
             [data / "imagesTs"],
             run,
             pred,
-            PredictOptions(report=True, save_prob=False, tta=True, progress=progress),
+            PredictOptions(report=True, save_prob=False, progress=progress),
         ),
     )
     failed = [r for r in results if r.error]
