@@ -156,12 +156,12 @@ def test_lungs_only_predicts_the_lungs_slices_and_nothing_else(demo_run, tmp_pat
     np.testing.assert_allclose(part[lo:hi], full[lo:hi], rtol=0, atol=1e-5)
     assert not part[:lo].any() and full[:lo].any()
     # the command: a threshold that marks most of the body makes one component reaching into the abdomen;
-    # with the gate on (the demo preset's), only its part on the predicted slices is there
+    # with the gate on, only its part on the predicted slices is there; the demo preset has it off (decision 0004)
     from lungtumor.imaging.io import write_volume
 
     write_volume(vol, tmp_path / "ct.nii.gz")
     t = float(np.quantile(full[lo:hi][full[lo:hi] > 0], 0.3))
-    assert load_config(None, "demo").infer.lung_gate
+    assert not load_config(None, "demo").infer.lung_gate
     runs = (
         ([], "default"),
         (["--lung-gate"], "on"),
@@ -174,8 +174,9 @@ def test_lungs_only_predicts_the_lungs_slices_and_nothing_else(demo_run, tmp_pat
     on = read_mask(tmp_path / "on" / "ct_tumour.nii.gz").array
     off = read_mask(tmp_path / "off" / "ct_tumour.nii.gz").array
     assert on[lo:].any() and not on[:lo].any() and off[:lo].any()
-    np.testing.assert_array_equal(read_mask(tmp_path / "default" / "ct_tumour.nii.gz").array, on)
-    assert read_mask(tmp_path / "nogate" / "ct_tumour.nii.gz").array[:lo].any()  # the gate alone turned off
+    nogate = read_mask(tmp_path / "nogate" / "ct_tumour.nii.gz").array
+    assert nogate[:lo].any()  # the gate alone turned off
+    np.testing.assert_array_equal(read_mask(tmp_path / "default" / "ct_tumour.nii.gz").array, nogate)
 
 
 def _splitting_threshold(run, ct) -> float:
