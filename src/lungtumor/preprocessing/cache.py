@@ -44,8 +44,8 @@ class PreparedCache:
         root = Path(root)
         if not root.is_dir():
             raise InputError(root, "cache folder not found (write one with `lungtumor prepare`)")
-        meta = _read_json(root / "cache.json")
-        splits = _read_json(root / "splits.json")
+        meta = read_cache_json(root / "cache.json")
+        splits = read_cache_json(root / "splits.json")
         if meta.get("version") != 1:
             raise InputError(
                 root / "cache.json", f"unsupported cache version {meta.get('version')!r} (expected 1)"
@@ -131,11 +131,13 @@ class PreparedCache:
         return state
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_cache_json(path: Path, writer: str = "lungtumor prepare") -> dict[str, Any]:
+    """A cache's ``cache.json`` or ``splits.json`` as a dict; ``writer`` (the command that writes the cache) goes
+    into the message when the file is missing. Raises InputError naming the file and the problem."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(path, "not found; is this a cache written by `lungtumor prepare`?") from None
+        raise InputError(path, f"not found; is this a cache written by `{writer}`?") from None
     except (OSError, ValueError) as e:
         raise InputError(path, f"cannot read JSON ({e})") from None
     if not isinstance(data, dict):

@@ -7,7 +7,6 @@ rotation and scaling, then intensity jitter. No per-sample CPU workers.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from lungtumor.core.config import Vol3DConfig
 from lungtumor.core.errors import InputError
 from lungtumor.models.unet3d import Pool, divisor, make_pools
+from lungtumor.preprocessing.cache import read_cache_json
 
 _BYTES_PER_VOXEL_BASE32 = (
     3000  # training activation memory per patch voxel for a base-32 3D U-Net (bf16/fp32 mix)
@@ -45,7 +45,9 @@ class Cache3D:
     def open(cls, root: str | os.PathLike) -> Cache3D:
         """Read cache.json/splits.json. Raises InputError naming the file and the problem."""
         root = Path(root)
-        meta, splits = _read_json(root / "cache.json"), _read_json(root / "splits.json")
+        hint = "lungtumor prepare --preset 3d"
+        meta = read_cache_json(root / "cache.json", hint)
+        splits = read_cache_json(root / "splits.json", hint)
         if meta.get("kind") != "3d":
             raise InputError(
                 root / "cache.json", "not a 3D cache; write one with `lungtumor prepare --preset 3d`"
@@ -83,20 +85,6 @@ class Cache3D:
         for n in names:
             for k in ("img", "seg", "fg"):
                 self._arrays[f"{n}_{k}"] = np.array(self.array(n, k))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(
-            path, "not found; is this a cache written by `lungtumor prepare --preset 3d`?"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise InputError(path, f"cannot read JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise InputError(path, "expected a JSON object")
-    return d
 
 
 # ----------------------------------------------------------------------------- planning
