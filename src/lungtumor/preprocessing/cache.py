@@ -36,6 +36,9 @@ class PreparedCache:
     cases: dict[str, CaseInfo]
     train: list[str]
     val: list[str]
+    source: dict[str, Any] | None = (
+        None  # the dataset it came from (cache.json ``source``; None in older caches)
+    )
     _mmaps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -85,7 +88,8 @@ class PreparedCache:
             for kind in kinds:
                 if not (root / "cases" / f"{n}_{kind}.npy").is_file():
                     raise InputError(root / "cases" / f"{n}_{kind}.npy", "missing; rerun `lungtumor prepare`")
-        return cls(root, prep, stats, cases, train, val)
+        src = meta.get("source")
+        return cls(root, prep, stats, cases, train, val, dict(src) if isinstance(src, dict) else None)
 
     @property
     def shape_hw(self) -> tuple[int, int]:

@@ -1,15 +1,14 @@
 """The model card a training run writes into its checkpoints (format: :mod:`lungtumor.inference.card`).
 
 :func:`build_card` is called once when a run starts: the training data come from the prepared cache's
-``cache.json`` ``source`` (written by ``prepare`` from the dataset's dataset.json, ``data.msd.dataset_source``);
+``source``, read with ``cache.json`` when the cache is opened (written by ``prepare`` from the dataset's
+dataset.json, ``data.msd.dataset_source``);
 :func:`with_validation` adds, each time a checkpoint is written, the validation result of the weights in it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-from pathlib import Path
 from typing import Any
 
 from lungtumor import __version__
@@ -17,26 +16,16 @@ from lungtumor.core.config import RunConfig
 from lungtumor.inference.card import CARD_VERSION
 
 
-def _cache_source(cache_root: Path) -> dict[str, Any] | None:
-    """The ``source`` entry of ``cache_root/cache.json``, or None (a cache written before it was recorded)."""
-    try:
-        meta = json.loads((Path(cache_root) / "cache.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    src = meta.get("source") if isinstance(meta, dict) else None
-    return dict(src) if isinstance(src, dict) else None
-
-
-def build_card(cache_root: str | Path, cfg: RunConfig, n_train: int, n_val: int) -> dict[str, Any]:
-    """The model card of a run starting now on the cache ``cache_root`` (primitives only).
+def build_card(source: dict[str, Any] | None, cfg: RunConfig, n_train: int, n_val: int) -> dict[str, Any]:
+    """The model card of a run starting now on a prepared cache (primitives only).
 
     Args:
-        cache_root: the prepared cache folder (2D or 3D).
+        source: the cache's ``source`` (``PreparedCache.source`` / ``Cache3D.source``; None: not recorded).
         cfg: the run's resolved config (its ``preset`` and ``model.arch`` are recorded).
         n_train: training cases of the run.
         n_val: validation cases of the run.
     """
-    src = _cache_source(Path(cache_root))
+    src = source
     if src is None:
         data: dict[str, Any] = {
             "name": "unknown (the cache does not record its dataset)",

@@ -39,6 +39,9 @@ class Cache3D:
     shapes: dict[str, tuple[int, int, int]]
     orig_shapes: dict[str, tuple[int, int, int]]
     splits: dict[str, Any]
+    source: dict[str, Any] | None = (
+        None  # the dataset it came from (cache.json ``source``; None in older caches)
+    )
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -65,7 +68,9 @@ class Cache3D:
             raise InputError(
                 root / "cache.json", f"malformed cache index ({type(e).__name__}: {e})"
             ) from None
-        return cls(root, spacing, stats, shapes, orig, splits)  # type: ignore[arg-type]
+        src = meta.get("source")
+        source = dict(src) if isinstance(src, dict) else None
+        return cls(root, spacing, stats, shapes, orig, splits, source)  # type: ignore[arg-type]
 
     def array(self, name: str, kind: str) -> np.ndarray:
         """``kind`` = img (float16), seg (uint8), both (z, y, x), or fg (int32 (n, 3) tumour voxel indices)."""

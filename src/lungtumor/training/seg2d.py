@@ -468,7 +468,7 @@ def train(
         ck_cfg = copy.deepcopy(cfg)
         ck_cfg.nodule.enabled = False
         # what the model saw: its model card (training data, preset; validation added per checkpoint)
-        card = build_card(data.root, cfg, len(data.train), len(data.val))
+        card = build_card(data.source, cfg, len(data.train), len(data.val))
         module = SegModule(
             {"config": to_dict(ck_cfg), "stats": dict(data.stats), "prep": dict(data.prep), "card": card}
         )

@@ -254,7 +254,7 @@ def train3d(
                 "config": to_dict(cfg),
                 "stats": dict(data.stats),
                 "prep": {"kind": "3d", "spacing": list(data.spacing)},
-                "card": build_card(data.root, cfg, len(train), len(val)),  # what the model saw
+                "card": build_card(data.source, cfg, len(train), len(val)),  # what the model saw
             }
         )
         module.attach(data, train, val, run_dir)
