@@ -59,7 +59,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.only != "3d":
         from lungtumor.preprocessing.prepare import prepare_dataset
-        from lungtumor.training.seg2d import train
+        from lungtumor.training.run import train
 
         c = preset("default")
         if a.epochs2d:
@@ -79,7 +79,7 @@ def main() -> None:
         print(json.dumps(res), flush=True)
     if a.only != "2d":
         from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
-        from lungtumor.training.seg3d import train3d
+        from lungtumor.training.run import train
 
         c = preset("3d")
         if a.epochs3d:
@@ -93,7 +93,7 @@ def main() -> None:
             c.vol3d.memory_budget_gb = 0.1
         t0 = time.perf_counter()
         prepare_dataset_3d(a.dataset, a.out / "cache3d", c.vol3d)
-        r = train3d(a.out / "cache3d", a.out / "run3d", c, progress=False)
+        r = train(a.out / "cache3d", a.out / "run3d", c, progress=False)
         m = load_any(a.out / "run3d").config.vol3d
         res = {"recipe": "3d", "epochs": c.train.epochs, "steps_per_epoch": m.steps_per_epoch, "patch": m.patch_size,
                "batch": m.batch_size, "val_dice": r.best_dice, "train_s": r.seconds}  # fmt: skip

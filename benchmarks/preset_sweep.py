@@ -192,11 +192,11 @@ def train_one(cache: Path, out: Path, preset_name: str, overrides: list[str]) ->
         apply_override(cfg, key, value)
     t0 = time.perf_counter()
     if cfg.model.arch == "unet3d":
-        from lungtumor.training.seg3d import train3d
+        from lungtumor.training.run import train
 
-        r = train3d(cache, out / "run", cfg, resume=False, progress=False)
+        r = train(cache, out / "run", cfg, resume=False, progress=False)
     else:
-        from lungtumor.training.seg2d import train
+        from lungtumor.training.run import train
 
         r = train(cache, out / "run", cfg, resume=False, progress=False)
     return {"train_s": round(time.perf_counter() - t0), "val_dice": round(r.best_dice, 3),

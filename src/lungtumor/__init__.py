@@ -38,7 +38,7 @@ _API: dict[str, tuple[str, str]] = {
     "evaluate": ("lungtumor.evaluation.evaluate", "evaluate_dirs"),
     "synth": ("lungtumor.data.phantom", "synth_dataset"),
     "prepare": ("lungtumor.preprocessing.prepare", "prepare_dataset"),
-    "train": ("lungtumor.training.seg2d", "train"),
+    "train": ("lungtumor.training.run", "train"),
     "report": ("lungtumor.report.writer", "report_files"),
     "run_demo": ("lungtumor.workflows.demo", "run_demo"),
     "compare": ("lungtumor.workflows.compare", "compare"),

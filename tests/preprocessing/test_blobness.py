@@ -62,8 +62,8 @@ def test_prepare_train_predict_with_the_blob_channel(tmp_path: Path):
     from lungtumor.preprocessing.cache import PreparedCache, SliceTable
     from lungtumor.preprocessing.frame import preprocess_inputs
     from lungtumor.preprocessing.prepare import prepare_dataset
+    from lungtumor.training.run import train
     from lungtumor.training.sampling import ResidentSlices, SliceDataset
-    from lungtumor.training.seg2d import train
     from preprocessing.test_prepare import _dataset
 
     ds = _dataset(tmp_path / "data", n=3)

@@ -32,7 +32,7 @@ SOURCE = {
 
 
 def test_training_writes_the_card_into_its_checkpoints(tmp_path: Path) -> None:
-    from lungtumor.training.seg2d import train
+    from lungtumor.training.run import train
 
     cache = write_cache(tmp_path / "cache")
     meta = json.loads((cache / "cache.json").read_text())

@@ -14,7 +14,7 @@ import torch
 from lungtumor.core.config_io import config_from_dict, load_config, to_dict
 from lungtumor.core.errors import InputError
 from lungtumor.training import trainer as trainer_mod
-from lungtumor.training.seg2d import train
+from lungtumor.training.run import train
 
 from .test_seg2d import tiny_config, write_cache
 

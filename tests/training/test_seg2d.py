@@ -82,7 +82,7 @@ def cache(tmp_path_factory) -> Path:
 
 def test_train_writes_run_and_checkpoint_loads(cache, tmp_path):
     from lungtumor.inference.checkpoint import load_checkpoint
-    from lungtumor.training.seg2d import train
+    from lungtumor.training.run import train
 
     res = train(cache, tmp_path / "run", tiny_config(), progress=False)
     run = tmp_path / "run"
@@ -110,7 +110,7 @@ def test_train_writes_run_and_checkpoint_loads(cache, tmp_path):
 
 def test_resident_path_and_bad_checkpoints(cache, tmp_path):
     from lungtumor.inference.checkpoint import load_checkpoint
-    from lungtumor.training.seg2d import train
+    from lungtumor.training.run import train
 
     train(cache, tmp_path / "run", tiny_config(epochs=1, data_on_device="always"), progress=False)
     with pytest.raises(InputError, match="already holds a training run"):
@@ -248,7 +248,7 @@ def test_small_lesion_weights_lift_a_nodule_not_a_mass():
 
 
 def test_seeded_runs_are_reproducible(cache, tmp_path):
-    from lungtumor.training.seg2d import train
+    from lungtumor.training.run import train
 
     for name in ("a", "b"):
         train(cache, tmp_path / name, tiny_config(epochs=1), progress=False)
@@ -270,7 +270,7 @@ def _env() -> dict[str, str]:
 
 def test_last_checkpoint_is_every_epoch(cache, tmp_path):
     """last.ckpt holds the final epoch even when val_dice stopped improving (what --resume continues from)."""
-    from lungtumor.training.seg2d import train
+    from lungtumor.training.run import train
 
     train(cache, tmp_path / "run", tiny_config(epochs=6, lr=1e-3), progress=False)
     best = torch.load(tmp_path / "run/checkpoints/best.ckpt", weights_only=True)
@@ -320,7 +320,7 @@ def test_resume_after_sigkill(cache, tmp_path):
 
 
 def test_resume_without_checkpoint_is_an_input_error(cache, tmp_path):
-    from lungtumor.training.seg2d import train
+    from lungtumor.training.run import train
 
     with pytest.raises(InputError, match="last.ckpt"):
         train(cache, tmp_path / "empty", tiny_config(), resume=True, progress=False)
@@ -374,7 +374,7 @@ def test_ddp_two_cpu_processes(cache, tmp_path):
 
 def test_last_epoch_is_always_validated(cache, tmp_path):
     """val_every_n_epochs=2 with 1 epoch still validates once and writes best.ckpt."""
-    from lungtumor.training.seg2d import train
+    from lungtumor.training.run import train
 
     res = train(cache, tmp_path / "run", tiny_config(epochs=1, val_every_n_epochs=2), progress=False)
     assert res.best_epoch == 0
@@ -384,7 +384,7 @@ def test_last_epoch_is_always_validated(cache, tmp_path):
 def test_no_nodule_candidates_leaves_a_complete_2d_model(cache, tmp_path, capsys):
     """The test cache has no lungs, so no blob candidates: train warns and best.ckpt is the 2D model alone."""
     from lungtumor.inference.checkpoint import load_checkpoint
-    from lungtumor.training.seg2d import train
+    from lungtumor.training.run import train
 
     cfg = tiny_config(epochs=1)
     cfg.nodule.enabled, cfg.nodule.steps = True, 2
@@ -434,7 +434,7 @@ def test_context_mm_is_trained_validated_and_predicted(cache, tmp_path):
     from lungtumor.imaging.volume import Volume
     from lungtumor.inference.checkpoint import load_checkpoint
     from lungtumor.inference.slices import predict_volume
-    from lungtumor.training.seg2d import train
+    from lungtumor.training.run import train
 
     res = train(
         cache, tmp_path / "run", tiny_config(epochs=1, context_slices=2, context_mm=3.0), progress=False
@@ -450,7 +450,7 @@ def test_context_mm_is_trained_validated_and_predicted(cache, tmp_path):
 
 
 def test_validation_dice_leaves_out_tumour_free_patients_predicted_empty():
-    from lungtumor.training.seg2d import patient_dice
+    from lungtumor.training.module import patient_dice
 
     sums, counts = (
         torch.tensor([0.8, 0.0, 0.0], dtype=torch.float64),
@@ -466,7 +466,7 @@ def test_a_checkpoint_from_before_an_option_loads_with_it_off(cache, tmp_path):
     """A checkpoint saved before prep.blob / train.context_mm existed keeps its 3 channels, although the
     demo preset it names has them on now."""
     from lungtumor.inference.checkpoint import load_checkpoint
-    from lungtumor.training.seg2d import train
+    from lungtumor.training.run import train
 
     train(cache, tmp_path / "run", tiny_config(epochs=1), progress=False)
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -484,7 +484,7 @@ def test_ema_weights_are_what_validation_scored_and_predict_loads(cache, tmp_pat
     """``train.ema_decay``: the checkpoint holds the moving average (not the raw weights), validation scored
     exactly those weights, and predict's loader takes them."""
     from lungtumor.inference.checkpoint import load_checkpoint
-    from lungtumor.training.seg2d import train
+    from lungtumor.training.run import train
 
     res = train(cache, tmp_path / "run", tiny_config(epochs=2, ema_decay=0.5), progress=False)
     ck = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
@@ -499,7 +499,7 @@ def test_ema_weights_are_what_validation_scored_and_predict_loads(cache, tmp_pat
 
 def test_ema_cannot_be_switched_on_a_resume_nor_set_for_3d(cache, tmp_path):
     from lungtumor.core.config_io import load_config
-    from lungtumor.training.seg2d import train
+    from lungtumor.training.run import train
 
     train(cache, tmp_path / "run", tiny_config(epochs=1), progress=False)
     with pytest.raises(InputError, match="ema_decay was switched"):

@@ -15,8 +15,8 @@ from lungtumor.inference.sliding_window import gaussian_importance, sliding_wind
 from lungtumor.models import build_model, create_model
 from lungtumor.models.unet3d import UNet3D, divisor, make_pools
 from lungtumor.preprocessing.prepare3d import ct_stats, resampled_shape
+from lungtumor.training.losses import deep_supervision_loss, ds_weights
 from lungtumor.training.patches import augment_batch_3d, plan_patch, plan_pools
-from lungtumor.training.seg3d import deep_supervision_loss, ds_weights
 
 
 def test_unet3d_shapes_and_deep_supervision():
@@ -34,7 +34,7 @@ def test_unet3d_shapes_and_deep_supervision():
     cfg.model.base_channels, cfg.model.depth = 4, 2
     cfg.vol3d.anisotropic_levels = 1
     net = build_model(cfg)
-    assert net.pools == make_pools(2, 1)  # the run's vol3d settings, as train3d and predict build it
+    assert net.pools == make_pools(2, 1)  # the run's vol3d settings, as train and predict build it
     assert tuple(net.eval()(torch.randn(1, 1, 8, 8, 8)).shape) == (1, 1, 8, 8, 8)
     with pytest.raises(InputError, match="build_model"):  # a ModelConfig alone cannot say the 3D pools
         create_model(ModelConfig(arch="unet3d", base_channels=4, depth=2, norm="instance", in_channels=1))
@@ -54,7 +54,7 @@ def test_3d_training_uses_the_configured_loss():
     from lungtumor.core.config import LOSS_NAMES, RunConfig
     from lungtumor.core.config_io import to_dict
     from lungtumor.training.losses import LOSSES
-    from lungtumor.training.seg3d import Seg3DModule
+    from lungtumor.training.module import SegModule
 
     t = torch.zeros(2, 1, 4, 16, 16)
     t[0, 0, 1:3, 4:7, 4:7] = 1
@@ -64,7 +64,7 @@ def test_3d_training_uses_the_configured_loss():
     cfg = RunConfig()
     cfg.model.arch, cfg.model.base_channels, cfg.model.depth, cfg.model.in_channels = "unet3d", 4, 2, 1
     cfg.train.loss = "dice_bce_small"
-    module = Seg3DModule({"config": to_dict(cfg)})
+    module = SegModule({"config": to_dict(cfg)})
     assert module.loss_fn is LOSSES["dice_bce_small"]
 
 
@@ -174,7 +174,7 @@ def test_tiny_3d_training_lowers_loss_and_predicts_on_original_grid(tiny_dataset
     from lungtumor.inference.checkpoint import load_any, read_checkpoint
     from lungtumor.inference.sliding_window import predict_volume_3d
     from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
-    from lungtumor.training.seg3d import train3d
+    from lungtumor.training.run import train
 
     cfg = load_config(None, "3d")
     cfg.model.base_channels, cfg.model.depth = 4, 2
@@ -184,7 +184,7 @@ def test_tiny_3d_training_lowers_loss_and_predicts_on_original_grid(tiny_dataset
     cfg.vol3d.overlap, cfg.vol3d.sw_batch_size = 0.25, 8  # few windows: CPU time (TTA: test above)
     summary = prepare_dataset_3d(tiny_dataset, tmp_path / "cache", cfg.vol3d, val_cases=1, folds=0)
     assert "spacing (2, 2, 2.5)" in summary
-    res = train3d(tmp_path / "cache", tmp_path / "run", cfg, progress=False)
+    res = train(tmp_path / "cache", tmp_path / "run", cfg, progress=False)
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert len(rows) == 3 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert res.best_checkpoint.is_file() and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

@@ -23,8 +23,7 @@ from lungtumor.models import is_3d
 from lungtumor.preprocessing.prepare import prepare_dataset
 from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
 from lungtumor.report.writer import report_files
-from lungtumor.training.seg2d import train
-from lungtumor.training.seg3d import train3d
+from lungtumor.training.run import train
 from lungtumor.workflows.batch import check_part, check_processes
 from lungtumor.workflows.compare import compare
 from lungtumor.workflows.cv import format_cv_summary, run_benchmark_msd, run_cv
@@ -47,6 +46,10 @@ def cmd_synth(args) -> int:
         train_lesions=args.train_lesions,
         val_cases=args.val_cases,
         train_hilar_vessels=args.train_hilar_vessels,
+        variety=args.variety,
+        test_variety=args.test_variety,
+        variety_without=tuple(n.strip() for n in args.without.split(",") if n.strip()),
+        hard_negatives=args.hard_negatives,
     )
     print(summary)
     return 0
@@ -100,9 +103,6 @@ def cmd_train(args) -> int:
         lg = logging.getLogger("lungtumor.training")
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)
-    if is_3d(cfg):  # the 3D recipe (lungtumor.training.seg3d)
-        print(train3d(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet))
-        return 0
     result = train(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet)
     if result.is_global_zero:
         print(result)

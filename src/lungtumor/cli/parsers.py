@@ -50,7 +50,40 @@ def _add_synth(sub) -> None:
     )
     _add_train_lesions(p, "standard")
     _add_hilar(p)
+    _add_variety(p)
     p.set_defaults(cmd="synth")
+
+
+def _add_variety(p) -> None:
+    """``synth``'s variety options (lungtumor.data.variety; names spelled out here so --help stays fast)."""
+    families = ("off", "in-family", "held-out")
+    p.add_argument(
+        "--variety",
+        choices=families,
+        default="off",
+        help="confounders, acquisition and tumour variants of real chest CT, recorded in lesions.json: in-family "
+        "(the training ranges), held-out (settings outside them) or off (the default phantoms, byte for byte); "
+        "docs/phantoms.md lists both families",
+    )
+    p.add_argument(
+        "--test-variety",
+        choices=families,
+        default=None,
+        help="the test phantoms' family (default: as --variety), e.g. --variety in-family --test-variety held-out",
+    )
+    p.add_argument(
+        "--without",
+        default="",
+        metavar="ELEMENT[,ELEMENT...]",
+        help="switch these elements of the family off, e.g. metal,port,breathing (element names: docs/phantoms.md)",
+    )
+    p.add_argument(
+        "--hard-negatives",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="share of tumour-free phantoms full of confounders (default: the family's, 0.15)",
+    )
 
 
 def _add_train_lesions(p, default: str) -> None:

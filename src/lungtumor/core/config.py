@@ -98,6 +98,7 @@ class TrainConfig:
     context_mm: float = 0.0
     oversample: bool = True
     lesion_balance: float = 0.0
+    negative_fraction: float = 0.0  # share of each batch from tumour-free (hard-negative) cases; 0: as drawn
     seed: int = 0
     precision: str = "auto"
     channels_last: bool = True

@@ -121,6 +121,15 @@ def _ellipse_depth(
     return np.hypot(X, Y) * (1.0 / rho - 1.0), rho
 
 
+def diaphragm_height(an: Anatomy, X2: np.ndarray, Y2: np.ndarray) -> np.ndarray:
+    """Height z (mm, body frame) of the diaphragm at points ``X2``, ``Y2`` (mm, any shape): the domes (the
+    right one ``right_dome`` higher), falling ``dome_drop`` towards the sides and the back."""
+    ca, _, cb_post = an.cav
+    dia_top = np.where(X2 < 0, an.right_dome, 0.0)
+    rx = (np.abs(X2) - 0.42 * ca) / (0.58 * ca)
+    return dia_top - an.dome_drop * (np.clip(rx, -1.0, 1.5) ** 2 + 0.7 * np.clip(Y2 / cb_post, 0, 1) ** 2)
+
+
 # ----------------------------------------------------------------------------- chest rendering
 
 
@@ -190,9 +199,7 @@ def _shell_maps(an: Anatomy, X2: np.ndarray, Y2: np.ndarray, tex0: np.ndarray) -
     P = np.hypot(X2, Y2) + 1e-3
     g = (1.0 - Y2 / P) / 2.0  # 0 at the back, 1 at the front
     fat_t = an.fat * (0.75 + 0.5 * (Y2 / an.B_post + 1) / 2) * (1 + 0.08 * tex0)  # thicker at the back
-    dia_top = np.where(X2 < 0, an.right_dome, 0.0)
-    rx = (np.abs(X2) - 0.42 * ca) / (0.58 * ca)
-    z_dia = dia_top - an.dome_drop * (np.clip(rx, -1.0, 1.5) ** 2 + 0.7 * np.clip(Y2 / cb_post, 0, 1) ** 2)
+    z_dia = diaphragm_height(an, X2, Y2)
     z_top = (
         an.height - 70.0 * (((np.abs(X2) - 0.45 * ca) / (0.45 * ca)) ** 2 + ((Y2 + 10) / cb_post) ** 2) ** 1.3
     )

@@ -12,8 +12,8 @@ from lungtumor.imaging.components import label_components
 LESION_KINDS = ("juxtapleural", "hilar", "intrapulmonary")
 
 
-#: Tumour textures.
-TEXTURES = ("solid", "necrotic", "cavitary", "subsolid")
+#: Tumour textures (``"ground_glass"``, a pure ground-glass nodule, only in the varied phantoms).
+TEXTURES = ("solid", "necrotic", "cavitary", "subsolid", "ground_glass")
 
 
 #: Training-set lesion plans: ``"standard"`` draws training phantoms like test phantoms; ``"rich"`` gives
@@ -236,6 +236,9 @@ def render_tumour(
         ggo = rng.uniform(-700, -420) + 40 * het
         hu = ggo * (1 - solid) + hu * solid
         box[...] = np.maximum(box, box * (1 - occ) + hu * occ)
+    elif tex == "ground_glass":  # hazy, vessels kept: -750 to -450 HU (review)
+        ggo = rng.uniform(-750, -450) + 30 * het
+        box[...] = np.maximum(box, box * (1 - occ) + ggo * occ)
     else:
         box[...] = box * (1 - occ) + hu * occ
     idb[inside] = k

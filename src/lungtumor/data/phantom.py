@@ -12,174 +12,45 @@ Task06-style dataset::
 
 Each lesion's ``volume_ml`` is its voxel count in the label times the voxel volume; ``centre_mm`` is the
 world (LPS, x y z) position of its voxel centroid; ``diameter_mm`` is the designed (nominal) diameter.
+With a variety (:mod:`lungtumor.data.variety`, ``docs/phantoms.md``) each case's record also holds a
+``variety`` object (confounders, acquisition, family) and lesions.json the families' settings; without one
+(the default) nothing changes, byte for byte.
 The same seed gives the same bytes; case ``i`` depends only on (seed, split, i).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from lungtumor.core.errors import InputError, atomic_write_text, ensure_subdir, ensure_writable_dir
 from lungtumor.core.progress import tqdm
 from lungtumor.data.anatomy import render_anatomy, sample_anatomy
-from lungtumor.data.geometry import grow_tree, raster_tubes, smooth_noise, widen_near_root
-from lungtumor.data.lesions import (
-    HILAR_BOOST,
-    LESION_PLANS,
-    floor_distance,
-    place,
-    render_tumour,
-    sample_grid,
-    sample_lesion_plan,
+from lungtumor.data.builder import (
+    PhantomCase,
+    as_rng,
+    finish_case,
+    paint_airways,
+    paint_vessels,
+    place_tumours,
+    scan,
 )
+from lungtumor.data.geometry import smooth_noise
+from lungtumor.data.lesions import LESION_PLANS, sample_grid, sample_lesion_plan
 from lungtumor.data.msd import PHANTOM_DATASET_NAME
+from lungtumor.data.varied import build_varied_case
+from lungtumor.data.variety import Variety, variety_family
 from lungtumor.imaging.io import write_volume
 from lungtumor.imaging.volume import Volume
 
-
-@dataclass
-class PhantomCase:
-    """One phantom: image (int16 HU) and label (uint8) on one grid, the lesion records, and helper masks
-    (z, y, x) bool: ``lung`` (lung parenchyma incl. vessels and tumours), ``vessels`` (vessel occupancy >= 0.5),
-    ``bone``."""
-
-    image: Volume
-    label: Volume
-    lesions: list[dict]
-    lung: np.ndarray
-    vessels: np.ndarray
-    bone: np.ndarray
-
-
-def _rng(rng_or_seed: np.random.Generator | int | np.random.SeedSequence) -> np.random.Generator:
-    if isinstance(rng_or_seed, np.random.Generator):
-        return rng_or_seed
-    return np.random.default_rng(rng_or_seed)
-
-
-def _vessels(rng: np.random.Generator, an, grid, masks: dict, img: np.ndarray, hilar_vessels: bool):
-    """Arteries and veins from the hila, and a few granulomas' tubes; paints the vessels into ``img``.
-
-    Returns (vessel mask, lung subsampled by ``ds``, ``ds``, granuloma tubes)."""
-    lung = masks["lung"]
-    # vessel trees: arteries and veins for each lung, from the hila to points spread through the lung
-    zc, yc, xc = grid.axes()
-    occ = np.zeros(grid.shape, np.float32)
-    ds = max(1, round(4.0 / grid.dx))
-    sub = lung[:, ::ds, ::ds]
-    hila = an.hila
-    r_leaf = rng.uniform(0.8, 1.05)
-    for si, sign in enumerate((1, -1)):
-        kk, jj, ii = np.nonzero(sub & (masks["side"][:, ::ds, ::ds] == sign))
-        if len(kk) < 8:
-            continue
-        for dzh in (10.0, -25.0):
-            n = min(len(kk), int(rng.integers(150, 260)))
-            pick = rng.choice(len(kk), n, replace=False)
-            pts = np.stack([xc[ii[pick] * ds], yc[jj[pick] * ds], zc[kk[pick]]], 1)
-            pts += rng.uniform(-0.5, 0.5, pts.shape) * [grid.dx * ds, grid.dy * ds, grid.dz]
-            root = hila[si] + [0.0, rng.uniform(-10, 10), dzh]
-            segs = grow_tree(rng, root, pts, r_leaf)
-            if hilar_vessels:
-                segs = widen_near_root(segs, root, *HILAR_BOOST)
-            raster_tubes(occ, segs, grid)
-    # a few vessel knots / granulomas: nodule-like bright dots that are not tumours
-    gran = []
-    if len(np.flatnonzero(sub)):
-        kk, jj, ii = np.nonzero(sub)
-        for q in rng.choice(len(kk), int(rng.integers(2, 9))):
-            p = np.array([xc[ii[q] * ds], yc[jj[q] * ds], zc[kk[q]]])
-            gran.append([*p, *(p + rng.normal(0, 1.0, 3)), rng.uniform(1.2, 3.0), rng.uniform(1.0, 2.5), 0])
-    occ *= masks["soft"]
-    vessels = occ >= 0.5
-    img += occ * (an.hu_blood - img)
-    return vessels, sub, ds, gran
-
-
-def _airways(
-    rng: np.random.Generator, an, grid, masks: dict, img: np.ndarray, sub: np.ndarray, ds: int, gran
-):
-    """Bronchi (walls, then air) and the granulomas, painted into ``img``."""
-    zc, yc, xc = grid.axes()
-    hila = an.hila
-    lung = masks["lung"]
-    # airways: main bronchi from the carina, lobar and segmental bronchi into each lung
-    air = [[*an.carina, *hila[0], 6.5, 5.5, 0], [*an.carina, *hila[1], 7.0, 6.0, 0]]
-    for si, sign in enumerate((1, -1)):
-        kk, jj, ii = np.nonzero(sub & (masks["side"][:, ::ds, ::ds] == sign))
-        if len(kk) >= 8:
-            pick = rng.choice(len(kk), min(len(kk), 14), replace=False)
-            pts = np.stack([xc[ii[pick] * ds], yc[jj[pick] * ds], zc[kk[pick]]], 1)
-            tr = grow_tree(rng, hila[si], pts, 2.2)
-            air += [list(t[:6]) + [t[6] * 0.8, t[7] * 0.5, t[8]] for t in tr if t[8] <= 2]
-    air = np.asarray(air)
-    w = np.zeros(grid.shape, np.float32)
-    raster_tubes(w, air, grid, grow=1.3)
-    w *= masks["soft"] | (np.abs(zc - an.carina[2]) < 80)[:, None, None]
-    img += w * (an.hu_muscle - img)
-    w[...] = 0
-    raster_tubes(w, air, grid)
-    w *= masks["soft"] | (np.abs(zc - an.carina[2]) < 80)[:, None, None]
-    img += w * (-1000.0 - img)
-    del w
-    if gran:
-        g = np.zeros(grid.shape, np.float32)
-        raster_tubes(g, np.asarray(gran), grid)
-        g *= lung
-        img += g * (rng.uniform(60, 400) - img)
-
-
-def _tumours(rng: np.random.Generator, an, grid, masks: dict, img: np.ndarray, plan: list[dict], ds: int):
-    """Place and render the planned tumours; returns (lesion id map uint8, [(id, plan, radius mm)])."""
-    lung = masks["lung"]
-    hila = an.hila
-    # tumours
-    lid = np.zeros(grid.shape, np.uint8)
-    dsz = max(1, round(3.0 / grid.dz))
-    lds = lung[::dsz, ::ds, ::ds]
-    samp = (grid.dz * dsz, grid.dy * ds, grid.dx * ds)
-    depth = (
-        ndi.distance_transform_edt(lds, sampling=samp).astype(np.float32)
-        if lds.any()
-        else np.zeros(lds.shape)
-    )
-    wall = masks["wall_depth"][::dsz, ::ds, ::ds]
-    floor = floor_distance(lds, samp[0]) if any(p["kind"] == "basal" for p in plan) else None
-    taken: list = []
-    placed = []
-    for p in plan:
-        got = place(rng, p, grid, depth, wall, floor, (dsz, ds), taken, hila)
-        if got is None:
-            continue
-        c, R = got
-        k = len(placed) + 1
-        render_tumour(rng, img, lid, lung, k, c, R, p, grid, an)
-        taken.append((c, R))
-        placed.append((k, p, R))
-    return lid, placed
-
-
-def _scanner(rng: np.random.Generator, grid, masks: dict, img: np.ndarray) -> None:
-    """The scanner: point-spread blur and correlated noise, in place."""
-    # scanner: point-spread blur, correlated noise
-    sxy = rng.uniform(0.45, 0.85) / grid.dx
-    ndi.gaussian_filter(img, (0.35 * max(1.0, 2.0 / grid.dz), sxy, sxy), output=img, truncate=3.0)
-    noise = rng.standard_normal(grid.shape, dtype=np.float32)
-    nc = rng.uniform(0.6, 1.1) * 0.7 / grid.dx * (1 if grid.dx < 1.2 else 1.2)
-    ndi.gaussian_filter(noise, (0, nc, nc), output=noise, truncate=3.0)
-    sigma = rng.uniform(12.0, 28.0) * np.sqrt(2.5 / max(grid.dz, 1.0)) ** 0.5
-    noise *= sigma / (float(noise[:: max(1, grid.nz // 8)].std()) + 1e-6)
-    noise[~masks["body"]] *= 0.3
-    img += noise
+__all__ = ["PhantomCase", "build_case", "make_case", "synth_dataset"]
 
 
 def build_case(
@@ -189,6 +60,7 @@ def build_case(
     plan: list[dict] | None = None,
     lesion_plan: str = "standard",
     hilar_vessels: bool = False,
+    variety: Variety | None = None,
 ) -> PhantomCase:
     """Build one phantom in memory.
 
@@ -200,8 +72,13 @@ def build_case(
         lesion_plan: how to draw them when ``plan`` is None (:data:`LESION_PLANS`).
         hilar_vessels: widen the vessel trees near the hila to the calibre of the central pulmonary arteries
             and veins (:data:`HILAR_BOOST`); the same random draws, so the same anatomy and tumours otherwise.
+        variety: confounders, acquisition and tumour variants (:mod:`lungtumor.data.variety`, e.g.
+            ``IN_FAMILY``), recorded in the case's ``variety`` dict; None (or nothing switched on): the default
+            phantom, the same bytes as before the variety existed.
     """
-    rng = _rng(rng_or_seed)
+    rng = as_rng(rng_or_seed)
+    if variety is not None and variety.enabled:
+        return build_varied_case(rng, matrix, slices, plan, lesion_plan, hilar_vessels, variety)
     an = sample_anatomy(rng)
     grid = sample_grid(rng, an, matrix, slices)
     if plan is None:
@@ -209,60 +86,24 @@ def build_case(
     step = 5.0
     tex = smooth_noise(rng, grid.shape, (step / grid.dz, step / grid.dy, step / grid.dx))
     img, masks = render_anatomy(an, grid, tex, rng, table=bool(rng.random() < 0.75))
-    lung = masks["lung"]
-    vessels, sub, ds, gran = _vessels(rng, an, grid, masks, img, hilar_vessels)
-    _airways(rng, an, grid, masks, img, sub, ds, gran)
-    lid, placed = _tumours(rng, an, grid, masks, img, plan, ds)
-    _scanner(rng, grid, masks, img)
-    arr = np.clip(np.rint(img), -1024, 3071).astype(np.int16)
-    label = (lid > 0).astype(np.uint8)
-    origin = (
-        float(rng.uniform(-260, -140) + grid.x0 * 0),
-        float(rng.uniform(-330, -170)),
-        float(np.round(rng.uniform(-700, -100), 1)),
-    )
-    # float32-exact geometry, so volumes computed here equal those computed after a NIfTI round trip
-    spacing = tuple(float(np.float32(round(v, 4))) for v in (grid.dx, grid.dy, grid.dz))
-    origin = tuple(float(np.float32(v)) for v in origin)
-    image = Volume(arr, spacing=spacing, origin=origin)
-    lab = image.with_array(label)
-    vv = image.voxel_volume_mm3
-    lesions = []
-    if placed:
-        counts = np.bincount(lid.ravel(), minlength=len(placed) + 1)
-        nzi = np.nonzero(lid)
-        ids = lid[nzi]
-        cents = [[float(np.mean(a[ids == k])) if counts[k] else 0.0 for a in nzi] for k, _, _ in placed]
-        for (k, p, R), cm in zip(placed, cents, strict=True):
-            if counts[k] == 0:
-                continue
-            ml = counts[k] * vv / 1000.0
-            lesions.append(
-                {
-                    "id": len(lesions) + 1,
-                    "kind": p["kind"],
-                    "texture": p["texture"],
-                    "spiculated": p["spiculated"],
-                    "diameter_mm": round(2 * R, 2),
-                    "equiv_diameter_mm": round(float((6 * ml * 1000 / np.pi) ** (1 / 3)), 2),
-                    "volume_ml": ml,
-                    "voxels": int(counts[k]),
-                    "centre_mm": [round(float(v), 2) for v in image.index_to_world(np.array([cm]))[0]],
-                }
-            )
-    return PhantomCase(image, lab, lesions, lung, vessels, masks["bone"])
+    vessels, sub, ds, gran = paint_vessels(rng, an, grid, masks, img, hilar_vessels)
+    paint_airways(rng, an, grid, masks, img, sub, ds, gran)
+    lid, placed = place_tumours(rng, an, grid, masks, img, plan, ds)
+    scan(rng, grid, masks, img)
+    return finish_case(rng, grid, img, lid, placed, masks, vessels)
 
 
 def make_case(
     rng_or_seed: np.random.Generator | int | np.random.SeedSequence = 0,
     matrix: int = 256,
     slices: int | None = None,
+    variety: Variety | None = None,
 ) -> tuple[Volume, Volume, list[dict]]:
     """One phantom in memory: (image Volume int16 HU, label Volume uint8 {0,1} on its grid, lesion records).
 
     Small sizes (e.g. ``matrix=96, slices=24``) take well under a second.
     """
-    c = build_case(rng_or_seed, matrix, slices)
+    c = build_case(rng_or_seed, matrix, slices, variety=variety)
     return c.image, c.label, c.lesions
 
 
@@ -271,14 +112,19 @@ def _case_seed(seed: int, split: int, i: int) -> np.random.SeedSequence:
 
 
 def _write_case(job: tuple) -> dict:
-    out, name, split, seed_seq, matrix, slices, lesion_plan, hilar = job
+    out, name, split, seed_seq, matrix, slices, lesion_plan, hilar, variety = job
     case = build_case(
-        np.random.default_rng(seed_seq), matrix, slices, lesion_plan=lesion_plan, hilar_vessels=hilar
+        np.random.default_rng(seed_seq),
+        matrix,
+        slices,
+        lesion_plan=lesion_plan,
+        hilar_vessels=hilar,
+        variety=variety,
     )
     img_dir, lab_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
     write_volume(case.image, Path(out) / img_dir / f"{name}.nii.gz")
     write_volume(case.label, Path(out) / lab_dir / f"{name}.nii.gz")
-    return {
+    rec = {
         "name": name,
         "split": split,
         "image": f"./{img_dir}/{name}.nii.gz",
@@ -287,6 +133,9 @@ def _write_case(job: tuple) -> dict:
         "shape": list(case.image.shape),
         "lesions": case.lesions,
     }
+    if case.variety is not None:
+        rec["variety"] = case.variety
+    return rec
 
 
 def _check_synth_args(
@@ -333,53 +182,40 @@ def _run_jobs(jobs: list[tuple], workers: int | None, progress: bool) -> list[di
     return records
 
 
-def synth_dataset(
-    out: str | os.PathLike,
-    n_train: int = 20,
-    n_test: int = 4,
-    seed: int = 0,
-    matrix: int = 256,
-    slices: int | None = None,
-    progress: bool = False,
-    workers: int | None = None,
-    train_lesions: str = "standard",
-    val_cases: int = 0,
-    train_hilar_vessels: bool = False,
-) -> str:
-    """Write a Task06-style phantom dataset into ``out`` (see the module docstring); return a summary line.
+def _resolve_varieties(
+    variety, test_variety, without: tuple[str, ...], hard_negatives: float | None
+) -> tuple[Variety | None, Variety | None]:
+    """The labelled and test cases' varieties (None: off) from families or names, with the elements in
+    ``without`` switched off and the share of hard negatives set (InputError naming the option otherwise)."""
 
-    ``workers`` processes build cases in parallel (default: up to the CPU count); the output does not depend
-    on it. ``train_lesions`` (:data:`LESION_PLANS`) sets how training cases draw their tumours; test cases
-    always draw them the standard way, and do not depend on it. ``val_cases`` > 0: the last ``val_cases``
-    labelled cases are drawn the standard way too (like the test cases) and dataset.json lists them under
-    ``validation``, so that ``prepare`` validates on them and validation Dice means what held-out Dice means;
-    the other labelled cases are the same bytes as without it. ``train_hilar_vessels``: the training cases
-    (not the ``val_cases``, not the test cases) get hilar vessels of real calibre (``build_case``).
+    def one(v, option: str) -> Variety | None:
+        """One family, resolved and checked; None when off."""
+        try:
+            if isinstance(v, str):
+                v = variety_family(v)
+            if v is not None:
+                v = v.without(*without).with_hard_negatives(hard_negatives)
+        except ValueError as e:
+            bad = "--without" if "element" in str(e) else "--hard-negatives" if "hard" in str(e) else option
+            raise InputError(bad, str(e)) from None
+        return v if v is not None and v.enabled else None
 
-    Raises:
-        InputError: negative or zero case counts, a matrix or slice count out of range, a negative seed, or an
-            output folder that cannot be written.
-    """
+    train = one(variety, "--variety")
+    return train, (train if test_variety is None else one(test_variety, "--test-variety"))
 
-    _check_synth_args(n_train, n_test, matrix, slices, seed, val_cases, train_lesions)
-    t0 = time.perf_counter()
-    root = ensure_writable_dir(out)
-    for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        ensure_subdir(root, d)  # refuses a link out of OUT
-    first_val = n_train - val_cases
-    jobs = [
-        (str(root), f"lung_{i:03d}", "train", _case_seed(seed, 0, i), matrix, slices,
-         "standard" if i >= first_val else train_lesions, train_hilar_vessels and i < first_val)
-        for i in range(n_train)
-    ]  # fmt: skip
-    val_names = [f"lung_{i:03d}" for i in range(first_val, n_train)]
-    jobs += [
-        (str(root), f"lung_{n_train + i:03d}", "test", _case_seed(seed, 1, i), matrix, slices, "standard", False)
-        for i in range(n_test)
-    ]  # fmt: skip
-    records = _run_jobs(jobs, workers, progress)
-    train = [r for r in records if r["split"] == "train"]
-    test = [r for r in records if r["split"] == "test"]
+
+def _name(v: Variety | None) -> str:
+    """A family's name in the summary (None: off)."""
+    return "off" if v is None else v.name
+
+
+def _settings(v: Variety | None) -> dict | None:
+    """A family's full settings for lesions.json (None: off)."""
+    return None if v is None else dataclasses.asdict(v)
+
+
+def _dataset_json(seed: int, train: list[dict], test: list[dict], val_names: list[str]) -> dict:
+    """dataset.json of the phantoms: the MSD fields, the cases, and the fixed validation cases if any."""
     ds = {
         "name": PHANTOM_DATASET_NAME,
         "description": "Synthetic chest CT phantoms with lung tumours (lungtumor synth, seed "
@@ -397,6 +233,73 @@ def synth_dataset(
     }
     if val_names:
         ds["validation"] = val_names
+    return ds
+
+
+def synth_dataset(
+    out: str | os.PathLike,
+    n_train: int = 20,
+    n_test: int = 4,
+    seed: int = 0,
+    matrix: int = 256,
+    slices: int | None = None,
+    progress: bool = False,
+    workers: int | None = None,
+    train_lesions: str = "standard",
+    val_cases: int = 0,
+    train_hilar_vessels: bool = False,
+    variety: Variety | str | None = None,
+    test_variety: Variety | str | None = None,
+    variety_without: tuple[str, ...] = (),
+    hard_negatives: float | None = None,
+) -> str:
+    """Write a Task06-style phantom dataset into ``out`` (see the module docstring); return a summary line.
+
+    ``workers`` processes build cases in parallel (default: up to the CPU count); the output does not depend
+    on it. ``train_lesions`` (:data:`LESION_PLANS`) sets how training cases draw their tumours; test cases
+    always draw them the standard way, and do not depend on it. ``val_cases`` > 0: the last ``val_cases``
+    labelled cases are drawn the standard way too (like the test cases) and dataset.json lists them under
+    ``validation``, so that ``prepare`` validates on them and validation Dice means what held-out Dice means;
+    the other labelled cases are the same bytes as without it. ``train_hilar_vessels``: the training cases
+    (not the ``val_cases``, not the test cases) get hilar vessels of real calibre (``build_case``).
+    ``variety``: the labelled cases' variety (:mod:`lungtumor.data.variety`; a family name, ``"off"`` or
+    None: the default phantoms, byte for byte); ``test_variety``: the test cases' (None: as ``variety``);
+    ``variety_without`` switches the named elements of both off; ``hard_negatives`` sets both families' share of
+    tumour-free phantoms full of confounders (None: the family's).
+    With a variety, each case's record in lesions.json gets its ``variety`` dict and lesions.json the
+    families' full settings under ``variety``.
+
+    Raises:
+        InputError: negative or zero case counts, a matrix or slice count out of range, a negative seed, an
+            unknown variety family, or an output folder that cannot be written.
+    """
+
+    _check_synth_args(n_train, n_test, matrix, slices, seed, val_cases, train_lesions)
+    v_train, v_test = _resolve_varieties(variety, test_variety, variety_without, hard_negatives)
+    t0 = time.perf_counter()
+    root = ensure_writable_dir(out)
+    for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        ensure_subdir(root, d)  # refuses a link out of OUT
+    first_val = n_train - val_cases
+    jobs = [
+        (str(root), f"lung_{i:03d}", "train", _case_seed(seed, 0, i), matrix, slices,
+         "standard" if i >= first_val else train_lesions, train_hilar_vessels and i < first_val, v_train)
+        for i in range(n_train)
+    ]  # fmt: skip
+    val_names = [f"lung_{i:03d}" for i in range(first_val, n_train)]
+    jobs += [
+        (str(root), f"lung_{n_train + i:03d}", "test", _case_seed(seed, 1, i), matrix, slices, "standard", False,
+         v_test)
+        for i in range(n_test)
+    ]  # fmt: skip
+    records = _run_jobs(jobs, workers, progress)
+    train = [r for r in records if r["split"] == "train"]
+    test = [r for r in records if r["split"] == "test"]
+    ds = _dataset_json(seed, train, test, val_names)
+    if v_train or v_test:
+        ds["description"] += (
+            f" Variety: {_name(v_train)} (labelled), {_name(v_test)} (test); lesions.json 'variety'."
+        )
     atomic_write_text(root / "dataset.json", json.dumps(ds, indent=2) + "\n")
     les = {
         "version": 1,
@@ -408,6 +311,8 @@ def synth_dataset(
     }
     if val_names:
         les["validation"] = val_names  # drawn the standard way
+    if v_train or v_test:
+        les["variety"] = {"train": _settings(v_train), "test": _settings(v_test)}
     atomic_write_text(root / "lesions.json", json.dumps(les, indent=1) + "\n")
     n_les = sum(len(r["lesions"]) for r in records)
     free = sum(1 for r in records if not r["lesions"])

@@ -1,4 +1,17 @@
-"""Reading a prepared 2D cache (memory-mapped slices, slice table) and stacking 2.5D context."""
+"""Reading a prepared cache, 2D or 3D (one reader, one layout), and stacking 2.5D context.
+
+Both preparations write the same layout: ``cache.json`` (index: ``version`` 1, ``kind``, ``stats``, ``cases``,
+``source``, ``complete``), ``splits.json`` (``train``, ``val``, ``folds``) and one memory-mappable ``.npy`` per case
+and array, every volume (z, y, x). ``kind`` says which frame the arrays are in:
+
+* ``"2d"`` (no ``kind`` key in caches written before it was named): ``prepare``'s slice frame, every slice
+  resized to one (H, W), the original slices kept along z; arrays in ``cases/<name>_{img,seg,blob}.npy``.
+* ``"3d"``: ``prepare3d``'s frame, every case resampled to one target ``spacing`` (x, y, z) mm; arrays in
+  ``cases3d/<name>_{img,seg,fg}.npy`` (``fg``: (n, 3) int32 tumour voxel indices for patch sampling).
+
+:class:`Cache` reads either; the trainers take the cases as 2D slices (``training.slice_plan``) or as 3D
+patches (``training.patch_plan``).
+"""
 
 from __future__ import annotations
 
@@ -14,125 +27,207 @@ import torch
 
 from lungtumor.core.errors import InputError
 
+#: The cache kinds and the folder of their arrays.
+ARRAY_DIRS = {"2d": "cases", "3d": "cases3d"}
+
 
 @dataclass
 class CaseInfo:
-    """One prepared case: name, number of slices, (H, W), indices of slices with tumour, slice spacing (mm)."""
+    """One prepared case: name, slices (z), slice size (H, W) in voxels, indices of slices with tumour (2D caches;
+    empty in 3D ones), slice spacing in mm of the source (0: unknown), source shape (z, y, x) (3D caches)."""
 
     name: str
     n_slices: int
     shape_hw: tuple[int, int]
     tumour_slices: list[int]
     dz_mm: float = 0.0
+    orig_shape: tuple[int, int, int] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Prepared (z, y, x) voxels."""
+        return (self.n_slices, *self.shape_hw)
+
+
+def _case_2d(c: dict[str, Any]) -> CaseInfo:
+    z, h, w = (int(v) for v in c["prepared_shape"])
+    dz = float(c.get("orig_spacing", [0.0, 0.0, 0.0])[2])
+    return CaseInfo(c["name"], int(c["n_slices"]), (h, w), [int(s) for s in c["tumour_slices"]], dz)
+
+
+def _case_3d(c: dict[str, Any]) -> CaseInfo:
+    z, h, w = (int(v) for v in c["shape"])
+    orig = tuple(int(v) for v in c["orig_shape"])
+    dz = float(c.get("orig_spacing", [0.0, 0.0, 0.0])[2])
+    return CaseInfo(c["name"], z, (h, w), [], dz, orig)  # type: ignore[arg-type]
 
 
 @dataclass
-class PreparedCache:
-    """A prepared cache folder: ``cache.json``, ``splits.json`` and ``cases/<name>_{img,seg}.npy``."""
+class Cache:
+    """A prepared cache folder of either kind (see the module docstring).
+
+    Attributes:
+        kind: ``"2d"`` or ``"3d"``. prep: the preprocessing the arrays went through (2D: cache.json ``prep``;
+        3D: ``{"kind": "3d", "spacing": [x, y, z]}``), stored in every checkpoint. stats: intensity statistics.
+        cases: name -> :class:`CaseInfo`. splits: splits.json (``train``, ``val``, ``folds``). spacing: the 3D
+        target spacing (x, y, z) mm (None for 2D). source: the dataset it came from (None in older caches).
+    """
 
     root: Path
+    kind: str
     prep: dict[str, Any]
     stats: dict[str, float]
     cases: dict[str, CaseInfo]
-    train: list[str]
-    val: list[str]
-    source: dict[str, Any] | None = (
-        None  # the dataset it came from (cache.json ``source``; None in older caches)
-    )
+    splits: dict[str, Any]
+    spacing: tuple[float, float, float] | None = None
+    source: dict[str, Any] | None = None
     _mmaps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, root: str | os.PathLike) -> PreparedCache:
-        """Read and check the index files. Raises InputError naming the file and the problem."""
+    def open(cls, root: str | os.PathLike, kind: str | None = None) -> Cache:
+        """Read and check the index files; ``kind`` (``"2d"``/``"3d"``): refuse a cache of the other kind.
+
+        A 2D cache must also have training and validation cases whose arrays exist (what its trainer needs).
+        Raises InputError naming the file and the problem.
+        """
         root = Path(root)
         if not root.is_dir():
             raise InputError(root, "cache folder not found (write one with `lungtumor prepare`)")
-        meta = read_cache_json(root / "cache.json")
-        splits = read_cache_json(root / "splits.json")
+        hint = "lungtumor prepare --preset 3d" if kind == "3d" else "lungtumor prepare"
+        meta = read_cache_json(root / "cache.json", hint)
+        splits = read_cache_json(root / "splits.json", hint)
+        found = meta.get("kind", "2d")
+        if kind is not None and found != kind:
+            raise InputError(root / "cache.json", _wrong_kind(kind))
+        if found not in ARRAY_DIRS:
+            raise InputError(root / "cache.json", f"unknown cache kind {found!r} (expected 2d or 3d)")
+        hint = "lungtumor prepare --preset 3d" if found == "3d" else "lungtumor prepare"
         if meta.get("version") != 1:
             raise InputError(
                 root / "cache.json", f"unsupported cache version {meta.get('version')!r} (expected 1)"
             )
         if meta.get("complete") is not True:
-            raise InputError(
-                root / "cache.json", "cache is incomplete; rerun `lungtumor prepare` to finish it"
-            )
+            raise InputError(root / "cache.json", f"cache is incomplete; rerun `{hint}` to finish it")
         try:
-            cases = {}
-            for c in meta["cases"]:
-                z, h, w = (int(v) for v in c["prepared_shape"])
-                dz = float(c.get("orig_spacing", [0.0, 0.0, 0.0])[2])
-                cases[c["name"]] = CaseInfo(
-                    c["name"], int(c["n_slices"]), (h, w), [int(s) for s in c["tumour_slices"]], dz
-                )
-            prep, stats = dict(meta["prep"]), {k: float(v) for k, v in meta["stats"].items()}
-            train, val = list(splits["train"]), list(splits["val"])
+            read = _case_3d if found == "3d" else _case_2d
+            cases = {c["name"]: read(c) for c in meta["cases"]}
+            stats = {k: float(v) for k, v in meta["stats"].items()}
+            spacing = tuple(float(v) for v in meta["spacing"]) if found == "3d" else None
+            prep = {"kind": "3d", "spacing": list(spacing)} if spacing else dict(meta["prep"])
+            if found == "2d":
+                splits["train"], splits["val"] = list(splits["train"]), list(splits["val"])
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(
                 root / "cache.json", f"malformed cache index ({type(e).__name__}: {e})"
             ) from None
-        missing = [n for n in train + val if n not in cases]
-        if missing:
-            raise InputError(root / "splits.json", f"case {missing[0]!r} is not in cache.json")
-        if not train:
-            raise InputError(root / "splits.json", "no training cases")
-        if not val:
-            raise InputError(
-                root / "splits.json", "no validation cases (per-patient validation needs at least one)"
-            )
-        sizes = {c.shape_hw for c in cases.values()}
+        src = meta.get("source")
+        source = dict(src) if isinstance(src, dict) else None
+        cache = cls(root, found, prep, stats, cases, splits, spacing, source)  # type: ignore[arg-type]
+        if found == "2d":
+            cache._check_2d()
+        return cache
+
+    def _check_2d(self) -> None:
+        root = self.root
+        check_split(self, self.train, self.val)
+        sizes = {c.shape_hw for c in self.cases.values()}
         if len(sizes) != 1:
             raise InputError(root / "cache.json", f"cases have different slice sizes {sorted(sizes)}")
-        kinds = ("img", "seg", "blob") if prep.get("blob") else ("img", "seg")
-        for n in train + val:
+        kinds = ("img", "seg", "blob") if self.has_blob else ("img", "seg")
+        for n in self.train + self.val:
             for kind in kinds:
                 if not (root / "cases" / f"{n}_{kind}.npy").is_file():
                     raise InputError(root / "cases" / f"{n}_{kind}.npy", "missing; rerun `lungtumor prepare`")
-        src = meta.get("source")
-        return cls(root, prep, stats, cases, train, val, dict(src) if isinstance(src, dict) else None)
+
+    @property
+    def train(self) -> list[str]:
+        """The training cases of splits.json."""
+        return list(self.splits.get("train", []))
+
+    @property
+    def val(self) -> list[str]:
+        """The validation cases of splits.json."""
+        return list(self.splits.get("val", []))
 
     @property
     def shape_hw(self) -> tuple[int, int]:
-        """(H, W) of every prepared slice, pixels."""
+        """(H, W) of the first case's slices, voxels (every case of a 2D cache has the same)."""
         return next(iter(self.cases.values())).shape_hw
 
-    def _array(self, name: str, kind: str) -> np.ndarray:
-        key = f"{name}_{kind}"
-        if key not in self._mmaps:
-            path = self.root / "cases" / f"{key}.npy"
-            try:
-                arr = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as e:
-                raise InputError(path, f"cannot read array ({e})") from None
-            info = self.cases[name]
-            if arr.shape != (info.n_slices, *info.shape_hw):
-                raise InputError(
-                    path, f"shape {arr.shape} differs from cache.json {(info.n_slices, *info.shape_hw)}"
-                )
-            self._mmaps[key] = arr
-        return self._mmaps[key]
-
-    def image(self, name: str) -> np.ndarray:
-        """Memory-mapped float16 (z, H, W) normalised CT of case ``name``."""
-        return self._array(name, "img")
-
-    def seg(self, name: str) -> np.ndarray:
-        """Memory-mapped uint8 (z, H, W) tumour mask of case ``name``."""
-        return self._array(name, "seg")
+    @property
+    def shapes(self) -> dict[str, tuple[int, int, int]]:
+        """name -> prepared (z, y, x) shape."""
+        return {n: c.shape for n, c in self.cases.items()}
 
     @property
     def has_blob(self) -> bool:
         """Whether the recipe adds the blobness channel (``prep.blob``; see blobness.py)."""
         return bool(self.prep.get("blob", False))
 
+    def array(self, name: str, kind: str) -> np.ndarray:
+        """Memory-mapped (or RAM-resident) array ``kind`` of case ``name``: ``img`` float16 (z, y, x) normalised
+        CT, ``seg`` uint8 (z, y, x) {0, 1}, ``blob`` float16 (z, y, x) (2D, :attr:`has_blob`), ``fg`` int32
+        (n, 3) tumour voxel indices (3D). Raises InputError naming the file when it is missing or its shape
+        differs from cache.json."""
+        key = f"{name}_{kind}"
+        if key not in self._mmaps:
+            path = self.root / ARRAY_DIRS[self.kind] / f"{key}.npy"
+            rerun = "; rerun `lungtumor prepare --preset 3d`" if self.kind == "3d" else ""
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise InputError(path, f"cannot read array ({e}){rerun}") from None
+            want = self.cases[name].shape
+            if kind != "fg" and arr.shape != want:
+                raise InputError(path, f"shape {arr.shape} differs from cache.json {want}")
+            self._mmaps[key] = arr
+        return self._mmaps[key]
+
+    def image(self, name: str) -> np.ndarray:
+        """float16 (z, y, x) normalised CT of case ``name`` (memory-mapped)."""
+        return self.array(name, "img")
+
+    def seg(self, name: str) -> np.ndarray:
+        """uint8 (z, y, x) tumour mask of case ``name`` (memory-mapped)."""
+        return self.array(name, "seg")
+
     def blob(self, name: str) -> np.ndarray:
-        """Memory-mapped float16 (z, H, W) blobness channel of case ``name`` (only when :attr:`has_blob`)."""
-        return self._array(name, "blob")
+        """float16 (z, y, x) blobness channel of case ``name`` (only when :attr:`has_blob`)."""
+        return self.array(name, "blob")
+
+    def load_into_memory(self, names: Sequence[str]) -> None:
+        """Replace the memory maps of ``names`` by in-RAM copies (fast random patch access)."""
+        kinds = ("img", "seg", "fg") if self.kind == "3d" else ("img", "seg", "blob")[: 2 + self.has_blob]
+        for n in names:
+            for k in kinds:
+                self._mmaps[f"{n}_{k}"] = np.array(self.array(n, k))
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers reopen the memory maps
         state = self.__dict__.copy()
         state["_mmaps"] = {}
         return state
+
+
+#: The name the 2D trainer and the benchmarks have used for :class:`Cache`.
+PreparedCache = Cache
+
+
+def _wrong_kind(kind: str) -> str:
+    if kind == "3d":
+        return "not a 3D cache; write one with `lungtumor prepare --preset 3d`"
+    return "a 3D cache; train it with the 3D recipe (`lungtumor train CACHE --preset 3d`)"
+
+
+def check_split(cache: Cache, train: Sequence[str], val: Sequence[str]) -> None:
+    """Raise InputError (naming splits.json) unless ``train`` and ``val`` are non-empty and in the cache."""
+    where = cache.root / "splits.json"
+    missing = [n for n in [*train, *val] if n not in cache.cases]
+    if missing:
+        raise InputError(where, f"case {missing[0]!r} is not in cache.json")
+    if not train:
+        raise InputError(where, "no training cases")
+    if not val:
+        raise InputError(where, "no validation cases (per-patient validation needs at least one)")
 
 
 def read_cache_json(path: Path, writer: str = "lungtumor prepare") -> dict[str, Any]:
@@ -158,7 +253,7 @@ class SliceTable:
         tumour: (N,) bool, slice contains tumour.
     """
 
-    def __init__(self, cache: PreparedCache, names: Sequence[str]) -> None:
+    def __init__(self, cache: Cache, names: Sequence[str]) -> None:
         self.names = list(names)
         counts = [cache.cases[n].n_slices for n in self.names]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -176,7 +271,7 @@ class SliceTable:
         pos = {n: i for i, n in enumerate(self.names)}
         return np.concatenate([np.arange(self.starts[pos[n]], self.starts[pos[n] + 1]) for n in names])
 
-    def steps(self, cache: PreparedCache, context_mm: float) -> np.ndarray:
+    def steps(self, cache: Cache, context_mm: float) -> np.ndarray:
         """(n_cases,) float64 context step of each case in slices: context_mm / its slice spacing, or 1."""
         return np.asarray(
             [context_step(context_mm, cache.cases[n].dz_mm) for n in self.names], dtype=np.float64
@@ -242,15 +337,13 @@ def stack_context(vol: torch.Tensor, z: torch.Tensor, k: int, step: float = 1.0)
     return interp_slices(vol, i0, i1, w)
 
 
-def cache_nbytes(cache: PreparedCache, names: Sequence[str]) -> int:
+def cache_nbytes(cache: Cache, names: Sequence[str]) -> int:
     """Bytes that the resident tensors of ``names`` need (float16 image + uint8 mask + float16 blob)."""
     h, w = cache.shape_hw
     return sum(cache.cases[n].n_slices for n in names) * h * w * (5 if cache.has_blob else 3)
 
 
-def resident_fits(
-    cache: PreparedCache, names: Sequence[str], device: torch.device, fraction: float = 0.5
-) -> bool:
+def resident_fits(cache: Cache, names: Sequence[str], device: torch.device, fraction: float = 0.5) -> bool:
     """Whether the cache fits in ``fraction`` of the free memory of CUDA ``device`` (False for non-CUDA)."""
     if device.type != "cuda":
         return False

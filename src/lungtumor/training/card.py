@@ -20,7 +20,7 @@ def build_card(source: dict[str, Any] | None, cfg: RunConfig, n_train: int, n_va
     """The model card of a run starting now on a prepared cache (primitives only).
 
     Args:
-        source: the cache's ``source`` (``PreparedCache.source`` / ``Cache3D.source``; None: not recorded).
+        source: the cache's ``source`` (``preprocessing.cache.Cache.source``; None: not recorded).
         cfg: the run's resolved config (its ``preset`` and ``model.arch`` are recorded).
         n_train: training cases of the run.
         n_val: validation cases of the run.

@@ -104,16 +104,18 @@ def cache_patches(cache: str | Path, names: Sequence[str], cfg: NoduleConfig, wo
     return PatchSet(np.concatenate(hu), np.concatenate(seg), np.concatenate(lesion))
 
 
-def train_for_run(cache: Any, run_dir: Path, cfg: Any, *, progress: bool = True) -> float:
-    """``lungtumor train``'s last step when ``cfg.nodule.enabled``: patches from every labelled case of the
-    prepared cache ``cache`` (``data.PreparedCache``; training and validation cases), train, store the
-    detector in ``run_dir/checkpoints/best.ckpt``. Returns the seconds it took.
+def train_for_run(
+    cache: Any, run_dir: Path, cfg: Any, *, progress: bool = True, names: list[str] | None = None
+) -> float:
+    """``lungtumor train``'s last step when ``cfg.nodule.enabled``: patches from the cases ``names`` of the
+    prepared 2D cache ``cache`` (``preprocessing.cache.Cache``; default: its training and validation cases),
+    train, store the detector in ``run_dir/checkpoints/best.ckpt``. Returns the seconds it took.
 
     When no candidate lies in a tumour (or every one does) it warns on stderr and leaves best.ckpt as the
     2D model alone: failing a finished 2D training for want of nodules would help nobody."""
     t0 = time.perf_counter()
     log = print if progress else None
-    names = list(cache.train) + list(cache.val)
+    names = list(cache.train) + list(cache.val) if names is None else list(names)
     patches = cache_patches(cache.root, names, cfg.nodule, workers=min(2, max(1, len(names))))
     if log:
         n_pos = int((patches.lesion >= 0).sum())

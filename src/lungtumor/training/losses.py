@@ -1,4 +1,5 @@
-"""Segmentation losses on logits. Pure torch; every function takes logits and targets (B, 1, H, W)."""
+"""Segmentation losses on logits. Pure torch; every function takes logits and targets (B, 1, H, W) or
+(B, 1, D, H, W)."""
 
 from __future__ import annotations
 
@@ -104,3 +105,31 @@ def dice_score(pred: torch.Tensor, target: torch.Tensor, empty: float = 1.0) -> 
     if denom == 0:
         return empty
     return 2.0 * int((p & t).sum()) / denom
+
+
+def ds_weights(n: int) -> list[float]:
+    """Deep-supervision loss weights for ``n`` scales: 1/2**i, the lowest scale 0 (when n > 1), summing to 1."""
+    w = [0.5**i for i in range(n)]
+    if n > 1:
+        w[-1] = 0.0
+    s = sum(w)
+    return [x / s for x in w]
+
+
+def deep_supervision_loss(
+    outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor, loss_fn: LossFn = dice_bce_loss
+) -> torch.Tensor:
+    """``loss_fn`` (default Dice + BCE) summed over scales with :func:`ds_weights`; ``target`` (B, 1, D, H, W)
+    is resized (nearest) to each output (nnU-Net's deep supervision)."""
+    outs = outputs if isinstance(outputs, list) else [outputs]
+    total = torch.zeros((), device=target.device)
+    for w, o in zip(ds_weights(len(outs)), outs, strict=True):
+        if w == 0:
+            continue
+        t = (
+            target
+            if o.shape[2:] == target.shape[2:]
+            else F.interpolate(target, size=o.shape[2:], mode="nearest")
+        )
+        total = total + w * loss_fn(o, t)
+    return total

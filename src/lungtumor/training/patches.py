@@ -1,4 +1,4 @@
-"""3D data: reading the 3D cache, planning patch/batch size, patch sampling and batched 3D augmentation.
+"""3D data (the cache is ``preprocessing.cache.Cache``, kind ``3d``): planning patch/batch size, patch sampling and batched 3D augmentation.
 
 Patches are cut from memory-mapped (or RAM-resident) float16 volumes in the main process (slicing only), moved
 to the training device, and augmented there as one batch: one ``affine_grid``/``grid_sample`` for flips,
@@ -7,89 +7,23 @@ rotation and scaling, then intensity jitter. No per-sample CPU workers.
 
 from __future__ import annotations
 
+import copy
 import math
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lungtumor.core.config import Vol3DConfig
+from lungtumor.core.config import RunConfig, Vol3DConfig
 from lungtumor.core.errors import InputError
 from lungtumor.models.unet3d import Pool, divisor, make_pools
-from lungtumor.preprocessing.cache import read_cache_json
+from lungtumor.preprocessing.cache import Cache
 
 _BYTES_PER_VOXEL_BASE32 = (
     3000  # training activation memory per patch voxel for a base-32 3D U-Net (bf16/fp32 mix)
 )
 _CPU_BUDGET = 1 << 30
 _MAX_PATCH_VOXELS = 160 * 160 * 128
-
-
-@dataclass
-class Cache3D:
-    """A 3D cache folder (see ``prepare3d``): spacing, stats, cases, split and folds."""
-
-    root: Path
-    spacing: tuple[float, float, float]
-    stats: dict[str, float]
-    shapes: dict[str, tuple[int, int, int]]
-    orig_shapes: dict[str, tuple[int, int, int]]
-    splits: dict[str, Any]
-    source: dict[str, Any] | None = (
-        None  # the dataset it came from (cache.json ``source``; None in older caches)
-    )
-    _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def open(cls, root: str | os.PathLike) -> Cache3D:
-        """Read cache.json/splits.json. Raises InputError naming the file and the problem."""
-        root = Path(root)
-        hint = "lungtumor prepare --preset 3d"
-        meta = read_cache_json(root / "cache.json", hint)
-        splits = read_cache_json(root / "splits.json", hint)
-        if meta.get("kind") != "3d":
-            raise InputError(
-                root / "cache.json", "not a 3D cache; write one with `lungtumor prepare --preset 3d`"
-            )
-        if meta.get("complete") is not True:
-            raise InputError(
-                root / "cache.json", "cache is incomplete; rerun `lungtumor prepare --preset 3d`"
-            )
-        try:
-            shapes = {c["name"]: tuple(int(v) for v in c["shape"]) for c in meta["cases"]}
-            orig = {c["name"]: tuple(int(v) for v in c["orig_shape"]) for c in meta["cases"]}
-            spacing = tuple(float(v) for v in meta["spacing"])
-            stats = {k: float(v) for k, v in meta["stats"].items()}
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(
-                root / "cache.json", f"malformed cache index ({type(e).__name__}: {e})"
-            ) from None
-        src = meta.get("source")
-        source = dict(src) if isinstance(src, dict) else None
-        return cls(root, spacing, stats, shapes, orig, splits, source)  # type: ignore[arg-type]
-
-    def array(self, name: str, kind: str) -> np.ndarray:
-        """``kind`` = img (float16), seg (uint8), both (z, y, x), or fg (int32 (n, 3) tumour voxel indices)."""
-        key = f"{name}_{kind}"
-        if key not in self._arrays:
-            path = self.root / "cases3d" / f"{key}.npy"
-            try:
-                self._arrays[key] = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as e:
-                raise InputError(
-                    path, f"cannot read array ({e}); rerun `lungtumor prepare --preset 3d`"
-                ) from None
-        return self._arrays[key]
-
-    def load_into_memory(self, names: list[str]) -> None:
-        """Replace the memory maps of ``names`` by in-RAM copies (fast random patch access)."""
-        for n in names:
-            for k in ("img", "seg", "fg"):
-                self._arrays[f"{n}_{k}"] = np.array(self.array(n, k))
 
 
 # ----------------------------------------------------------------------------- planning
@@ -147,6 +81,31 @@ def plan_patch(
     return (patch[0], patch[1], patch[2]), batch
 
 
+def resolve_plan(cfg: RunConfig, cache: Cache, device: torch.device) -> RunConfig:
+    """Copy of ``cfg`` with spacing, pooling, patch and batch resolved from the cache and the memory budget."""
+    cfg = copy.deepcopy(cfg)
+    v = cfg.vol3d
+    v.target_spacing = tuple(float(s) for s in cache.spacing)  # type: ignore[assignment]
+    pools = plan_pools(cache.spacing, cfg.model.depth, v.anisotropic_levels)
+    v.anisotropic_levels = sum(1 for p in pools if p[0] == 1)
+    median = tuple(int(np.median([s[a] for s in cache.shapes.values()])) for a in range(3))
+    patch, batch = plan_patch(
+        cache.spacing, median, pools, memory_budget_bytes(v, device), cfg.model.base_channels
+    )  # type: ignore[arg-type]
+    if min(v.patch_size) <= 0:
+        v.patch_size = patch
+    if v.batch_size <= 0:
+        v.batch_size = batch
+
+    div = divisor(pools)
+    bad = [a for a in range(3) if v.patch_size[a] % div[a]]
+    if bad:
+        raise InputError(
+            "vol3d.patch_size", f"{list(v.patch_size)} must be multiples of {list(div)} (the pooling)"
+        )
+    return cfg
+
+
 # ----------------------------------------------------------------------------- sampling
 
 
@@ -170,7 +129,7 @@ class PatchSampler:
     """
 
     def __init__(
-        self, cache: Cache3D, names: list[str], patch: tuple[int, int, int], fg_fraction: float
+        self, cache: Cache, names: list[str], patch: tuple[int, int, int], fg_fraction: float
     ) -> None:
         self.cache, self.names, self.patch, self.fg = cache, list(names), patch, fg_fraction
 

@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 from torch.utils.data import Dataset, Sampler
 
 from lungtumor.imaging.components import label_components
-from lungtumor.preprocessing.cache import PreparedCache, SliceTable, append_blob, context_index, interp_slices
+from lungtumor.preprocessing.cache import Cache, SliceTable, append_blob, context_index, interp_slices
 
 
 def oversample_weights(tumour: np.ndarray) -> tuple[np.ndarray, float]:
@@ -36,8 +36,31 @@ def oversample_weights(tumour: np.ndarray) -> tuple[np.ndarray, float]:
     return np.where(tumour, ratio, 1.0).astype(np.float64), float(ratio)
 
 
+def negative_case_weights(
+    cache: Cache, table: SliceTable, ids: np.ndarray, weights: np.ndarray, fraction: float
+) -> np.ndarray:
+    """Give the slices of tumour-free training cases (hard negatives) ``fraction`` of the sampling mass.
+
+    The mass is spread evenly over those slices and the other slices keep their relative weights, so each
+    batch holds ``fraction`` of hard-negative slices in expectation, every epoch. Unchanged when ``fraction``
+    is 0 or there is no tumour-free case (or only tumour-free ones).
+
+    Args:
+        ids: (N,) global slice indices that ``weights`` belongs to (the training slices).
+        weights: (N,) float64 weights, e.g. from :func:`oversample_weights`.
+    """
+    free = np.asarray([not cache.cases[n].tumour_slices for n in table.names], dtype=bool)
+    neg = free[table.case_of[ids]]
+    if fraction <= 0 or not neg.any() or neg.all():
+        return weights
+    out = weights.astype(np.float64, copy=True)
+    rest = float(out[~neg].sum())
+    out[neg] = fraction * rest / (1.0 - fraction) / int(neg.sum())
+    return out
+
+
 def lesion_balanced_weights(
-    cache: PreparedCache, table: SliceTable, ids: np.ndarray, weights: np.ndarray, power: float
+    cache: Cache, table: SliceTable, ids: np.ndarray, weights: np.ndarray, power: float
 ) -> np.ndarray:
     """Re-spread the tumour slices' sampling mass over lesions, so small lesions are not starved.
 
@@ -136,7 +159,7 @@ class SliceDataset(Dataset):
     channel of the centre slice when the cache has one.
     """
 
-    def __init__(self, cache: PreparedCache, table: SliceTable, k: int, context_mm: float = 0.0) -> None:
+    def __init__(self, cache: Cache, table: SliceTable, k: int, context_mm: float = 0.0) -> None:
         self.cache, self.table, self.k = cache, table, k
         self.step = table.steps(cache, context_mm)
 
@@ -163,7 +186,7 @@ class ResidentSlices:
     """Every case of ``table`` in one tensor on ``device``: img float16 (Z, H, W), seg uint8 (Z, H, W)."""
 
     def __init__(
-        self, cache: PreparedCache, table: SliceTable, device: torch.device, context_mm: float = 0.0
+        self, cache: Cache, table: SliceTable, device: torch.device, context_mm: float = 0.0
     ) -> None:
         h, w = cache.shape_hw
         n = len(table)

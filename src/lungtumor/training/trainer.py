@@ -1,4 +1,4 @@
-"""What the 2D trainer (``seg2d.train``) and the 3D trainer (``seg3d.train3d``) share: the ``pl.Trainer``
+"""What every training run (``training.run.train``) sets up around the LightningModule: the ``pl.Trainer``
 set-up of a run folder, the progress bar, atomic checkpoint writing, epoch history carried in checkpoints, the
 runtime (accelerator, precision) resolution, the warm-up + cosine LR schedule and the ``TrainResult``.
 

@@ -4,8 +4,8 @@
 
 1. prepares the recipe's cache once (``OUT/cache``: 2D ``prepare`` or 3D ``prepare3d``), whose splits.json
    holds the patient folds;
-2. trains one model per fold into ``OUT/fold_<k>/`` (2D: ``training.seg2d.train`` on a fold view of the cache,
-   3D: ``train3d``); a finished fold (``fold_<k>/done.json``) is not trained again;
+2. trains one model per fold into ``OUT/fold_<k>/`` (``training.run.train`` with the fold's
+   cases); a finished fold (``fold_<k>/done.json``) is not trained again;
 3. predicts every fold's validation cases on their original grid (raw masks in ``OUT/oof/``);
 4. chooses postprocessing: minimum lesion size from :data:`MIN_SIZES_MM3` and lung gating on/off, kept only
    when it raises the mean OOF Dice (ties keep the simpler option), records it in ``OUT/postprocessing.json``
@@ -53,8 +53,7 @@ from lungtumor.postprocessing.filters import filter_components
 from lungtumor.postprocessing.lung_gate import gate_to_lungs
 from lungtumor.preprocessing.prepare import prepare_dataset
 from lungtumor.preprocessing.prepare3d import prepare_dataset_3d
-from lungtumor.training.seg2d import train
-from lungtumor.training.seg3d import train3d
+from lungtumor.training.run import train
 
 MIN_SIZES_MM3: tuple[float, ...] = (0.0, 10.0, 50.0, 100.0, 250.0, 500.0)
 #: Candidate ``infer.min_z_extent_ratio`` values (0 = off; 0.4 keeps every real lesion, docs/decisions/0005).
@@ -164,21 +163,6 @@ def _box(pred: np.ndarray, gt: np.ndarray, pad: int = 2) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
-def fold_view(cache: Path, fold: dict[str, list[str]], where: Path) -> Path:
-    """A 2D cache folder for one fold: cache.json copied, splits.json = the fold, ``cases`` linked."""
-    where.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(where / "cache.json", (cache / "cache.json").read_text(encoding="utf-8"))
-    splits = {"seed": 0, "train": fold["train"], "val": fold["val"], "folds": []}
-    atomic_write_text(where / "splits.json", json.dumps(splits))
-    link = where / "cases"
-    if not link.exists():
-        try:
-            link.symlink_to((cache / "cases").resolve(), target_is_directory=True)
-        except OSError as e:
-            raise InputError(link, f"cannot link the cache's cases folder ({e.strerror or e})") from None
-    return where
-
-
 def _set_infer(run_dir: Path, choice: PostChoice) -> None:
     """Write the chosen postprocessing into the run's best/last checkpoints and config.yaml (atomically)."""
 
@@ -217,13 +201,7 @@ def _train_fold(k: int, fold: dict, cfg, cache: Path, root: Path, progress: bool
     if not done.is_file():
         if (run_dir / "checkpoints" / "last.ckpt").exists():  # an interrupted fold: start it again
             shutil.rmtree(run_dir)
-        if is_3d(cfg):
-            res = train3d(
-                cache, run_dir, cfg, progress=progress, train_names=fold["train"], val_names=fold["val"]
-            )
-        else:
-            view = fold_view(cache, fold, root / "folds_cache" / f"fold_{k}")
-            res = train(view, run_dir, cfg, progress=progress)
+        res = train(cache, run_dir, cfg, progress=progress, train_names=fold["train"], val_names=fold["val"])
         atomic_write_text(done, json.dumps({"best_dice": res.best_dice, "seconds": res.seconds}) + "\n")
     best = run_dir / "checkpoints" / "best.ckpt"
     return best if best.is_file() else run_dir / "checkpoints" / "last.ckpt"
@@ -308,8 +286,9 @@ def run_cv(
         raise InputError(dataset, f"{len(ds.cases)} labelled cases cannot make {folds} folds")
     dev = resolve_device(device)
     root = ensure_writable_dir(out)
-    runs = [f"fold_{k}" for k in range(folds)] + [f"folds_cache/fold_{k}" for k in range(folds)]
-    check_subdirs(root, "cache", *runs)  # never write through a link out of OUT
+    check_subdirs(
+        root, "cache", *(f"fold_{k}" for k in range(folds))
+    )  # never write through a link out of OUT
     cache = root / "cache"
     if is_3d(cfg):
         prepare_dataset_3d(dataset, cache, cfg.vol3d, folds=folds, seed=seed, progress=progress)

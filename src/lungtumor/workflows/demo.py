@@ -18,7 +18,7 @@ from lungtumor.core.progress import log_line
 from lungtumor.data.phantom import synth_dataset
 from lungtumor.evaluation.evaluate import evaluate_dirs, format_summary
 from lungtumor.preprocessing.prepare import prepare_dataset
-from lungtumor.training.seg2d import train
+from lungtumor.training.run import train
 from lungtumor.workflows.predict import PredictOptions, predict_paths
 
 
