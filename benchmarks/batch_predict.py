@@ -2,14 +2,17 @@
 
 Writes N small phantoms with ``lungtumor synth`` (default 96x96, 24 slices), then runs ``lungtumor predict
 FOLDER --devices P`` once per process count P and case count in a fresh child process, side by side (for each
-case count, every P in turn). Reports wall time (start-up and model loading included), cases per minute, and
-each process's peak RSS: the child's ``ru_maxrss`` (``os.wait4``) for one process, each rank's
-``peak_rss_mib`` from the merged manifest (``processes.ranks``) for several. Memory must stay flat from 10 to
-50 cases: a process holds one case at a time. Prints a Markdown table.
+case count, every P in turn; with ``--old TREE`` that tree's code right after this one's, for each P). Reports wall time (start-up and model loading included), cases per minute, and
+the CPU time of all processes over the wall time (both cores busy: near 2), each process's peak RSS (the
+child's ``ru_maxrss`` from ``os.wait4`` for one process, each rank's ``peak_rss_mib`` from the merged manifest,
+``processes.ranks``, for several) and the load average before and after each run. Memory must stay flat from
+10 to 50 cases: a process holds at most three cases at a time (one read, one in the model, one written:
+``workflows.stages``). Prints a Markdown table.
 
     python benchmarks/batch_predict.py                                  # trains a tiny model first
     python benchmarks/batch_predict.py --model RUN_DIR --counts 10 50 --processes 1 2
     python benchmarks/batch_predict.py --model tests/fixtures/legacy_ckpt/demo2d.ckpt --counts 4 --processes 1 2
+    python benchmarks/batch_predict.py --model CKPT --old /tmp/oldtree      # an older tree's code beside ours
 """
 
 from __future__ import annotations
@@ -86,20 +89,39 @@ def write_phantoms(folder: Path, n: int, matrix: int, slices: int) -> list[Path]
     return sorted((folder / "imagesTs").glob("*.nii.gz"))
 
 
-def run_predict(inputs: Path, model: Path, out: Path, processes: int) -> tuple[float, list[float], int]:
-    """(wall seconds, peak RSS MiB of each process, exit code) of one ``lungtumor predict`` child."""
+def run_predict(
+    inputs: Path, model: Path, out: Path, processes: int, tree: Path | None = None
+) -> tuple[float, float, list[float], int]:
+    """(wall seconds, CPU seconds of all its processes, peak RSS MiB of each process, exit code) of one
+    ``lungtumor predict`` child; ``tree``: run that tree's code (its ``src/`` on the path) instead of ours."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = _cli() + ["predict", str(inputs), "--model", str(model), "--out", str(out), "--device", "cpu", "-q"]
+    env, cli = _env(), _cli()
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree / "src")
+        cli = [sys.executable, "-m", "lungtumor"]
+    cmd = cli + ["predict", str(inputs), "--model", str(model), "--out", str(out), "--device", "cpu", "-q"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd + ["--devices", str(processes)], stdout=subprocess.DEVNULL, env=_env())
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen(cmd + ["--devices", str(processes)], stdout=subprocess.DEVNULL, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)  # the child and the processes it waited for (the other ranks)
     wall = time.perf_counter() - t0
+    cpu = usage.ru_utime + usage.ru_stime
     proc.returncode = os.waitstatus_to_exitcode(status)
     if processes == 1:
-        return wall, [usage.ru_maxrss / 1024.0], proc.returncode
+        return wall, cpu, [usage.ru_maxrss / 1024.0], proc.returncode
     manifest = out / "predict_manifest.json"
     ranks = json.loads(manifest.read_text())["processes"]["ranks"] if manifest.is_file() else []
-    return wall, [float(r["peak_rss_mib"] or 0.0) for r in ranks], proc.returncode
+    return wall, cpu, [float(r["peak_rss_mib"] or 0.0) for r in ranks], proc.returncode
+
+
+def cpu_model() -> str:
+    """The CPU's model name (as ``lscpu`` prints it), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _mib(values: list[float]) -> str:
@@ -114,7 +136,11 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=24)
     ap.add_argument("--model", type=Path, help="checkpoint or run folder (default: train a tiny one)")
     ap.add_argument("--work", type=Path, help="work folder (default: a temporary one, removed afterwards)")
+    ap.add_argument("--old", type=Path, help="an older tree (git worktree) to run beside this one")
     args = ap.parse_args()
+    codes: list[tuple[str, Path | None]] = [("new", None)]
+    if args.old:
+        codes.append((f"old ({args.old.name})", args.old.resolve()))
     work = args.work or Path(tempfile.mkdtemp(prefix="lt_batch_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -128,32 +154,39 @@ def main() -> None:
             for p in pool[:n]:
                 (folder / p.name).symlink_to(p)
             for procs in args.processes:
-                wall, rss, rc = run_predict(folder, model, work / f"out_{n}_{procs}", procs)
-                if rc != 0:
-                    raise SystemExit(
-                        f"predict failed for {n} cases with {procs} process(es) (exit code {rc})"
-                    )
-                rows.append((procs, n, wall, rss))
-                print(
-                    f"{procs} process(es), {n} cases: {wall:.1f} s, peak RSS {_mib(rss)} MiB", file=sys.stderr
-                )
+                for code, tree in codes:
+                    load = os.getloadavg()[0]
+                    wall, cpu, rss, rc = run_predict(folder, model, work / f"out_{n}_{procs}", procs, tree)
+                    if rc != 0:
+                        raise SystemExit(
+                            f"{code}: predict failed for {n} cases, {procs} process(es) (exit {rc})"
+                        )
+                    rows.append((code, procs, n, wall, cpu, rss, (load, os.getloadavg()[0])))
+                    print(f"{code}, {procs} process(es), {n} cases: {wall:.1f} s, peak RSS {_mib(rss)} MiB",
+                          file=sys.stderr)  # fmt: skip
         print(
             f"lungtumor predict, {args.matrix}x{args.matrix}x{args.slices} phantoms, model {model.name}, "
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+            f"{cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
         )
-        print("\n| processes | cases | wall (s) | cases/min | peak RSS per process (MiB) |")
-        print("| ---: | ---: | ---: | ---: | --- |")
-        for procs, n, wall, rss in rows:
-            print(f"| {procs} | {n} | {wall:.1f} | {60.0 * n / wall:.1f} | {_mib(rss)} |")
+        print(
+            "\n| code | processes | cases | wall (s) | cases/min | CPU s / wall s | peak RSS per process (MiB) "
+            "| load average (1 min) before / after |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+        for code, procs, n, wall, cpu, rss, (l0, l1) in rows:
+            print(
+                f"| {code} | {procs} | {n} | {wall:.1f} | {60.0 * n / wall:.1f} | {cpu / wall:.2f} | {_mib(rss)} "
+                f"| {l0:.2f} / {l1:.2f} |"
+            )
         lo, hi = min(args.counts), max(args.counts)
         print()
-        for procs in args.processes:
-            a = next(r[3] for r in rows if r[0] == procs and r[1] == lo)
-            b = next(r[3] for r in rows if r[0] == procs and r[1] == hi)
-            if lo != hi and a and b:
-                print(
-                    f"{procs} process(es): peak RSS growth from {lo} to {hi} cases {max(b) - max(a):+.0f} MiB"
-                )
+        for code, _ in codes:
+            for procs in args.processes:
+                a = next(r[5] for r in rows if r[:2] == (code, procs) and r[2] == lo)
+                b = next(r[5] for r in rows if r[:2] == (code, procs) and r[2] == hi)
+                if lo != hi and a and b:
+                    print(f"{code}, {procs} process(es): peak RSS growth from {lo} to {hi} cases "
+                          f"{max(b) - max(a):+.0f} MiB")  # fmt: skip
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -10,7 +10,7 @@ import pytest
 
 from lungtumor.cli import main
 from lungtumor.core.errors import InputError
-from lungtumor.workflows import predict as predict_module
+from lungtumor.workflows import stages
 from lungtumor.workflows.batch import check_part, manifest_name, select_part
 from lungtumor.workflows.outputs import TYPE_SUFFIXES, expected_outputs
 
@@ -43,13 +43,13 @@ def _manifest(path: Path) -> dict:
 def predicted_cases(monkeypatch) -> list[str]:
     """The cases that ``predict`` really predicts (not skipped), in order."""
     seen: list[str] = []
-    real = predict_module._predict_case
+    real = stages.read_case
 
-    def spy(res, *args, **kwargs):
-        seen.append(res.case)
-        return real(res, *args, **kwargs)
+    def spy(work, *args, **kwargs):
+        seen.append(work.res.case)
+        return real(work, *args, **kwargs)
 
-    monkeypatch.setattr(predict_module, "_predict_case", spy)
+    monkeypatch.setattr(stages, "read_case", spy)
     return seen
 
 

@@ -18,7 +18,7 @@ from lungtumor.cli import main
 from lungtumor.core.errors import InputError
 from lungtumor.data.phantom import make_case
 from lungtumor.imaging.io import read_volume, write_volume
-from lungtumor.workflows import predict as predict_module
+from lungtumor.workflows import stages
 from lungtumor.workflows.batch import Shard, continue_sources, rank_manifest_name, select_part
 from lungtumor.workflows.distributed import merge_manifests, write_merged
 from lungtumor.workflows.predict import PredictOptions, predict_paths
@@ -94,9 +94,9 @@ def test_a_killed_run_is_continued_by_more_processes(cts, tmp_path, monkeypatch)
         "predict_manifest.rank-0-of-2.json"
     ]
     seen: list[str] = []
-    real = predict_module._predict_case
+    real = stages.read_case
     monkeypatch.setattr(
-        predict_module, "_predict_case", lambda res, *a, **k: (seen.append(res.case), real(res, *a, **k))
+        stages, "read_case", lambda work, *a, **k: (seen.append(work.res.case), real(work, *a, **k))[1]
     )
     opts = _opts(devices=3, continue_prediction=True)
     shards = [Shard(r, 3, torch.device("cpu"), threads=1) for r in range(3)]

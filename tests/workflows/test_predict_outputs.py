@@ -176,19 +176,20 @@ def test_dicom_outputs_alone_write_no_nifti(dicom_ct, tmp_path, capsys):
 
 def test_a_killed_run_leaves_a_manifest_of_the_finished_cases(tmp_path, monkeypatch):
     import lungtumor.workflows.predict as wp
+    from lungtumor.workflows import stages
 
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ("a", "b", "c"):
         shutil.copy(FIXTURE / "ct.nii.gz", inputs / f"{name}.nii.gz")
-    real = wp._predict_case
+    real = stages.write_case
 
-    def killed_on_b(res, *args, **kw):
-        if res.case == "b":
-            raise KeyboardInterrupt  # as a kill half-way through: nothing after this runs
-        return real(res, *args, **kw)
+    def killed_on_b(work, *args, **kw):
+        if work.res.case == "b":
+            raise KeyboardInterrupt  # as a kill while b is written: nothing after this runs
+        return real(work, *args, **kw)
 
-    monkeypatch.setattr(wp, "_predict_case", killed_on_b)
+    monkeypatch.setattr(stages, "write_case", killed_on_b)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         wp.predict(inputs, CKPT, out, device="cpu")

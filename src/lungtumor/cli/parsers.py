@@ -18,10 +18,13 @@ from lungtumor.cli.options import (
     DEVICE_HELP,
     MODELS_DIR_HELP,
     PRESET_NAMES,
+    add_hilar,
     add_inputs,
     add_label,
     add_out,
     add_slot,
+    add_train_lesions,
+    add_variety,
     quiet_leaf,
 )
 
@@ -48,64 +51,10 @@ def _add_synth(sub) -> None:
         help="fix the last N labelled cases as validation patients, drawn like the test phantoms "
         "(dataset.json 'validation'; prepare then validates on them); default 0: prepare draws them",
     )
-    _add_train_lesions(p, "standard")
-    _add_hilar(p)
-    _add_variety(p)
+    add_train_lesions(p, "standard")
+    add_hilar(p)
+    add_variety(p)
     p.set_defaults(cmd="synth")
-
-
-def _add_variety(p) -> None:
-    """``synth``'s variety options (lungtumor.data.variety; names spelled out here so --help stays fast)."""
-    families = ("off", "in-family", "held-out")
-    p.add_argument(
-        "--variety",
-        choices=families,
-        default="off",
-        help="confounders, acquisition and tumour variants of real chest CT, recorded in lesions.json: in-family "
-        "(the training ranges), held-out (settings outside them) or off (the default phantoms, byte for byte); "
-        "docs/phantoms.md lists both families",
-    )
-    p.add_argument(
-        "--test-variety",
-        choices=families,
-        default=None,
-        help="the test phantoms' family (default: as --variety), e.g. --variety in-family --test-variety held-out",
-    )
-    p.add_argument(
-        "--without",
-        default="",
-        metavar="ELEMENT[,ELEMENT...]",
-        help="switch these elements of the family off, e.g. metal,port,breathing (element names: docs/phantoms.md)",
-    )
-    p.add_argument(
-        "--hard-negatives",
-        type=float,
-        default=None,
-        metavar="FRACTION",
-        help="share of tumour-free phantoms full of confounders (default: the family's, 0.15)",
-    )
-
-
-def _add_train_lesions(p, default: str) -> None:
-    p.add_argument(
-        "--train-lesions",
-        # phantom.LESION_PLANS, not imported here: the CLI starts fast
-        choices=("standard", "rich", "rich_basal"),
-        default=default,
-        help=f"how the training phantoms draw tumours (default {default}): standard (like the test phantoms), "
-        "rich (0-5 per case, more small ones) or rich_basal (rich, and in 30 %% of cases a 50-110 mm mass on the "
-        "diaphragm); the test phantoms are always standard",
-    )
-
-
-def _add_hilar(p, default: bool = False) -> None:
-    p.add_argument(
-        "--train-hilar-vessels",
-        action=argparse.BooleanOptionalAction,
-        default=default,
-        help="give the training phantoms central pulmonary vessels of real calibre at the hila (about 2x the "
-        f"thin default trunks; default {'on' if default else 'off'}); the test phantoms are unchanged",
-    )
 
 
 def _add_check(sub) -> None:
@@ -390,8 +339,8 @@ def _add_demo(sub) -> None:
         "--epochs", type=int, default=None, help="override the demo preset's epochs (default: the preset's)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the phantoms, the split and training")
-    _add_train_lesions(p, "rich")
-    _add_hilar(p, default=True)
+    add_train_lesions(p, "rich")
+    add_hilar(p, default=True)
     p.set_defaults(cmd="demo")
 
 

@@ -29,6 +29,7 @@ from lungtumor.core.config_io import config_from_dict, to_dict
 from lungtumor.core.errors import InputError, atomic_write_bytes
 from lungtumor.inference.card import card_of
 from lungtumor.inference.detector import CKPT_KEY, load_detector
+from lungtumor.inference.onnx_runtime import RUNTIME, is_onnx_export, read_onnx_card, read_onnx_export
 from lungtumor.inference.package import is_package, read_package
 from lungtumor.models import build_model, create_model, is_3d
 from lungtumor.models.nodule3d import NodulePatchNet
@@ -63,9 +64,25 @@ def _arch_of(path: Path) -> str:
     return str(cfg.get("model", {}).get("arch", "")) if isinstance(cfg, dict) else ""
 
 
-def load_any(path: str | os.PathLike):
-    """Load a 2D or 3D lungtumor checkpoint or model package (:func:`load_checkpoint` or :func:`load_checkpoint3d`)."""
+def load_any(path: str | os.PathLike, nodules: bool = True):
+    """Load a 2D or 3D lungtumor checkpoint or model package (:func:`load_checkpoint` or
+    :func:`load_checkpoint3d`), or an ONNX export folder (:func:`load_onnx`); ``nodules=False``: an ONNX
+    export's detector is not loaded (a checkpoint's always is)."""
+    if is_onnx_export(path):
+        return load_onnx(path, nodules)
     return load_checkpoint3d(path) if _arch_of(Path(path)) == ARCH_3D else load_checkpoint(path)
+
+
+def load_onnx(path: str | os.PathLike, nodules: bool = True):
+    """An ONNX export folder (``lungtumor export RUN DIR --format onnx``) as a :class:`LoadedModel` whose
+    networks run with onnxruntime on the CPU (``inference.onnx_runtime``); ``path`` is the folder or its
+    ``onnx_export.json``.
+
+    Raises:
+        InputError: onnxruntime missing, or a folder that fails its checks (the message names the file).
+    """
+    e = read_onnx_export(path, nodules)
+    return LoadedModel(e.model, e.config, e.stats, e.prep, e.path, e.nodule, card=e.card, runtime=RUNTIME)
 
 
 def add_detector_to_checkpoint(path: Path, net: NodulePatchNet, cfg: NoduleConfig | None = None) -> None:
@@ -95,6 +112,8 @@ class LoadedModel:
         nodule: the 3D nodule detector trained beside the model (``config.nodule.enabled``), else None.
         card: the model card (``inference.card``): training data, preset, validation; ``{"version": 0}``
             for a checkpoint written before cards existed.
+        runtime: what runs the networks: ``"torch"``, or ``"onnxruntime"`` for an ONNX export folder (then
+            ``path`` is its ``onnx_export.json``).
     """
 
     model: nn.Module
@@ -104,6 +123,7 @@ class LoadedModel:
     path: Path
     nodule: nn.Module | None = None
     card: dict[str, Any] = field(default_factory=lambda: {"version": 0})
+    runtime: str = "torch"
 
 
 def checkpoint_file(path: str | os.PathLike) -> Path:
@@ -187,11 +207,14 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
 
 
 def read_card(path: str | os.PathLike) -> dict[str, Any]:
-    """The model card of a checkpoint (.ckpt or run folder) without reading its weights (memory-mapped).
+    """The model card of a checkpoint (.ckpt or run folder), package or ONNX export folder without reading its
+    weights (memory-mapped).
 
     Raises:
         InputError: missing, foreign or unreadable checkpoint (as :func:`load_checkpoint`).
     """
+    if is_onnx_export(path):
+        return read_onnx_card(path)
     p = checkpoint_file(path)
     if is_package(p):
         return card_of(read_checkpoint(p)["hyper_parameters"]["lungtumor"])

@@ -12,7 +12,7 @@ checkpoints average their probabilities on the input grid.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,8 @@ class Predictor:
         precision: ``"32"`` or ``"bf16"`` (autocast of the forward passes).
         tta: also predict the left-right mirror (3D models: their mirror axes) and average.
         batch_size: slices per forward pass of a 2D model; None: each checkpoint's ``infer.batch_size``.
+        parallel: a 2D model's batches and its nodule detector side by side on the CPU
+            (``inference.slices.predict_volume``); the same values either way.
     """
 
     def __init__(
@@ -58,11 +60,12 @@ class Predictor:
         precision: str = "32",
         tta: bool = False,
         batch_size: int | None = None,
+        parallel: bool = True,
     ) -> None:
         if not models:
             raise ValueError("a Predictor needs at least one model")
         self.models, self.device = list(models), device
-        self.precision, self.tta, self.batch_size = precision, tta, batch_size
+        self.precision, self.tta, self.batch_size, self.parallel = precision, tta, batch_size, parallel
         for m in self.models:
             m.model.to(device).eval()
             if not is_3d(m.config):
@@ -70,14 +73,15 @@ class Predictor:
 
     @staticmethod
     def load(paths: Sequence[str | os.PathLike], nodules: bool | None = None) -> list[LoadedModel]:
-        """Load checkpoints (files or run folders); ``nodules=False`` drops their detectors, ``True`` requires one.
+        """Load checkpoints (files, run folders, packages or ONNX export folders); ``nodules=False`` drops their
+        detectors, ``True`` requires one.
 
         Raises:
             InputError: no path, a checkpoint that cannot be read, or ``nodules=True`` without a detector.
         """
         if not paths:
             raise InputError("--model", "no model given")
-        models = [load_any(p) for p in paths]
+        models = [load_any(p, nodules=nodules is not False) for p in paths]
         if nodules is False:  # --no-nodules: the 2D model alone
             for m in models:
                 m.nodule = None
@@ -88,13 +92,22 @@ class Predictor:
         return models
 
     def _one(
-        self, m: LoadedModel, vol: Volume, threshold: float, keep_prob: bool, z_range: tuple[int, int] | None
+        self,
+        m: LoadedModel,
+        vol: Volume,
+        threshold: float,
+        keep_prob: bool,
+        z_range: tuple[int, int] | None,
+        prepared: Callable[[], None] | None = None,
     ) -> tuple[np.ndarray | None, np.ndarray]:
         kw = dict(device=self.device, threshold=threshold, tta=self.tta, precision=self.precision)
         if is_3d(m.config):  # the 3D plan predicts everywhere
             return predict_volume_3d(m, vol, keep_prob=keep_prob, **kw)
         batch = self.batch_size or m.config.infer.batch_size
-        return predict_volume(m, vol, batch_size=batch, keep_prob=keep_prob, z_range=z_range, **kw)
+        return predict_volume(
+            m, vol, batch_size=batch, keep_prob=keep_prob, z_range=z_range, parallel=self.parallel,
+            prepared=prepared, **kw
+        )  # fmt: skip
 
     def predict(
         self,
@@ -103,19 +116,21 @@ class Predictor:
         threshold: float,
         keep_prob: bool = True,
         z_range: tuple[int, int] | None = None,
+        prepared: Callable[[], None] | None = None,
     ) -> tuple[np.ndarray | None, np.ndarray]:
         """Probabilities and mask of one CT (HU, (z, y, x), canonical axial order) on its own grid.
 
         ``keep_prob`` False: the probabilities come back as None (one 2D model then never holds the float32
         map on the input grid). ``z_range`` [lo, hi): a single 2D model predicts only these slices
         (probability 0 elsewhere; predict passes the lungs' slices when the lung gate follows); 3D models and
-        ensembles predict everywhere.
+        ensembles predict everywhere. ``prepared``: called once ``vol``'s voxels are no longer read (a single
+        2D model on the CPU: after preprocessing), so that a caller can free them while the networks run.
 
         Returns:
             (probabilities float32 or None, mask uint8 {0, 1}), both (z, y, x) on ``vol``'s grid.
         """
         if len(self.models) == 1:
-            return self._one(self.models[0], vol, threshold, keep_prob, z_range)
+            return self._one(self.models[0], vol, threshold, keep_prob, z_range, prepared)
         probs = [self._one(m, vol, threshold, True, None)[0] for m in self.models]
         prob = ensemble_probabilities(probs)
         del probs

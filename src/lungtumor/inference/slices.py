@@ -9,7 +9,10 @@ uploaded once as stored, only the uint8 mask comes back), with the CPU path's va
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future
+from contextlib import nullcontext
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +21,7 @@ from lungtumor.core.config import PrepConfig
 from lungtumor.core.runtime import autocast
 from lungtumor.imaging.volume import Volume
 from lungtumor.inference.detector import detector_probability, input_to_hu
+from lungtumor.inference.workers import side_thread_useful, torch_side_thread
 from lungtumor.postprocessing.detector import add_missed_lesions, drop_unconfirmed_small
 from lungtumor.preprocessing.cache import append_blob, context_step, stack_context
 from lungtumor.preprocessing.frame import (
@@ -33,6 +37,8 @@ from lungtumor.preprocessing.frame import (
     restore_mask,
     restored_chunks,
 )
+
+T = TypeVar("T")
 
 
 @torch.inference_mode()
@@ -100,6 +106,8 @@ def predict_volume(
     precision: str = "32",
     keep_prob: bool = True,
     z_range: tuple[int, int] | None = None,
+    parallel: bool = True,
+    prepared: Callable[[], None] | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Predict one CT with a loaded checkpoint.
 
@@ -112,6 +120,11 @@ def predict_volume(
             the lungs' slices plus 30 mm (``imaging.lungs.lung_z_range``) when the lung gate follows, which
             drops lesions away from the lungs anyway. None: every slice. Not on the on-device path (a GPU,
             no blob channel or detector), which predicts every slice.
+        parallel: on the CPU, with a torch network and more than one torch thread, run the nodule detector
+            in a side thread beside the 2D model's batches (``inference.workers``): the same values, sooner.
+            False: one after the other.
+        prepared: called when ``vol``'s voxels are no longer read (on the CPU, after preprocessing), so that the
+            caller may free them while the networks run.
 
     Returns:
         (probabilities float32 or None, mask uint8 {0, 1}), both (z, y, x) on ``vol``'s grid.
@@ -125,37 +138,57 @@ def predict_volume(
             precision=precision, keep_prob=keep_prob,
         )  # fmt: skip
     x, blob, geom = preprocess_inputs(vol, cfg.prep, loaded.stats)
-    prob_small = predict_probabilities(
-        loaded.model,
-        x,
-        cfg.train.context_slices,
-        device=device,
-        batch_size=batch_size,
-        precision=precision,
-        tta=tta,
-        context_step=context_step(cfg.train.context_mm, float(vol.spacing[2])),
-        blob=blob,
-        z_range=z_range,  # the prepared frame keeps the input's slices
+    spacing, step = (
+        frame_spacing(geom, vol.spacing),
+        context_step(cfg.train.context_mm, float(vol.spacing[2])),
     )
-    if nodule is not None:  # lesions the 3D nodule detector finds and the 2D model missed
-        hu = input_to_hu(x, loaded.prep, loaded.stats)
+    if prepared is not None:
+        prepared()
+    side = parallel and nodule is not None and side_thread_useful(device, loaded)
+    with torch_side_thread() if side else nullcontext() as pool:
+        detected = None
+        if nodule is not None:  # the detector first: in the side thread it runs beside the 2D model's batches
+            hu = input_to_hu(x, loaded.prep, loaded.stats)
+            bf16 = precision == "bf16"
+            detected = _submit(
+                pool, detector_probability, nodule, hu, spacing, cfg.nodule, bf16=bf16, device=device
+            )
+            del hu
+        prob_small = predict_probabilities(
+            loaded.model,
+            x,
+            cfg.train.context_slices,
+            device=device,
+            batch_size=batch_size,
+            precision=precision,
+            tta=tta,
+            context_step=step,
+            blob=blob,
+            z_range=z_range,  # the prepared frame keeps the input's slices
+        )
         del x, blob  # the model input is not needed any more
-        spacing = frame_spacing(geom, vol.spacing)
-        det = detector_probability(nodule, hu, spacing, cfg.nodule, bf16=precision == "bf16", device=device)
-        del hu
+        det = None if detected is None else detected.result()
+    if nodule is not None and det is not None:  # lesions the 3D nodule detector finds and the 2D model missed
         min_voxels = int(np.ceil(np.pi / 6 * cfg.nodule.min_diameter_mm**3 / np.prod(spacing)))
         if cfg.nodule.confirm_small:
             prob_small = drop_unconfirmed_small(prob_small, det, threshold, min_voxels)
         prob_small = add_missed_lesions(prob_small, det, threshold, min_voxels)
         del det
-    else:
-        del x, blob
     if not keep_prob:
         return None, restore_mask(prob_small, geom, threshold)
     prob = restore_geometry(prob_small, geom)
     del prob_small
     mask = (prob >= threshold).view(np.uint8)  # bool -> uint8 without a copy
     return prob, mask
+
+
+def _submit(pool: Executor | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+    """``fn(*args, **kwargs)`` in ``pool``, or now in this thread (a finished future) without one."""
+    if pool is not None:
+        return pool.submit(fn, *args, **kwargs)
+    done: Future[T] = Future()
+    done.set_result(fn(*args, **kwargs))
+    return done
 
 
 _RESTORE_CHUNK = 32  # slices restored at a time: bounds the float32 map on the input grid held on the device

@@ -75,6 +75,7 @@ def model_record(loaded: Any) -> dict[str, Any]:
         "preset": str(loaded.config.preset),
         "nodule_detector": getattr(loaded, "nodule", None) is not None,
         "card": dict(getattr(loaded, "card", None) or {"version": 0}),
+        "runtime": str(getattr(loaded, "runtime", "torch")),  # onnxruntime: an ONNX export folder
     }
 
 
@@ -148,8 +149,9 @@ class PredictManifest:
         self.data["timings"][name] = round(float(seconds), 3)
         self.write()
 
-    def add_case(self, res: Any, out_dir: str | Path) -> None:
-        """Record a finished case (``PredictResult``) and write: failed cases go to ``failed``."""
+    def add_case(self, res: Any, out_dir: str | Path, input_sha256: dict[str, str] | None = None) -> None:
+        """Record a finished case (``PredictResult``) and write: failed cases go to ``failed``.
+        ``input_sha256``: :func:`input_digests` of its input when already computed."""
         if res.error:
             self.data["failed"].append({"case": res.case, "input": str(res.source), "error": res.error})
         else:
@@ -159,7 +161,7 @@ class PredictManifest:
                     "case": res.case,
                     "stem": getattr(res, "stem", None),
                     "input": str(res.source),
-                    "input_sha256": input_digests(res.source),
+                    "input_sha256": input_sha256 if input_sha256 is not None else input_digests(res.source),
                     "outputs": [
                         {
                             "path": str(Path(f).relative_to(out)) if Path(f).is_relative_to(out) else str(f),

@@ -4,8 +4,10 @@ Writes ``model.onnx`` (the 2D/2.5D network: input (B, C, H, W) of the prepared f
 the 3D network: input (B, 1, D, H, W) patches, logits (B, 1, D, H, W)), ``detector.onnx`` when the
 checkpoint holds a nodule detector (input (B, 1, P, P, P) ``(HU + 400) / 500`` cubes, outputs ``score`` (B,)
 and ``seg`` (B, P, P, P) logits) and ``onnx_export.json`` (inputs, outputs, the config, preprocessing, card and
-the check below). The batch axis is dynamic, the others are those the checkpoint predicts with. Only the
-networks are exported: preprocessing, sliding windows, thresholds and postprocessing stay in lungtumor.
+the check below; each file's sha256 and size, checked when ``predict --model OUT_DIR`` loads the folder:
+``inference.onnx_runtime``). The batch axis is dynamic, the others are those the checkpoint predicts with.
+Only the networks are exported: preprocessing, sliding windows, thresholds and postprocessing stay in
+lungtumor, which runs them around onnxruntime when it predicts with the folder.
 
 Needs the ``onnx`` package (``pip install 'lungtumor[onnx]'``); with onnxruntime installed as well, each file
 is run on a random batch and its largest absolute difference to PyTorch is recorded (and must be < 1e-3).
@@ -31,10 +33,15 @@ from lungtumor import __version__
 from lungtumor.core.config_io import to_dict
 from lungtumor.core.errors import InputError, atomic_path, atomic_write_text, ensure_writable_dir
 from lungtumor.inference.checkpoint import LoadedModel, load_any
+from lungtumor.inference.onnx_runtime import (
+    DESCRIPTION,
+    FORMAT,
+    ONNX_EXTRA,
+    ONNX_FORMAT_VERSION,
+    sha256_of,
+)
 from lungtumor.models import is_3d
 
-#: The install line named when onnx is missing.
-ONNX_EXTRA = "pip install 'lungtumor[onnx]'"
 #: The largest absolute logit difference to PyTorch accepted in the onnxruntime check.
 MAX_DIFF = 1e-3
 #: The opset used when none is given.
@@ -97,6 +104,8 @@ def export_onnx(
     if importlib.util.find_spec("onnx") is None:
         raise InputError("--format", f"onnx needs the onnx package, and it is not installed: {ONNX_EXTRA}")
     m = load_any(source)  # before the folder exists: a bad checkpoint leaves nothing behind
+    if m.runtime != "torch":
+        raise InputError(source, "is an ONNX export already; export the checkpoint or package it came from")
     out = ensure_writable_dir(out_dir)
     opset = opset or DEFAULT_OPSET
     files, records = [], {}
@@ -112,14 +121,18 @@ def export_onnx(
             "input": {"name": "input", "shape": ["batch", *shape], "dtype": "float32"},
             "outputs": outputs,
             "onnxruntime_max_abs_diff": diff,
+            "sha256": sha256_of(path),
+            "bytes": path.stat().st_size,
         }
-    files.append(_write_description(m, out / "onnx_export.json", records, opset))
+    files.append(_write_description(m, out / DESCRIPTION, records, opset))
     return files
 
 
 def _write_description(m: LoadedModel, path: Path, records: dict[str, Any], opset: int) -> Path:
     """``onnx_export.json``: what each file takes and gives, and the preprocessing it expects."""
     doc = {
+        "format": FORMAT,
+        "format_version": ONNX_FORMAT_VERSION,
         "lungtumor_version": __version__,
         "source": str(m.path),
         "opset": opset,

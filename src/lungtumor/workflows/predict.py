@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,11 @@ import torch
 
 from lungtumor.core.errors import InputError, ensure_writable_dir
 from lungtumor.core.paths import unique_stems
-from lungtumor.core.progress import tqdm
 from lungtumor.core.runtime import cpu_has_bf16, resolve_device
-from lungtumor.evaluation.measure import measure_lesions, write_lesions
-from lungtumor.imaging.io import IMAGE_SUFFIXES, case_name, is_image_path, read_volume, write_volume
-from lungtumor.imaging.lungs import lung_air_hu, lung_z_range
-from lungtumor.imaging.orientation import from_canonical, stored_order_note, to_canonical
-from lungtumor.imaging.volume import Volume
+from lungtumor.imaging.io import IMAGE_SUFFIXES, case_name, is_image_path
 from lungtumor.inference.predictor import Predictor
 from lungtumor.inference.store import resolve_model
 from lungtumor.models import is_3d
-from lungtumor.postprocessing.filters import postprocess_mask
-from lungtumor.report.writer import write_all
 from lungtumor.workflows.batch import (
     Shard,
     check_part,
@@ -39,13 +31,14 @@ from lungtumor.workflows.batch import (
 )
 from lungtumor.workflows.manifest import PredictManifest, model_record, settings_record
 from lungtumor.workflows.outputs import (
-    RunInfo,
     check_dicom_inputs,
     expected_outputs,
     load_dicom_writer,
     parse_output_types,
     run_info,
 )
+from lungtumor.workflows.stages import CaseReader, PredictResult, RunContext, run_cases
+from lungtumor.workflows.stages import Settings as _Settings
 
 
 @dataclass
@@ -74,38 +67,9 @@ class PredictOptions:
     models_dir: str | os.PathLike | None = None  # installed models (inference.store); None: the user's folder
     devices: int = 1  # processes per node (> 1, or num_nodes > 1: workflows.distributed.predict_sharded)
     num_nodes: int = 1
-
-
-@dataclass
-class PredictResult:
-    """What happened to one input."""
-
-    case: str
-    source: Path
-    mask_path: Path | None = None
-    outputs: list[Path] = field(default_factory=list)
-    n_lesions: int = 0
-    tumour_ml: float = 0.0
-    seconds: float = 0.0
-    error: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per step (read, predict, ...)
-    stem: str | None = None  # the outputs' file-name stem
-    skipped: bool = False  # finished by an earlier run (--continue): outputs and numbers from its manifest
-
-    def summary_line(self) -> str:
-        """One human-readable line."""
-        if self.error:
-            return f"FAILED {self.case}: {self.error}"
-        shown = self.mask_path or next((f for f in self.outputs if f.suffix == ".dcm"), None)
-        if self.skipped:
-            return (
-                f"{self.case}: finished before, skipped (--continue): {self.n_lesions} lesion(s), "
-                f"{self.tumour_ml:.2f} mL -> {shown}"
-            )
-        return (
-            f"{self.case}: {self.n_lesions} lesion(s), {self.tumour_ml:.2f} mL -> {shown} "
-            f"({self.seconds:.1f} s)"
-        )
+    # read the next case and write the last one while the model runs, the detector beside the 2D model's
+    # batches (workflows.stages, inference.workers); False: one step after the other, the same outputs
+    overlap: bool = True
 
 
 def _is_dicom_file(f: Path) -> bool:
@@ -184,18 +148,6 @@ def collect_inputs(
     return out
 
 
-@dataclass
-class _Settings:
-    """The inference settings of one predict call: the options where given, else the first checkpoint's."""
-
-    threshold: float
-    min_mm3: float
-    z_ratio: float
-    lung_gate: bool
-    tta: bool
-    precision: str
-
-
 def _settings(opts: PredictOptions, loaded, device: torch.device) -> _Settings:
     """Resolve and check the options against the checkpoint's ``infer`` config (policy, no I/O)."""
     icfg = loaded.config.infer
@@ -225,125 +177,6 @@ def _settings(opts: PredictOptions, loaded, device: torch.device) -> _Settings:
         precision = "bf16" if device.type == "cuda" or cpu_has_bf16() else "32"
     lung_gate = opts.lung_gate if opts.lung_gate is not None else icfg.lung_gate
     return _Settings(threshold, min_mm3, z_ratio, lung_gate, bool(tta), precision)
-
-
-def _predict_mask(predictor: Predictor, vol: Volume, s: _Settings, opts: PredictOptions):
-    """(probabilities or None, mask before postprocessing, lung air or None) of one canonical CT."""
-    air = z_range = None
-    if opts.postprocess and s.lung_gate:  # the gate's lung air, and the slices worth predicting
-        air = lung_air_hu(vol.array, vol.spacing)
-        z_range = lung_z_range(vol.array, vol.spacing, air=air)
-    # without --save-prob the float32 map on the input grid (the largest array) is never made; the gate drops
-    # what lies away from the lungs: only its slices are predicted
-    prob, mask = predictor.predict(vol, threshold=s.threshold, keep_prob=opts.save_prob, z_range=z_range)
-    return prob, mask, air
-
-
-def _predict_case(
-    res: PredictResult,
-    stem: str,
-    predictor: Predictor,
-    s: _Settings,
-    opts: PredictOptions,
-    out: Path,
-    run_dir: Path | None,
-    info: RunInfo | None = None,
-) -> None:
-    """Predict one CT into ``res`` and write its outputs into ``out`` (``run_dir``: loss curves for reports;
-    ``info``: the output types, the DICOM writer, and the model and settings shown in reports)."""
-    info = info or RunInfo()
-    clock = time.perf_counter()
-
-    def lap(step: str) -> None:  # seconds per step, for the manifest
-        nonlocal clock
-        now = time.perf_counter()
-        res.timings[step] = res.timings.get(step, 0.0) + now - clock
-        clock = now
-
-    stored = read_volume(res.source)
-    vol, ro = to_canonical(stored)  # the models see axial slices in LPS order; outputs go back as stored
-    lap("read")
-    prob, mask, air = _predict_mask(predictor, vol, s, opts)
-    lap("predict")
-    if prob is not None:
-        res.outputs.append(write_volume(from_canonical(prob, stored, ro), out / f"{stem}_prob.nii.gz"))
-    del prob  # free it before postprocessing allocates
-    if opts.postprocess:
-        mask = postprocess_mask(
-            mask,
-            vol,
-            min_lesion_mm3=s.min_mm3,
-            lung_gate=s.lung_gate,
-            min_z_extent_ratio=s.z_ratio,
-            lung_air=air,
-        )
-    mask_vol = vol.with_array(mask)  # canonical: measured and shown as axial slices
-    lap("postprocess")
-    stored_mask = from_canonical(mask, stored, ro)
-    if "nifti" in info.types:
-        res.mask_path = write_volume(stored_mask, out / f"{stem}_tumour.nii.gz")
-        res.outputs.append(res.mask_path)
-    res.tumour_ml = float(mask.sum()) * vol.voxel_volume_mm3 / 1000.0
-    lesions = None
-    if opts.measure or opts.report or info.dicom_writer:
-        lesions = measure_lesions(mask_vol)
-        res.n_lesions = len(lesions)
-        if opts.measure:
-            res.outputs.extend(write_lesions(lesions, stem, out))
-    if info.dicom_writer:  # SEG / RTSTRUCT / SR referencing the source series (a DICOM folder)
-        res.outputs.extend(
-            info.dicom_writer(
-                res.source, stored_mask, lesions, out, stem, info.types, info.parameters, info.description
-            )
-        )
-    lap("write")
-    if opts.report:
-        meta = {**stored_order_note(stored, ro), **info.meta}
-        res.outputs.extend(
-            write_all(
-                vol,
-                mask_vol,
-                out,
-                res.case,
-                lesions=lesions,
-                run_dir=run_dir,
-                meta=meta,
-                warnings=info.warnings,
-                stem=stem,
-            )
-        )
-        lap("report")
-
-
-def _predict_one(
-    case: str,
-    src: Path,
-    stem: str,
-    predictor: Predictor,
-    s: _Settings,
-    opts: PredictOptions,
-    out: Path,
-    run_dir: Path | None,
-    info: RunInfo,
-) -> PredictResult:
-    """Predict one case; a failure is recorded in the result (and its outputs removed), never raised."""
-    t0 = time.perf_counter()
-    res = PredictResult(case=case, source=src, stem=stem)
-    try:
-        _predict_case(res, stem, predictor, s, opts, out, run_dir, info)
-    except InputError as e:
-        res.error = str(e)
-    except MemoryError:
-        res.error = f"{src}: out of memory"
-    except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
-        res.error = f"{src}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    if res.error:  # a failed case leaves no outputs behind (none of them looks complete)
-        for f in res.outputs:
-            with contextlib.suppress(OSError):
-                f.unlink()
-        res.outputs, res.mask_path = [], None
-    res.seconds = time.perf_counter() - t0
-    return res
 
 
 def _skipped(case: str, src: Path, stem: str, entry: dict[str, Any], out: Path) -> PredictResult:
@@ -416,13 +249,20 @@ def predict_paths(
     items = shard.select(items) if shard else items  # this rank's cases: every N-th of the part
     specs = [model_path] if isinstance(model_path, (str, os.PathLike)) else list(model_path)
     paths = [resolve_model(m, opts.models_dir) for m in specs]
+    reader = CaseReader()  # the first CT is read while the models load (not with --continue: it may be done)
+    if items and not opts.continue_prediction and opts.overlap:
+        reader.prefetch(items[0][1])
     # load before the output folder exists: a bad model leaves nothing behind
     t_load = time.perf_counter()
     models = Predictor.load(paths, opts.nodules)
     t_load = time.perf_counter() - t_load
     s = _settings(opts, models[0], device)
+    if opts.precision == "bf16" and any(m.runtime == "onnxruntime" for m in models):  # decisions/0030
+        raise InputError("--precision", "bf16: ONNX exports run in float32 (onnxruntime); use 32 or auto")
+    s = replace(s, precision="32") if all(m.runtime == "onnxruntime" for m in models) else s  # what ran
     # --batch-size applies to every model; without it each checkpoint uses its own infer.batch_size
-    predictor = Predictor(models, device=device, precision=s.precision, tta=s.tta, batch_size=opts.batch_size)
+    predictor = Predictor(models, device=device, precision=s.precision, tta=s.tta, batch_size=opts.batch_size,
+                          parallel=opts.overlap)  # fmt: skip
     gc.freeze()  # libraries and models are long-lived: keep the per-case collection below cheap
     threads = opts.threads or (shard.threads if shard else None)
     if threads:
@@ -437,15 +277,11 @@ def predict_paths(
     done = _carry_finished(manifest, items, opts, sources) if opts.continue_prediction else {}
     manifest.set_timing("load_models_s", t_load)
     info = run_info(manifest.data["models"], manifest.data["settings"])
-    results: list[PredictResult] = []
-    for case, src, stem in tqdm(items, desc="predict", unit="case", disable=not opts.progress):
-        if stem in done:
-            results.append(_skipped(case, src, stem, done[stem], out))
-            continue
-        res = _predict_one(case, src, stem, predictor, s, opts, out, run_dir, info)
-        results.append(res)
-        manifest.add_case(res, out)
-        gc.collect()
+    todo = [PredictResult(case=case, source=src, stem=stem) for case, src, stem in items if stem not in done]
+    ctx = RunContext(predictor, s, opts, out, run_dir, info, manifest)
+    predicted = iter(run_cases(todo, ctx, overlap=opts.overlap, progress=opts.progress, reader=reader))
+    results = [_skipped(case, src, stem, done[stem], out) if stem in done else next(predicted)
+               for case, src, stem in items]  # fmt: skip
     if shard:
         shard.manifest = manifest.data  # for rank 0's merge (workflows.distributed)
     return results
