@@ -46,7 +46,7 @@ def scores(
 def main() -> int:
     import lungtumor.training.detector as nt
     from lungtumor.inference.checkpoint import load_checkpoint
-    from lungtumor.preprocessing.cache import PreparedCache
+    from lungtumor.preprocessing.cache import Cache
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, required=True, help="the prepared cache the runs trained on")
@@ -56,7 +56,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    cache = PreparedCache.open(a.cache)
+    cache = Cache.open(a.cache)
     names = list(cache.train) + list(cache.val)
     first = load_checkpoint(a.model[0])
     patches = nt.cache_patches(cache.root, names, first.config.nodule, workers=a.threads)

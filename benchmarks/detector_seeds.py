@@ -30,7 +30,7 @@ def main() -> int:
     import lungtumor.inference.detector as det
     import lungtumor.training.detector as nt
     from lungtumor.inference.checkpoint import load_checkpoint
-    from lungtumor.preprocessing.cache import PreparedCache
+    from lungtumor.preprocessing.cache import Cache
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -51,7 +51,7 @@ def main() -> int:
     ckpt = a.out / "checkpoints" / "best.ckpt"
     shutil.copy(a.run / "checkpoints" / "best.ckpt", ckpt)
     cfg = load_checkpoint(ckpt).config
-    cache = PreparedCache.open(a.cache)
+    cache = Cache.open(a.cache)
     patches = nt.cache_patches(cache.root, list(cache.train) + list(cache.val), cfg.nodule, workers=2)
     n_pos = int((patches.lesion >= 0).sum())
     print(f"{len(patches.lesion)} candidates, {n_pos} on tumours", flush=True)

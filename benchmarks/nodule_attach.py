@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from lungtumor.core.config_io import config_from_dict, save_config, to_dict  # noqa: E402
 from lungtumor.core.errors import atomic_write_bytes  # noqa: E402
-from lungtumor.preprocessing.cache import PreparedCache  # noqa: E402
+from lungtumor.preprocessing.cache import Cache  # noqa: E402
 from lungtumor.training.detector import train_for_run  # noqa: E402
 
 
@@ -62,7 +62,7 @@ def main() -> None:
     torch.save(ck, buf)
     atomic_write_bytes(a.out / "checkpoints" / "best.ckpt", buf.getvalue())
     save_config(cfg, a.out / "config.yaml")
-    seconds = train_for_run(PreparedCache.open(a.cache), a.out, cfg)
+    seconds = train_for_run(Cache.open(a.cache), a.out, cfg)
     print(f"{a.out}: nodule detector trained in {seconds:.0f} s")
 
 

@@ -33,7 +33,7 @@ from lungtumor.imaging.io import read_volume, write_volume
 from lungtumor.imaging.volume import Volume
 from lungtumor.models import create_model
 from lungtumor.postprocessing.filters import postprocess_mask
-from lungtumor.preprocessing.cache import PreparedCache
+from lungtumor.preprocessing.cache import Cache
 from lungtumor.preprocessing.frame import preprocess_volume, restore_geometry
 from lungtumor.training.augment import augment_crop_batch
 from lungtumor.training.losses import dice_bce_loss
@@ -93,7 +93,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
-    cache = PreparedCache.open(a.cache)
+    cache = Cache.open(a.cache)
     pad_val = air_value(cache.stats)
     names = cache.train
     vols, segs = [], []

@@ -59,7 +59,7 @@ def test_prepare_train_predict_with_the_blob_channel(tmp_path: Path):
     from lungtumor.imaging.io import read_volume
     from lungtumor.inference.checkpoint import load_checkpoint
     from lungtumor.inference.slices import predict_volume
-    from lungtumor.preprocessing.cache import PreparedCache, SliceTable
+    from lungtumor.preprocessing.cache import Cache, SliceTable
     from lungtumor.preprocessing.frame import preprocess_inputs
     from lungtumor.preprocessing.prepare import prepare_dataset
     from lungtumor.training.run import train
@@ -69,7 +69,7 @@ def test_prepare_train_predict_with_the_blob_channel(tmp_path: Path):
     ds = _dataset(tmp_path / "data", n=3)
     prep = PrepConfig(size=(64, 64), spacing_mm=1.5, blob=True)
     prepare_dataset(ds, tmp_path / "c", prep, folds=0, seed=0)
-    cache = PreparedCache.open(tmp_path / "c")
+    cache = Cache.open(tmp_path / "c")
     assert cache.has_blob
     # the cached channel is what predict computes
     vol = read_volume(ds / "imagesTr" / "case_0.nii.gz")
@@ -95,7 +95,7 @@ def test_prepare_train_predict_with_the_blob_channel(tmp_path: Path):
 
 def test_a_cache_without_its_blob_files_is_refused(tmp_path: Path):
     from lungtumor.core.errors import InputError
-    from lungtumor.preprocessing.cache import PreparedCache
+    from lungtumor.preprocessing.cache import Cache
     from lungtumor.preprocessing.prepare import prepare_dataset
     from preprocessing.test_prepare import _dataset
 
@@ -103,7 +103,7 @@ def test_a_cache_without_its_blob_files_is_refused(tmp_path: Path):
     prepare_dataset(ds, tmp_path / "c", PrepConfig(size=(64, 64), blob=True), folds=0, seed=0)
     (tmp_path / "c" / "cases" / "case_1_blob.npy").unlink()
     with pytest.raises(InputError, match="case_1_blob.npy"):
-        PreparedCache.open(tmp_path / "c")
+        Cache.open(tmp_path / "c")
 
 
 def test_slabs_match_the_whole_volume():

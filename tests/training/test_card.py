@@ -16,7 +16,7 @@ from lungtumor.inference.card import (
     trained_on_phantoms_only,
 )
 from lungtumor.inference.checkpoint import load_any, read_card
-from lungtumor.preprocessing.cache import PreparedCache
+from lungtumor.preprocessing.cache import Cache
 from lungtumor.training.card import build_card, with_validation
 
 from .test_seg2d import tiny_config, write_cache
@@ -53,7 +53,7 @@ def test_training_writes_the_card_into_its_checkpoints(tmp_path: Path) -> None:
 
 def test_a_cache_without_source_gives_an_unknown_dataset(tmp_path: Path) -> None:
     cache = write_cache(tmp_path / "cache", n_cases=3, n_val=1)
-    card = build_card(PreparedCache.open(cache).source, load_config(None, "default"), 2, 1)
+    card = build_card(Cache.open(cache).source, load_config(None, "default"), 2, 1)
     assert card["data"]["synthetic"] is None and card["preset"] == "default"
     assert not trained_on_phantoms_only(card)
     assert "kind unknown" in data_summary(card)

@@ -167,7 +167,7 @@ def test_sampler_tumour_fraction_matches_weights():
 
 
 def test_lesion_balance_spreads_tumour_mass_over_lesions(tmp_path):
-    from lungtumor.preprocessing.cache import PreparedCache, SliceTable
+    from lungtumor.preprocessing.cache import Cache, SliceTable
     from lungtumor.training.sampling import lesion_balanced_weights, oversample_weights
 
     root = write_cache(tmp_path / "c", n_cases=3, z=30, n_val=1)
@@ -179,7 +179,7 @@ def test_lesion_balance_spreads_tumour_mass_over_lesions(tmp_path):
     meta = json.loads((root / "cache.json").read_text())
     meta["cases"][0]["tumour_slices"] = [int(s) for s in np.flatnonzero(seg.any((1, 2)))]
     (root / "cache.json").write_text(json.dumps(meta))
-    cache = PreparedCache.open(root)
+    cache = Cache.open(root)
     table = SliceTable(cache, cache.train + cache.val)
     ids = table.slices_of(cache.train)
     base, _ = oversample_weights(table.tumour[ids])
@@ -410,11 +410,11 @@ def test_context_mm_interpolates_at_fixed_distances():
 
 
 def test_context_mm_gives_the_same_batches_on_both_data_paths(tmp_path):
-    from lungtumor.preprocessing.cache import PreparedCache, SliceTable
+    from lungtumor.preprocessing.cache import Cache, SliceTable
     from lungtumor.training.sampling import ResidentSlices, SliceDataset
 
     root = write_cache(tmp_path / "c", n_cases=3, z=10, size=48, n_val=1)
-    cache = PreparedCache.open(root)
+    cache = Cache.open(root)
     table = SliceTable(cache, cache.train + cache.val)
     assert cache.cases["case_000"].dz_mm == 2.0
     res = ResidentSlices(cache, table, torch.device("cpu"), context_mm=3.0)  # 1.5 slices per channel

@@ -208,10 +208,6 @@ class Cache:
         return state
 
 
-#: The name the 2D trainer and the benchmarks have used for :class:`Cache`.
-PreparedCache = Cache
-
-
 def _wrong_kind(kind: str) -> str:
     if kind == "3d":
         return "not a 3D cache; write one with `lungtumor prepare --preset 3d`"

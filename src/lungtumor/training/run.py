@@ -191,7 +191,8 @@ def train(
         # the 2D checkpoints say nodule.enabled: false until the detector is stored beside the 2D weights
         # (train_for_run): a best.ckpt written mid-run is always a complete, loadable 2D model
         ck_cfg = copy.deepcopy(cfg)
-        ck_cfg.nodule.enabled = ck_cfg.nodule.enabled and three_d
+        if not three_d:
+            ck_cfg.nodule.enabled = False
         card = build_card(data.source, cfg, len(names), len(val))  # what the model saw
         module = SegModule(
             {"config": to_dict(ck_cfg), "stats": dict(data.stats), "prep": dict(data.prep), "card": card}

@@ -9,6 +9,7 @@ slice of a patient in batches; the module turns the per-patient counts into the 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,15 +38,17 @@ from lungtumor.training.sampling import (
 log = logging.getLogger("lungtumor.training")
 
 
+@dataclass
 class CaseCounts:
     """What validating one patient gives: voxel counts (predicted and true, tumour), loss summed over
     ``n_loss`` items (0: no validation loss), and an example (image, truth, prediction) (H, W) slice or None."""
 
-    def __init__(
-        self, inter: int, psum: int, tsum: int, loss_sum: float = 0.0, n_loss: int = 0, example: Any = None
-    ) -> None:
-        self.inter, self.psum, self.tsum = inter, psum, tsum
-        self.loss_sum, self.n_loss, self.example = loss_sum, n_loss, example
+    inter: int
+    psum: int
+    tsum: int
+    loss_sum: float = 0.0
+    n_loss: int = 0
+    example: Any = None
 
 
 class SlicePlan:
