@@ -2,8 +2,9 @@
 
 Writes N small phantoms with ``lungtumor synth`` (default 96x96, 24 slices), then runs ``lungtumor predict
 FOLDER --devices P`` once per process count P and case count in a fresh child process, side by side (for each
-case count, every P in turn; with ``--old TREE`` that tree's code right after this one's, for each P). Reports wall time (start-up and model loading included), cases per minute, and
-the CPU time of all processes over the wall time (both cores busy: near 2), each process's peak RSS (the
+case count, every P in turn; with ``--old TREE`` that tree's code right after this one's). Reports wall time
+(start-up and model loading included), cases per minute, CPU time / wall time for one process (both cores
+busy: near 2; not for several, whose other ranks the child does not wait for), each process's peak RSS (the
 child's ``ru_maxrss`` from ``os.wait4`` for one process, each rank's ``peak_rss_mib`` from the merged manifest,
 ``processes.ranks``, for several) and the load average before and after each run. Memory must stay flat from
 10 to 50 cases: a process holds at most three cases at a time (one read, one in the model, one written:
@@ -92,7 +93,7 @@ def write_phantoms(folder: Path, n: int, matrix: int, slices: int) -> list[Path]
 def run_predict(
     inputs: Path, model: Path, out: Path, processes: int, tree: Path | None = None
 ) -> tuple[float, float, list[float], int]:
-    """(wall seconds, CPU seconds of all its processes, peak RSS MiB of each process, exit code) of one
+    """(wall seconds, CPU seconds of the child, peak RSS MiB of each process, exit code) of one
     ``lungtumor predict`` child; ``tree``: run that tree's code (its ``src/`` on the path) instead of ours."""
     shutil.rmtree(out, ignore_errors=True)
     env, cli = _env(), _cli()
@@ -102,7 +103,7 @@ def run_predict(
     cmd = cli + ["predict", str(inputs), "--model", str(model), "--out", str(out), "--device", "cpu", "-q"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd + ["--devices", str(processes)], stdout=subprocess.DEVNULL, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)  # the child and the processes it waited for (the other ranks)
+    _, status, usage = os.wait4(proc.pid, 0)  # the child's own (Lightning does not wait for the other ranks)
     wall = time.perf_counter() - t0
     cpu = usage.ru_utime + usage.ru_stime
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -174,8 +175,9 @@ def main() -> None:
         )
         print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
         for code, procs, n, wall, cpu, rss, (l0, l1) in rows:
+            ratio = f"{cpu / wall:.2f}" if procs == 1 else "-"  # the other ranks are not the child's to reap
             print(
-                f"| {code} | {procs} | {n} | {wall:.1f} | {60.0 * n / wall:.1f} | {cpu / wall:.2f} | {_mib(rss)} "
+                f"| {code} | {procs} | {n} | {wall:.1f} | {60.0 * n / wall:.1f} | {ratio} | {_mib(rss)} "
                 f"| {l0:.2f} / {l1:.2f} |"
             )
         lo, hi = min(args.counts), max(args.counts)

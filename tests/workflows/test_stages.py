@@ -104,3 +104,18 @@ def test_steps_are_timed_and_seconds_are_their_sum(cts, tmp_path):
     assert {"read", "lungs", "predict", "postprocess", "write"} <= set(res.timings)
     assert res.seconds == pytest.approx(sum(res.timings.values()))
     assert np.isfinite(res.seconds) and res.seconds > 0
+
+
+def test_dropped_voxels_keep_the_geometry_the_outputs_need():
+    from lungtumor.imaging.orientation import from_canonical, to_canonical
+    from lungtumor.imaging.volume import Volume
+
+    stored = Volume(np.arange(24, dtype=np.int16).reshape(2, 3, 4), spacing=(0.7, 0.8, 2.5), origin=(1, 2, 3))
+    vol, ro = to_canonical(stored)
+    work = stages.CaseWork(stages.PredictResult("c", Path("c.nii.gz")), stored=stored, vol=vol, ro=ro)
+    work.drop_voxels()
+    for v in (work.stored, work.vol):
+        assert v.array.shape == (2, 3, 4) and v.array.dtype == np.int16 and v.array.strides == (0, 0, 0)
+    mask = np.ones((2, 3, 4), np.uint8)
+    out = from_canonical(mask, work.stored, ro)  # what the write stage makes of the mask
+    assert out.spacing == stored.spacing and out.origin == stored.origin and out.array.sum() == 24
