@@ -44,12 +44,24 @@ VARIANTS: dict[str, tuple[list[str], bool]] = {
     "no nodule detector": (["nodule.enabled=false"], True),
     "no detector flip TTA": (["nodule.tta=false"], True),
     "no confirm_small": (["nodule.confirm_small=false"], True),
+    # the demo as it predicts since 2026-12-07 (no 2D mirror TTA; lung gate and minimum size off in the
+    # checkpoint), and one threshold or size changed from it (decisions 0002, 0010, 0011)
+    "demo (today)": ([], False),
+    "threshold 0.4": (["infer.threshold=0.4"], False),
+    "threshold 0.6": (["infer.threshold=0.6"], False),
+    "detector threshold 0.95": (["nodule.threshold=0.95"], False),
+    "detector threshold 0.99": (["nodule.threshold=0.99"], False),
+    "detector minimum 6 mm": (["nodule.min_diameter_mm=6"], False),
+    "detector minimum 10 mm": (["nodule.min_diameter_mm=10"], False),
 }
 
 
-def realdata_dice(ckpt: Path, realdata: Path, out: Path, tta: bool) -> dict[str, float]:
-    """Dice of each real CT (the checkpoint's settings; 2D mirror TTA as the variant says)."""
-    res = {}
+def realdata_dice(
+    ckpt: Path, realdata: Path, out: Path, tta: bool
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Dice and false-positive components of each real CT (the checkpoint's settings; 2D mirror TTA as the
+    variant says)."""
+    res, fps = {}, {}
     for name, (img_rel, lab_rel) in CASES.items():
         img_p, lab_p = realdata / img_rel, realdata / lab_rel
         opts = PredictOptions(measure=False, tta=tta)
@@ -58,8 +70,9 @@ def realdata_dice(ckpt: Path, realdata: Path, out: Path, tta: bool) -> dict[str,
             raise SystemExit(f"{img_p}: {r.error}")
         ct = read_volume(img_p)
         gt, pred = read_mask(lab_p, reference=ct), read_mask(r.mask_path, reference=ct)
-        res[name] = evaluate_case(pred.array, gt.array, tuple(reversed(ct.spacing)), case=name).dice
-    return res
+        m = evaluate_case(pred.array, gt.array, tuple(reversed(ct.spacing)), case=name)
+        res[name], fps[name] = m.dice, m.n_fp
+    return res, fps
 
 
 def _ms(xs: list[float]) -> str:
@@ -98,21 +111,29 @@ def main() -> int:
                 "sets": sets,
             }
             if a.realdata.is_dir():
-                row["real"] = realdata_dice(ckpt, a.realdata, a.out / "pred" / tag / "real", tta)
+                row["real"], row["real_fp"] = realdata_dice(
+                    ckpt, a.realdata, a.out / "pred" / tag / "real", tta
+                )
                 row["real_dice"] = statistics.mean(row["real"].values())
+                row["real_fp_per_ct"] = statistics.mean(row["real_fp"].values())
             with (a.out / "ablation.jsonl").open("a") as f:
                 f.write(json.dumps(row, default=float) + "\n")
-            t = table.setdefault(vname, {"phantom": [], "fp": [], "real": []})
+            t = table.setdefault(vname, {"phantom": [], "fp": [], "real": [], "real_fp": []})
             t["phantom"].append(row["phantom_dice"])
             t["fp"].append(row["fp_per_case"])
             if "real_dice" in row:
                 t["real"].append(row["real_dice"])
+                t["real_fp"].append(row["real_fp_per_ct"])
             print(json.dumps({k: row[k] for k in row if k != "sets"}, default=float), flush=True)
     print(f"\n{len(a.run)} runs (seeds) x {len(a.test)} test sets; mean ± sd over the runs\n")
-    print("| variant | held-out phantom Dice | FP per case | real-CT Dice (4 CTs) |\n|---|---|---|---|")
+    print(
+        "| variant | held-out phantom Dice | FP per case | real-CT Dice (4 CTs) | real-CT FP per CT |"
+        "\n|---|---|---|---|---|"
+    )
     for vname, t in table.items():
         real = _ms(t["real"]) if t["real"] else "-"
-        print(f"| {vname} | {_ms(t['phantom'])} | {_ms(t['fp'])} | {real} |")
+        real_fp = _ms(t["real_fp"]) if t["real_fp"] else "-"
+        print(f"| {vname} | {_ms(t['phantom'])} | {_ms(t['fp'])} | {real} | {real_fp} |")
     return 0
 
 

@@ -17,7 +17,6 @@ from lungtumor.inference.detector import (
     detector_probability,
     extract_patches,
     find_candidates,
-    input_to_hu,
     load_detector,
     paste_max,
     score_candidates,
@@ -86,16 +85,6 @@ def test_sparse_resample_equals_the_whole_one(shape_in, shape_out, box):
     assert not resample_sparse(np.zeros(shape_in, np.float32), shape_out).any()
 
 
-@pytest.mark.parametrize(
-    ("shape_in", "shape_out"), [((30, 20, 20), (38, 21, 21)), ((11, 20, 20), (16, 11, 11))]
-)
-def test_torch_resample_of_predict_equals_the_scipy_one(shape_in, shape_out):
-    from lungtumor.inference.detector import _resample_torch
-
-    a = np.random.default_rng(0).uniform(-1000, 400, shape_in).astype(np.float32)
-    np.testing.assert_allclose(_resample_torch(a, shape_out), resample(a, shape_out), rtol=0, atol=0.01)  # HU
-
-
 def test_missed_lesions_are_added_and_found_ones_left_alone():
     prob = np.zeros((10, 20, 20), np.float32)
     prob[2:5, 2:6, 2:6] = 0.9  # a lesion the 2D model found
@@ -147,7 +136,7 @@ def test_detector_learns_to_find_a_nodule_among_vessels():
     segments it."""
     hu, centre, nodule = _chest()
     cfg = NoduleConfig(patch=12, channels=(4, 8, 16), steps=150, batch_size=16, lr=1e-2, threshold=0.5)
-    cubes, masks, at = case_patches(hu, nodule.astype(np.uint8), (2.0, 2.0, 2.0), cfg)
+    cubes, masks, at = case_patches(hu, nodule.astype(np.uint8), cfg)
     assert (at > 0).any() and (at == 0).any()
     net = train_detector(PatchSet(cubes, masks, np.where(at > 0, at, -1)), cfg, seed=0, bf16=False)
     centres = find_candidates(hu, 2.0, cfg.radii_mm, cfg.min_response, cfg.min_hu)
@@ -157,7 +146,7 @@ def test_detector_learns_to_find_a_nodule_among_vessels():
     best = int(np.argmax(scores))
     found = paste_max(hu.shape, centres[best : best + 1], segs[best : best + 1]) >= 0.5
     assert 2 * (found & nodule).sum() / (found.sum() + nodule.sum()) > 0.5  # it segments the nodule
-    prob = detector_probability(net, hu, (2.0, 2.0, 2.0), cfg, bf16=False)
+    prob = detector_probability(net, hu, hu.shape, cfg, bf16=False)
     assert prob.shape == hu.shape
 
 
@@ -177,15 +166,6 @@ def test_detector_travels_in_the_checkpoint(tmp_path):
     assert load_detector(ck, NoduleConfig(enabled=False), path) is None
     with pytest.raises(InputError, match="does not match"):
         load_detector(ck, NoduleConfig(enabled=True, channels=(8, 8, 8)), path)
-
-
-def test_input_to_hu_undoes_the_normalisation():
-    hu = np.array([-1000.0, -500.0, 40.0], np.float32)
-    stats = {"mean": -700.0, "std": 400.0}
-    assert np.allclose(input_to_hu((hu - stats["mean"]) / stats["std"], {"norm": "window_zscore"}, stats), hu)
-    assert np.allclose(
-        input_to_hu(hu / 3071.0, {"norm": "divide", "hu_divisor": 3071.0}, stats), hu, atol=1e-3
-    )
 
 
 def test_nodule_config_is_checked():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -381,14 +382,35 @@ def test_last_epoch_is_always_validated(cache, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
 
 
+def with_source(cache: Path, root: Path) -> Path:
+    """A copy of the test cache whose cache.json names a source dataset holding its cases' CTs (HU = the
+    cached input undone), as ``prepare`` writes it: the nodule detector reads the CTs from there."""
+    from lungtumor.imaging.io import write_volume
+    from lungtumor.imaging.volume import Volume
+
+    shutil.copytree(cache, root / "cache")
+    meta = json.loads((root / "cache" / "cache.json").read_text())
+    for sub in ("imagesTr", "labelsTr"):
+        (root / "data" / sub).mkdir(parents=True)
+    for c in meta["cases"]:
+        img = np.load(root / "cache" / "cases" / f"{c['name']}_img.npy").astype(np.float32)
+        vol = Volume((img * 400 - 500).astype(np.int16), spacing=tuple(c["orig_spacing"]))
+        write_volume(vol, root / "data" / "imagesTr" / f"{c['name']}.nii.gz")
+        seg = np.load(root / "cache" / "cases" / f"{c['name']}_seg.npy")
+        write_volume(vol.with_array(seg), root / "data" / "labelsTr" / f"{c['name']}.nii.gz")
+    meta["source"] = {"name": "t", "path": str(root / "data"), "description": "", "synthetic": False}
+    (root / "cache" / "cache.json").write_text(json.dumps(meta))
+    return root / "cache"
+
+
 def test_no_nodule_candidates_leaves_a_complete_2d_model(cache, tmp_path, capsys):
-    """The test cache has no lungs, so no blob candidates: train warns and best.ckpt is the 2D model alone."""
+    """The test CTs have no lungs, so no blob candidates: train warns and best.ckpt is the 2D model alone."""
     from lungtumor.inference.checkpoint import load_checkpoint
     from lungtumor.training.run import train
 
     cfg = tiny_config(epochs=1)
     cfg.nodule.enabled, cfg.nodule.steps = True, 2
-    train(cache, tmp_path / "run", cfg, progress=False)
+    train(with_source(cache, tmp_path), tmp_path / "run", cfg, progress=False)
     assert "no nodule detector trained" in capsys.readouterr().err
     loaded = load_checkpoint(tmp_path / "run")
     assert loaded.nodule is None and not loaded.config.nodule.enabled

@@ -1,7 +1,8 @@
 """The nodule detector at predict time: candidates, scoring (with flip TTA) and the cubes' probabilities.
 
-The detector (config ``nodule``) works on the 2D recipe's prepared frame (z, H, W) in HU, resampled to an
-isotropic grid of ``spacing_mm``. Candidates are local maxima of the scale-normalised Laplacian of Gaussian
+The detector (config ``nodule``) works on its own plan: the canonical HU volume sampled on an isotropic grid of
+``spacing_mm`` that spans the 2D recipe's prepared frame (``preprocessing.detector_grid``; decision 0035), so
+that its probabilities land on the frame beside the 2D model's. Candidates are local maxima of the scale-normalised Laplacian of Gaussian
 (bright blobs of radius ``radii_mm``) inside the lungs: every lesion from about 5 mm up gives at least one, and
 so do many vessels, which the network then tells apart. Training it is ``training.detector``.
 """
@@ -15,48 +16,23 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from lungtumor.core.config import NoduleConfig
 from lungtumor.core.errors import InputError
 from lungtumor.core.runtime import autocast
 from lungtumor.imaging.lungs import lung_mask_from_hu
-from lungtumor.imaging.resample import iso_shape, resample, resample_sparse
+from lungtumor.imaging.resample import resample_sparse
 from lungtumor.models.nodule3d import NodulePatchNet, normalise_hu
 
 #: Checkpoint key of the detector's weights.
 CKPT_KEY = "lungtumor_nodule"
 
 
-def input_to_hu(x: np.ndarray, prep: Mapping[str, Any], stats: Mapping[str, float]) -> np.ndarray:
-    """Undo the 2D recipe's normalisation (``preprocessing.frame.normalise``): model input → HU, float32."""
-    a = np.asarray(x, dtype=np.float32)
-    if prep.get("norm") == "divide":
-        return a * np.float32(prep.get("hu_divisor", 3071.0))
-    return a * np.float32(stats["std"]) + np.float32(stats["mean"])
-
-
-def iso_patches(
-    hu_frame: np.ndarray, spacing_zyx: Sequence[float], cfg: NoduleConfig, threads: int = 1
-) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
-    """(HU on the isotropic frame, candidate centres (N, 3), iso shape). ``threads`` > 1 (predict, not the
-    forked training workers): torch resamples, in those threads."""
-    shape = iso_shape(hu_frame.shape, spacing_zyx, cfg.spacing_mm)
-    hu = resample(hu_frame, shape) if threads <= 1 else _resample_torch(hu_frame, shape)
-    centres = find_candidates(hu, cfg.spacing_mm, cfg.radii_mm, cfg.min_response, cfg.min_hu, threads)
-    return hu, centres, shape
-
-
-def _resample_torch(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """:func:`lungtumor.imaging.resample.resample` with torch's trilinear ``align_corners=True`` (the same grid mapping, values
-    to float32 rounding: 0.002 HU here; without ``resample``'s last-plane quirk), in torch's threads: 0.07 s
-    instead of 0.57 s for the 300x192x192 frame of a 512x512x300 CT on 2 cores. float32 (z, y, x)."""
-
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=tuple(int(n) for n in shape), mode="trilinear", align_corners=True)[
-        0, 0
-    ].numpy()
+def candidates_on_grid(hu_iso: np.ndarray, cfg: NoduleConfig, threads: int = 1) -> np.ndarray:
+    """Candidate centres (N, 3) (grid voxel indices) on the detector's grid ``hu_iso`` (float32 HU, from
+    ``preprocessing.detector_grid.hu_on_detector_grid``)."""
+    return find_candidates(hu_iso, cfg.spacing_mm, cfg.radii_mm, cfg.min_response, cfg.min_hu, threads)
 
 
 def bf16_autocast(device: torch.device, bf16: bool):
@@ -171,30 +147,31 @@ def _flip_sum(net: NodulePatchNet, x: torch.Tensor, bf16: bool) -> tuple[np.ndar
 
 def detector_probability(
     net: NodulePatchNet,
-    hu_frame: np.ndarray,
-    spacing_zyx: Sequence[float],
+    hu_iso: np.ndarray,
+    frame_shape: Sequence[int],
     cfg: NoduleConfig,
     *,
     bf16: bool = True,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """The detector's tumour probability on the prepared frame (z, H, W) of HU ``hu_frame``.
+    """The detector's tumour probability on the prepared frame of shape ``frame_shape`` (z, H, W), from the HU on
+    its grid ``hu_iso`` (``preprocessing.detector_grid.hu_on_detector_grid``, which spans that frame).
 
     Each candidate whose score is at least ``cfg.threshold`` contributes its segmentation cube; where cubes
     overlap the maximum counts; 0 elsewhere. float32 (z, H, W).
     """
     threads = max(1, torch.get_num_threads())
-    hu, centres, shape = iso_patches(np.asarray(hu_frame, dtype=np.float32), spacing_zyx, cfg, threads)
-    out = np.zeros(hu_frame.shape, np.float32)
+    centres = candidates_on_grid(hu_iso, cfg, threads)
+    out = np.zeros(tuple(frame_shape), np.float32)
     if len(centres) == 0:
         return out
     scores, cubes = score_candidates(
-        net, hu, centres, cfg, bf16=bf16, device=device, seg_from=cfg.threshold, tta=cfg.tta
+        net, hu_iso, centres, cfg, bf16=bf16, device=device, seg_from=cfg.threshold, tta=cfg.tta
     )
     keep = scores >= cfg.threshold
     if not keep.any():
         return out
-    return resample_sparse(paste_max(shape, centres[keep], cubes), hu_frame.shape)
+    return resample_sparse(paste_max(hu_iso.shape, centres[keep], cubes), tuple(frame_shape))
 
 
 def load_detector(ck: Mapping[str, Any], cfg: NoduleConfig, path: Path) -> NodulePatchNet | None:

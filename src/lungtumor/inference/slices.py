@@ -20,10 +20,11 @@ import torch
 from lungtumor.core.config import PrepConfig
 from lungtumor.core.runtime import autocast
 from lungtumor.imaging.volume import Volume
-from lungtumor.inference.detector import detector_probability, input_to_hu
+from lungtumor.inference.detector import detector_probability
 from lungtumor.inference.workers import side_thread_useful, torch_side_thread
 from lungtumor.postprocessing.detector import add_missed_lesions, drop_unconfirmed_small
 from lungtumor.preprocessing.cache import append_blob, context_step, stack_context
+from lungtumor.preprocessing.detector_grid import hu_on_detector_grid
 from lungtumor.preprocessing.frame import (
     PrepGeometry,
     frame_spacing,
@@ -142,18 +143,21 @@ def predict_volume(
         frame_spacing(geom, vol.spacing),
         context_step(cfg.train.context_mm, float(vol.spacing[2])),
     )
+    hu_iso = None  # the detector's own plan: the canonical HU on its grid, read before ``vol`` may be freed
+    if nodule is not None:
+        threads = max(1, torch.get_num_threads())
+        hu_iso = hu_on_detector_grid(vol.array, geom, spacing, cfg.nodule.spacing_mm, threads)
     if prepared is not None:
         prepared()
     side = parallel and nodule is not None and side_thread_useful(device, loaded)
     with torch_side_thread() if side else nullcontext() as pool:
         detected = None
-        if nodule is not None:  # the detector first: in the side thread it runs beside the 2D model's batches
-            hu = input_to_hu(x, loaded.prep, loaded.stats)
+        if hu_iso is not None:  # the detector first: in the side thread it runs beside the 2D model's batches
             bf16 = precision == "bf16"
             detected = _submit(
-                pool, detector_probability, nodule, hu, spacing, cfg.nodule, bf16=bf16, device=device
+                pool, detector_probability, nodule, hu_iso, x.shape, cfg.nodule, bf16=bf16, device=device
             )
-            del hu
+            del hu_iso
         prob_small = predict_probabilities(
             loaded.model,
             x,

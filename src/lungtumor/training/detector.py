@@ -25,42 +25,86 @@ from scipy import ndimage as ndi
 
 from lungtumor.core.config import NoduleConfig, PrepConfig
 from lungtumor.core.config_io import from_dict
+from lungtumor.core.errors import InputError
 from lungtumor.core.runtime import cpu_has_bf16
+from lungtumor.data.msd import load_dataset
+from lungtumor.imaging.io import read_volume
+from lungtumor.imaging.orientation import to_canonical
 from lungtumor.imaging.resample import resample
 from lungtumor.inference.checkpoint import add_detector_to_checkpoint
-from lungtumor.inference.detector import PATCH_HU, extract_patches, input_to_hu, iso_patches
+from lungtumor.inference.detector import PATCH_HU, candidates_on_grid, extract_patches
+from lungtumor.preprocessing.detector_grid import hu_on_detector_grid
 from lungtumor.preprocessing.frame import frame_spacing, geometry_of
 from lungtumor.training.detector_module import PatchSet, train_detector
 
 
 def case_patches(
-    hu_frame: np.ndarray, seg_frame: np.ndarray, spacing_zyx: Sequence[float], cfg: NoduleConfig
+    hu_iso: np.ndarray, seg_frame: np.ndarray, cfg: NoduleConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One case's candidate cubes: (HU float16, mask uint8, lesion label at the centre, 0 = none)."""
+    """One case's candidate cubes: (HU float16, mask uint8, lesion label at the centre, 0 = none).
 
-    hu, centres, shape = iso_patches(hu_frame, spacing_zyx, cfg)
-    seg = resample(seg_frame.astype(np.float32), shape) >= 0.5
+    ``hu_iso``: the case's HU on the detector's grid (``preprocessing.detector_grid``); ``seg_frame``: its
+    tumour mask (z, H, W) on the prepared frame that grid spans (the cache's ``*_seg.npy``), resampled to the grid
+    (linear, >= 0.5)."""
+
+    centres = candidates_on_grid(hu_iso, cfg)
+    seg = resample(np.asarray(seg_frame, dtype=np.float32), hu_iso.shape, mode="nearest") >= 0.5
     labels, _ = ndi.label(seg, structure=np.ones((3, 3, 3), bool))
     p = cfg.patch
-    cubes = extract_patches(np.clip(hu, *PATCH_HU).astype(np.float16), centres, p, PATCH_HU[0])
+    cubes = extract_patches(np.clip(hu_iso, *PATCH_HU).astype(np.float16), centres, p, PATCH_HU[0])
     masks = extract_patches(seg.astype(np.uint8), centres, p, 0)
     at = labels[tuple(centres.T)] if len(centres) else np.zeros(0, np.int64)
     return cubes, masks, at.astype(np.int64)
 
 
-def _frame_spacing(case: Mapping[str, Any], prep: Mapping[str, Any]) -> tuple[float, float, float]:
-    """Voxel size (z, y, x) mm of a cached case's prepared frame (from cache.json's record)."""
+def case_hu(
+    image: str | Path, record: Mapping[str, Any], prep: Mapping[str, Any], cfg: NoduleConfig
+) -> np.ndarray:
+    """The canonical HU of a cached case's source ``image`` on the detector's grid (float32 (z', y', x')).
 
-    spacing = tuple(float(v) for v in case["orig_spacing"])
-    return frame_spacing(geometry_of(case["orig_shape"], spacing, from_dict(PrepConfig, dict(prep))), spacing)
+    ``record`` is the case's cache.json entry: the source must still have the shape and voxel size it had when
+    the cache was prepared, or :class:`InputError`."""
+
+    vol, _ = to_canonical(read_volume(image))
+    shape = [int(v) for v in record["orig_shape"]]
+    spacing = tuple(float(v) for v in record["orig_spacing"])
+    if list(vol.shape) != shape or not np.allclose(vol.spacing, spacing, rtol=1e-4):
+        raise InputError(
+            image,
+            f"changed since the cache was prepared ({list(vol.shape)} voxels, not {shape}): run prepare again",
+        )
+    geom = geometry_of(shape, spacing, from_dict(PrepConfig, dict(prep)))
+    return hu_on_detector_grid(vol.array, geom, frame_spacing(geom, spacing), cfg.spacing_mm)
 
 
 def _one_case(job: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    root, name, record, prep, stats, cfg = job
-    img = np.load(Path(root) / "cases" / f"{name}_img.npy", mmap_mode="r")
+    root, name, image, record, prep, cfg = job
     seg = np.load(Path(root) / "cases" / f"{name}_seg.npy", mmap_mode="r")
-    hu = input_to_hu(img, prep, stats)
-    return case_patches(hu, np.asarray(seg), _frame_spacing(record, prep), cfg)
+    return case_patches(case_hu(image, record, prep, cfg), np.asarray(seg), cfg)
+
+
+def source_images(root: Path, source: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, Path]:
+    """The CT file (or DICOM folder) of each cached case ``names``, from the dataset the cache ``root`` was
+    prepared from (cache.json ``source``): the detector reads the canonical HU, which the cache does not hold.
+    ``lungtumor train`` calls it before training the 2D model, so that a missing dataset fails at once."""
+
+    src = source
+    path = src.get("path") if isinstance(src, dict) else None
+    if not isinstance(path, str):
+        raise InputError(root / "cache.json", "names no source dataset (an older cache): run prepare again")
+    try:
+        ds = load_dataset(path)
+    except InputError as e:
+        raise InputError(
+            root / "cache.json",
+            f"its source dataset {path} cannot be read ({e.problem}): the nodule detector reads "
+            "the CTs themselves; restore the dataset or run prepare again",
+        ) from None
+    images = {c.name: Path(c.image) for c in ds.cases}
+    missing = [n for n in names if n not in images]
+    if missing:
+        raise InputError(Path(path), f"has no case {missing[0]!r} of the cache {root}: run prepare again")
+    return {n: images[n] for n in names}
 
 
 def _die_with_parent(parent: int) -> None:
@@ -76,12 +120,14 @@ def _die_with_parent(parent: int) -> None:
 
 
 def cache_patches(cache: str | Path, names: Sequence[str], cfg: NoduleConfig, workers: int = 2) -> PatchSet:
-    """Candidate cubes of the cached cases ``names`` (a prepared 2D cache), ``workers`` processes."""
+    """Candidate cubes of the cached cases ``names`` (a prepared 2D cache: their masks; the CTs come from its
+    source dataset), ``workers`` processes."""
 
     root = Path(cache)
     meta = json.loads((root / "cache.json").read_text(encoding="utf-8"))
     records = {c["name"]: c for c in meta["cases"]}
-    jobs = [(str(root), n, records[n], meta["prep"], meta["stats"], cfg) for n in names]
+    images = source_images(root, meta.get("source"), names)
+    jobs = [(str(root), n, str(images[n]), records[n], meta["prep"], cfg) for n in names]
     if workers > 1 and len(jobs) > 1:  # numpy and scipy only in the workers: fork is safe
         ctx = get_context("fork")
         with ProcessPoolExecutor(

@@ -26,7 +26,7 @@ from lungtumor.inference.checkpoint import read_checkpoint
 from lungtumor.models import create_model, is_3d, padded_size
 from lungtumor.preprocessing.cache import Cache, check_split
 from lungtumor.training.card import build_card
-from lungtumor.training.detector import train_for_run
+from lungtumor.training.detector import source_images, train_for_run
 from lungtumor.training.module import SegModule
 from lungtumor.training.patches import resolve_plan
 from lungtumor.training.trainer import (
@@ -161,6 +161,10 @@ def train(
     names = list(data.train if train_names is None else train_names)
     val = list(data.val if val_names is None else val_names)
     check_split(data, names, val)
+    if (
+        not three_d and cfg.nodule.enabled
+    ):  # the detector reads the source CTs: fail now, not after the 2D model
+        source_images(data.root, data.source, names + val)
     cfg = copy.deepcopy(cfg)
     if not three_d:
         cfg.prep = from_dict(PrepConfig, data.prep, source=str(data.root / "cache.json"))

@@ -1,0 +1,115 @@
+"""The nodule detector's plan: HU on an isotropic grid over the 2D recipe's prepared frame.
+
+The grid spans the prepared frame (z, H, W) of :mod:`lungtumor.preprocessing.frame` with ``spacing_mm`` voxels,
+first and last voxels on the frame's first and last pixels (``imaging.resample.iso_shape``), so that the
+detector's probabilities paste back onto the frame where the 2D model's are (``inference.detector``). Its
+voxels are sampled once, trilinear, from the **canonical HU volume** (z, y, x): no window clip, no
+normalisation and no 2D resize in between (decision 0035). Where the frame pads beyond the CT's field of
+view (``resize="spacing"``), the grid reads air, -1000 HU; within half a voxel of the CT's edge it repeats the
+edge voxel, as the frame's bilinear resize does.
+
+Two implementations give the same values to float32 rounding: scipy (one thread; safe in forked worker
+processes, used by training) and torch (``threads`` > 1: predict's side thread, which must not hold the GIL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from lungtumor.imaging.resample import iso_shape
+from lungtumor.preprocessing.frame import PrepGeometry
+
+AIR_HU = -1000.0
+_CHUNK = 16  # input slices per grid_sample call
+
+
+def _axis_map(n_grid: int, n_frame: int, n_src: int, n_resized: int, offset: int) -> tuple[float, float]:
+    """(a, b): grid index i lies at source voxel coordinate a * i + b along one axis.
+
+    Grid i → frame pixel i (n_frame - 1) / (n_grid - 1) (corner-aligned) → resized pixel minus ``offset`` →
+    source coordinate by the frame's bilinear ``align_corners=False`` mapping ((r + 0.5) n_src / n_resized - 0.5).
+    """
+    step = (n_frame - 1) / (n_grid - 1) if n_grid > 1 else 0.0
+    scale = n_src / n_resized
+    return step * scale, (0.5 - offset) * scale - 0.5
+
+
+def grid_maps(
+    geom: PrepGeometry, frame_spacing_zyx: Sequence[float], spacing_mm: float
+) -> tuple[tuple[int, int, int], list[tuple[float, float]]]:
+    """The grid's shape (z, y, x) and, per axis, (a, b) with source coordinate = a * index + b."""
+    z, y, x = geom.orig_shape
+    shape = iso_shape((z, *geom.size), frame_spacing_zyx, spacing_mm)
+    maps = [
+        _axis_map(shape[0], z, z, z, 0),
+        _axis_map(shape[1], geom.size[0], y, geom.resized[0], geom.offset[0]),
+        _axis_map(shape[2], geom.size[1], x, geom.resized[1], geom.offset[1]),
+    ]
+    return shape, maps
+
+
+def hu_on_detector_grid(
+    hu: np.ndarray,
+    geom: PrepGeometry,
+    frame_spacing_zyx: Sequence[float],
+    spacing_mm: float,
+    threads: int = 1,
+) -> np.ndarray:
+    """The canonical HU volume ``hu`` (z, y, x), any real dtype, on the detector's grid: float32 HU (z', y', x').
+
+    ``geom`` is the volume's :class:`PrepGeometry`, ``frame_spacing_zyx`` the prepared frame's voxel size (z, y, x)
+    mm (``preprocessing.frame.frame_spacing``). ``threads`` > 1: torch, in its threads; else scipy.
+    """
+    if tuple(hu.shape) != tuple(geom.orig_shape):
+        raise ValueError(f"HU volume {hu.shape} is not the geometry's {geom.orig_shape}")
+    shape, maps = grid_maps(geom, frame_spacing_zyx, spacing_mm)
+    if threads > 1:
+        out = _sample_torch(hu, shape, maps)
+    else:
+        out = ndi.affine_transform(
+            np.asarray(hu), [a for a, _ in maps], offset=[b for _, b in maps], output_shape=shape,
+            output=np.float32, order=1, mode="nearest", prefilter=False,
+        )  # fmt: skip
+    for axis in (1, 2):  # outside the CT's field of view (the frame's padding): air
+        a, b = maps[axis]
+        c = a * np.arange(shape[axis]) + b
+        outside = (c < -0.5) | (c > hu.shape[axis] - 0.5)
+        if outside.any():
+            index: list[slice | np.ndarray] = [slice(None)] * 3
+            index[axis] = outside
+            out[tuple(index)] = AIR_HU
+    return out
+
+
+def _clamped(n_out: int, a: float, b: float, n_src: int) -> np.ndarray:
+    return np.clip(a * np.arange(n_out) + b, 0.0, n_src - 1.0)
+
+
+def _sample_torch(hu: np.ndarray, shape: Sequence[int], maps: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Trilinear sampling, separable: each needed input slice bilinear in-plane (``grid_sample``, edges
+    repeated), then linear along z. float32 (z', y', x')."""
+    zc = _clamped(shape[0], *maps[0], hu.shape[0])
+    z0 = np.minimum(np.floor(zc).astype(np.intp), hu.shape[0] - 1)
+    z1 = np.minimum(z0 + 1, hu.shape[0] - 1)
+    w = torch.from_numpy((zc - z0).astype(np.float32))[:, None, None]
+    need = np.unique(np.concatenate([z0, z1]))
+    gy, gx = (
+        torch.from_numpy(2.0 * _clamped(n, *m, s) / max(s - 1, 1) - 1.0).float()
+        for n, m, s in ((shape[1], maps[1], hu.shape[1]), (shape[2], maps[2], hu.shape[2]))
+    )
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]  # (1, y', x', 2): (x, y)
+    planes = torch.empty((len(need), shape[1], shape[2]), dtype=torch.float32)
+    for i in range(0, len(need), _CHUNK):
+        idx = need[i : i + _CHUNK]
+        src = torch.from_numpy(np.asarray(hu[idx], dtype=np.float32))[:, None]
+        planes[i : i + len(idx)] = F.grid_sample(
+            src, grid.expand(len(idx), -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=True
+        )[:, 0]
+    pos = np.searchsorted(need, np.arange(hu.shape[0]))  # input slice → row of ``planes`` (for needed ones)
+    lo, hi = planes[torch.from_numpy(pos[z0])], planes[torch.from_numpy(pos[z1])]
+    return torch.lerp(lo, hi, w).numpy()
