@@ -145,8 +145,7 @@ def predict_volume(
     )
     hu_iso = None  # the detector's own plan: the canonical HU on its grid, read before ``vol`` may be freed
     if nodule is not None:
-        threads = max(1, torch.get_num_threads())
-        hu_iso = hu_on_detector_grid(vol.array, geom, spacing, cfg.nodule.spacing_mm, threads)
+        hu_iso = hu_on_detector_grid(vol.array, geom, spacing, cfg.nodule.spacing_mm)
     if prepared is not None:
         prepared()
     side = parallel and nodule is not None and side_thread_useful(device, loaded)

@@ -8,8 +8,9 @@ normalisation and no 2D resize in between (decision 0035). Where the frame pads 
 view (``resize="spacing"``), the grid reads air, -1000 HU; within half a voxel of the CT's edge it repeats the
 edge voxel, as the frame's bilinear resize does.
 
-Two implementations give the same values to float32 rounding: scipy (one thread; safe in forked worker
-processes, used by training) and torch (``threads`` > 1: predict's side thread, which must not hold the GIL).
+The sampling is separable (x, then y, slice by slice in chunks, then z) in numpy: the same values as scipy's
+``affine_transform`` (order 1, edges repeated) to 1e-3 HU, 3-10x faster (``benchmarks/detector_grid_speed.py``),
+safe in forked worker processes, and never more than a chunk of input slices in float32.
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from scipy import ndimage as ndi
 
 from lungtumor.imaging.resample import iso_shape
 from lungtumor.preprocessing.frame import PrepGeometry
@@ -54,27 +52,25 @@ def grid_maps(
 
 
 def hu_on_detector_grid(
-    hu: np.ndarray,
-    geom: PrepGeometry,
-    frame_spacing_zyx: Sequence[float],
-    spacing_mm: float,
-    threads: int = 1,
+    hu: np.ndarray, geom: PrepGeometry, frame_spacing_zyx: Sequence[float], spacing_mm: float
 ) -> np.ndarray:
     """The canonical HU volume ``hu`` (z, y, x), any real dtype, on the detector's grid: float32 HU (z', y', x').
 
     ``geom`` is the volume's :class:`PrepGeometry`, ``frame_spacing_zyx`` the prepared frame's voxel size (z, y, x)
-    mm (``preprocessing.frame.frame_spacing``). ``threads`` > 1: torch, in its threads; else scipy.
+    mm (``preprocessing.frame.frame_spacing``).
     """
     if tuple(hu.shape) != tuple(geom.orig_shape):
         raise ValueError(f"HU volume {hu.shape} is not the geometry's {geom.orig_shape}")
     shape, maps = grid_maps(geom, frame_spacing_zyx, spacing_mm)
-    if threads > 1:
-        out = _sample_torch(hu, shape, maps)
-    else:
-        out = ndi.affine_transform(
-            np.asarray(hu), [a for a, _ in maps], offset=[b for _, b in maps], output_shape=shape,
-            output=np.float32, order=1, mode="nearest", prefilter=False,
-        )  # fmt: skip
+    z0, z1, wz = _linear(shape[0], *maps[0], hu.shape[0])
+    need = np.unique(np.concatenate([z0, z1]))  # the input slices the grid reads
+    planes = np.empty((len(need), shape[1], shape[2]), np.float32)
+    for i in range(0, len(need), _CHUNK):
+        part = hu[need[i : i + _CHUNK]]
+        planes[i : i + len(part)] = _along(_along(part, 2, _linear(shape[2], *maps[2], hu.shape[2])), 1,
+                                           _linear(shape[1], *maps[1], hu.shape[1]))  # fmt: skip
+    pos = np.searchsorted(need, np.arange(hu.shape[0]))  # input slice → row of ``planes`` (needed ones)
+    out = _lerp(planes[pos[z0]], planes[pos[z1]], wz[:, None, None])
     for axis in (1, 2):  # outside the CT's field of view (the frame's padding): air
         a, b = maps[axis]
         c = a * np.arange(shape[axis]) + b
@@ -86,30 +82,26 @@ def hu_on_detector_grid(
     return out
 
 
-def _clamped(n_out: int, a: float, b: float, n_src: int) -> np.ndarray:
-    return np.clip(a * np.arange(n_out) + b, 0.0, n_src - 1.0)
+def _linear(n_out: int, a: float, b: float, n_src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation along one axis: (lower index, upper index, weight of the upper) of each of ``n_out``
+    outputs at source coordinates a * i + b, clamped to the source (edges repeated)."""
+    c = np.clip(a * np.arange(n_out) + b, 0.0, n_src - 1.0)
+    i0 = np.minimum(np.floor(c).astype(np.intp), n_src - 1)
+    return i0, np.minimum(i0 + 1, n_src - 1), (c - i0).astype(np.float32)
 
 
-def _sample_torch(hu: np.ndarray, shape: Sequence[int], maps: Sequence[tuple[float, float]]) -> np.ndarray:
-    """Trilinear sampling, separable: each needed input slice bilinear in-plane (``grid_sample``, edges
-    repeated), then linear along z. float32 (z', y', x')."""
-    zc = _clamped(shape[0], *maps[0], hu.shape[0])
-    z0 = np.minimum(np.floor(zc).astype(np.intp), hu.shape[0] - 1)
-    z1 = np.minimum(z0 + 1, hu.shape[0] - 1)
-    w = torch.from_numpy((zc - z0).astype(np.float32))[:, None, None]
-    need = np.unique(np.concatenate([z0, z1]))
-    gy, gx = (
-        torch.from_numpy(2.0 * _clamped(n, *m, s) / max(s - 1, 1) - 1.0).float()
-        for n, m, s in ((shape[1], maps[1], hu.shape[1]), (shape[2], maps[2], hu.shape[2]))
-    )
-    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]  # (1, y', x', 2): (x, y)
-    planes = torch.empty((len(need), shape[1], shape[2]), dtype=torch.float32)
-    for i in range(0, len(need), _CHUNK):
-        idx = need[i : i + _CHUNK]
-        src = torch.from_numpy(np.asarray(hu[idx], dtype=np.float32))[:, None]
-        planes[i : i + len(idx)] = F.grid_sample(
-            src, grid.expand(len(idx), -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=True
-        )[:, 0]
-    pos = np.searchsorted(need, np.arange(hu.shape[0]))  # input slice → row of ``planes`` (for needed ones)
-    lo, hi = planes[torch.from_numpy(pos[z0])], planes[torch.from_numpy(pos[z1])]
-    return torch.lerp(lo, hi, w).numpy()
+def _along(a: np.ndarray, axis: int, lin: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """``a`` interpolated along ``axis`` at the positions of ``lin`` (:func:`_linear`); float32."""
+    i0, i1, w = lin
+    shape = [1] * a.ndim
+    shape[axis] = len(w)
+    lo = np.take(a, i0, axis=axis).astype(np.float32, copy=False)
+    return _lerp(lo, np.take(a, i1, axis=axis).astype(np.float32, copy=False), w.reshape(shape))
+
+
+def _lerp(lo: np.ndarray, hi: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """lo + w (hi - lo): a new float32 array."""
+    out = np.subtract(hi, lo, dtype=np.float32)
+    out *= w
+    out += lo
+    return out
