@@ -11,7 +11,11 @@ the same for every seed):
 
 - A "demo (today)": the default phantoms, as ``lungtumor demo`` makes them (seed 0 is ``lungtumor demo``);
 - B "varied + hard negatives": the same 35 phantoms made with ``synth --variety in-family`` (its default
-  share of tumour-free hard negatives, 0.15), trained with ``train.negative_fraction`` 0.15.
+  share of tumour-free hard negatives, 0.15), trained with ``train.negative_fraction`` 0.15;
+- C "default + varied (no invasion)": A's 35 default phantoms and 35 ``--variety in-family`` phantoms without
+  the chest-wall and mediastinal invasion labels (``--without chest_wall,mediastinum``) and with 0.3 hard
+  negatives, one 70-case dataset (symbolic links), trained with ``train.negative_fraction`` 0.3 (the same
+  steps per epoch as A: training costs the same).
 
 Test sets (made once, never trained on):
 
@@ -53,8 +57,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from realdata_check import CASES  # noqa: E402
 
-ARMS = {"A": "demo (today)", "B": "varied + hard negatives"}
+ARMS = {
+    "A": "demo (today)",
+    "B": "varied + hard negatives",
+    "C": "default + varied (no invasion), 0.3 negatives",
+}
 NEGATIVE_FRACTION = 0.15  # arm B: train.negative_fraction and synth --hard-negatives (the synth default)
+NEGATIVE_FRACTION_C = 0.3  # arm C: the same, for its varied half
+NO_INVASION = ("chest_wall", "mediastinum")  # arm C's varied phantoms leave the invasion labels out
 SETS = ("default", "in-family", "held-out", "real")
 LARGE = ("lung2 (pyradiomics)", "LUNG1-001 (NSCLC-Radiomics)", "IBSI CT phantom")
 SMALL = "lung1 (pyradiomics)"
@@ -94,8 +104,8 @@ def _mark(folder: Path) -> None:
 # --- data (main process) -------------------------------------------------------------------------------------
 
 
-def make_data(out: Path, sz: dict) -> dict[str, float]:
-    """Synthesise the two arms' training sets and the test sets, prepare the two caches; seconds per step."""
+def make_data(out: Path, sz: dict, arms: list[str]) -> dict[str, float]:
+    """Synthesise the training sets of ``arms`` and the test sets, prepare the arms' caches; seconds per step."""
     from lungtumor.core.config_io import load_config
     from lungtumor.data.phantom import synth_dataset
     from lungtumor.preprocessing.prepare import prepare_dataset
@@ -106,23 +116,28 @@ def make_data(out: Path, sz: dict) -> dict[str, float]:
         "trainA": dict(n_train=sz["train"], n_test=sz["d0"], seed=0, train_lesions="rich", train_hilar_vessels=True),
         "trainB": dict(n_train=sz["train"], n_test=0, seed=0, train_lesions="rich", train_hilar_vessels=True,
                        variety="in-family", hard_negatives=NEGATIVE_FRACTION),
+        "trainCv": dict(n_train=sz["train"], n_test=0, seed=0, train_lesions="rich", train_hilar_vessels=True,
+                        variety="in-family", variety_without=NO_INVASION, hard_negatives=NEGATIVE_FRACTION_C),
         "d1": dict(n_train=0, n_test=sz["d1"], seed=11),
         "d2": dict(n_train=0, n_test=sz["d2"], seed=12),
         "infam": dict(n_train=0, n_test=sz["infam"], seed=21, variety="in-family"),
         "heldout": dict(n_train=0, n_test=sz["heldout"], seed=22, variety="held-out"),
     }  # fmt: skip
     sec = {}
+    skip = {name for arm, name in (("B", "trainB"), ("C", "trainCv")) if arm not in arms}
     for name, kw in jobs.items():
         d = data / name
-        if _done(d) or kw["n_train"] + kw["n_test"] == 0:
+        if _done(d) or kw["n_train"] + kw["n_test"] == 0 or name in skip:
             continue
         t0 = time.perf_counter()
         _log(f"synth {name}: {kw}")
         _log(synth_dataset(d, **kw, **common))
         _mark(d)
         sec[f"synth_{name}"] = round(time.perf_counter() - t0, 1)
+    if "C" in arms:
+        mixed(data / "trainC", {"a": data / "trainA", "v": data / "trainCv"})
     prep = load_config(None, "demo").prep
-    for arm in ("A", "B"):
+    for arm in arms:
         c = out / "cache" / arm
         if _done(c):
             continue
@@ -131,6 +146,21 @@ def make_data(out: Path, sz: dict) -> dict[str, float]:
         _mark(c)
         sec[f"prepare_{arm}"] = round(time.perf_counter() - t0, 1)
     return sec
+
+
+def mixed(dest: Path, parts: dict[str, Path]) -> None:
+    """A folder-layout dataset ``dest`` of links to the labelled cases of ``parts`` (prefix -> synth folder),
+    each case named PREFIX_NAME."""
+    if _done(dest):
+        return
+    for sub in ("imagesTr", "labelsTr"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+        for prefix, src in parts.items():
+            for f in sorted((src / sub).glob("*.nii.gz")):
+                link = dest / sub / f"{prefix}_{f.name}"
+                if not link.is_symlink():
+                    link.symlink_to(f.resolve())
+    _mark(dest)
 
 
 def test_sets(out: Path) -> dict[str, list[Path]]:
@@ -158,6 +188,8 @@ def train_run(out: Path, arm: str, seed: int, quick: bool) -> dict:
     cfg.train.seed = seed
     if arm == "B":
         cfg.train.negative_fraction = NEGATIVE_FRACTION
+    if arm == "C":
+        cfg.train.negative_fraction = NEGATIVE_FRACTION_C
     if quick:
         cfg.train.epochs, cfg.train.max_steps_per_epoch, cfg.train.batch_size = 1, 3, 4
         cfg.nodule.steps, cfg.nodule.batch_size, cfg.nodule.mine_pool = 3, 8, 64
@@ -371,7 +403,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", default="0,1,2", help="training seeds (train.seed), comma-separated")
-    ap.add_argument("--arms", default="A,B", help="A (demo today), B (varied + hard negatives)")
+    ap.add_argument(
+        "--arms", default="A,B", help="A (demo today), B (varied + hard negatives), C (default + varied)"
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny phantoms, few cases, 1 short epoch")
     ap.add_argument("--jobs", type=int, default=2, help="runs trained and scored at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -392,7 +426,7 @@ def main() -> int:
     t0 = time.perf_counter()
     if not a.realdata.is_dir():
         _log(f"{a.realdata}: not found, the real CTs are skipped")
-    timings = make_data(a.out, _sizes(a))
+    timings = make_data(a.out, _sizes(a), arms)
     timings["data_s"] = round(time.perf_counter() - t0, 1)
     _log(f"data ready in {timings['data_s']:.0f} s")
     tasks = [(arm, s) for s in seeds for arm in arms if not (a.out / "rows" / f"{arm}_s{s}.json").is_file()]
