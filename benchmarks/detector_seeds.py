@@ -1,20 +1,17 @@
 """Retrain only the nodule detector of a finished run, with another seed: the detector's run-to-run spread.
 
-    python benchmarks/detector_seeds.py --run RUN --cache CACHE --seed S --out OUT [--resample-edge nearest]
+    python benchmarks/detector_seeds.py --run RUN --cache CACHE --seed S --out OUT
     python benchmarks/preset_sweep.py NAME --cache CACHE --test DIR ... --out SWEEP --score-only --model OUT
 
 Copies RUN's config.yaml and checkpoints/best.ckpt to OUT, cuts the detector's training cubes from the cached
 cases as ``lungtumor train`` does (``training.detector.cache_patches``), trains the detector with ``seed`` and
 stores it in OUT's checkpoint; the 2D model stays as it is. With RUN's own seed this reproduces its detector bit
-for bit (checked in session 11). ``--resample-edge nearest`` cuts the cubes from frames resampled with the
-edges extended (the last-plane quirk of ``imaging.resample.resample`` fixed) to compare that change over seeds. About
-2 minutes a seed on 2 CPU cores (the demo's 35 cases). BENCHMARKS.md "Session 11: the resample edge".
+for bit. About 2 minutes a seed on 2 CPU cores (the demo's 35 cases).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import shutil
 import sys
 from pathlib import Path
@@ -26,8 +23,6 @@ sys.path.insert(0, str(ROOT / "src"))
 def main() -> int:
     import torch
 
-    import lungtumor.imaging.resample as resampling
-    import lungtumor.inference.detector as det
     import lungtumor.training.detector as nt
     from lungtumor.inference.checkpoint import load_checkpoint
     from lungtumor.preprocessing.cache import Cache
@@ -39,12 +34,9 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, required=True, help="the cache that run trained on")
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--out", type=Path, required=True, help="new run folder (config + best.ckpt)")
-    ap.add_argument("--resample-edge", choices=("constant", "nearest"), default="constant")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
 
-    if a.resample_edge == "nearest":  # the forked workers that cut the cubes inherit it
-        det.resample = functools.partial(resampling.resample, mode="nearest")
     torch.set_num_threads(a.threads)
     (a.out / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copy(a.run / "config.yaml", a.out / "config.yaml")
@@ -57,7 +49,7 @@ def main() -> int:
     print(f"{len(patches.lesion)} candidates, {n_pos} on tumours", flush=True)
     net = nt.train_detector(patches, cfg.nodule, seed=a.seed, bf16=True, device=torch.device("cpu"), log=None)
     nt.add_detector_to_checkpoint(ckpt, net, cfg.nodule)
-    print(f"detector seed {a.seed} ({a.resample_edge} edges) -> {ckpt}")
+    print(f"detector seed {a.seed} -> {ckpt}")
     return 0
 
 

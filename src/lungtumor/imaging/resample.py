@@ -18,28 +18,21 @@ def iso_shape(
     )
 
 
-def resample(a: np.ndarray, shape: Sequence[int], mode: str = "constant") -> np.ndarray:
+def resample(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Linear resampling of (z, y, x) to ``shape``, first and last voxels in place (float32; scipy only, so
-    it is safe in forked worker processes).
-
-    Known quirk, kept: for some shape pairs the last output plane's coordinate rounds to a hair past the last
-    input plane (e.g. 25 x 14/25 = 14.000000000000002), and scipy's default ``mode="constant"`` then gives 0
-    there. The detector's training cubes are cut from frames made this way; extending the edges instead
-    (``mode="nearest"``) trains other detectors: over three seeds they scored 0.538 against 0.559 on the 40
-    held-out phantoms, inside the seeds' own spread of 0.09 (docs/decisions/0015),
-    and seed 0's missed one of the demo's 10 lesions. Nothing argues for the change yet (``mode`` is there
-    to measure it: ``benchmarks/detector_seeds.py --resample-edge nearest``)."""
+    it is safe in forked worker processes). Edges are extended: a last output plane whose coordinate rounds a
+    hair past the last input plane (25 x 14/25 = 14.000000000000002) reads that plane, not 0 (until decision
+    0035 the detector's training cubes came through here with the 0; decision 0015)."""
     a = np.asarray(a, dtype=np.float32)
     if tuple(a.shape) == tuple(shape):
         return a.copy()
     factors = [int(o) / int(i) for o, i in zip(shape, a.shape, strict=True)]
-    return ndi.zoom(a, factors, order=1, mode=mode, prefilter=False, grid_mode=False)
+    return ndi.zoom(a, factors, order=1, mode="nearest", prefilter=False, grid_mode=False)
 
 
 def resample_sparse(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """:func:`resample` of an ``a`` that is 0 outside a small box (the detector's pasted cubes): only the output
-    voxels whose interpolation reaches that box are computed, the same values (to 1e-7), 0 elsewhere; on a
-    last plane that :func:`resample` reads as 0 (its quirk), this gives the interpolated value.
+    voxels whose interpolation reaches that box are computed, the same values (to 1e-7), 0 elsewhere.
     """
     a = np.asarray(a, dtype=np.float32)
     shape = tuple(int(n) for n in shape)

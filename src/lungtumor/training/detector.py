@@ -48,7 +48,7 @@ def case_patches(
     (linear, >= 0.5)."""
 
     centres = candidates_on_grid(hu_iso, cfg)
-    seg = resample(np.asarray(seg_frame, dtype=np.float32), hu_iso.shape, mode="nearest") >= 0.5
+    seg = resample(np.asarray(seg_frame, dtype=np.float32), hu_iso.shape) >= 0.5
     labels, _ = ndi.label(seg, structure=np.ones((3, 3, 3), bool))
     p = cfg.patch
     cubes = extract_patches(np.clip(hu_iso, *PATCH_HU).astype(np.float16), centres, p, PATCH_HU[0])
