@@ -78,8 +78,9 @@ def test_a_missing_or_changed_source_is_a_one_line_error(prepared, tmp_path):
     (cache / "cache.json").write_text(json.dumps(meta))
     vol, mask = _chest(0)
     write_volume(Volume(vol.array[:20], spacing=vol.spacing), data / "imagesTr" / "c0.nii.gz")
-    with pytest.raises(InputError, match=r"c0\.nii\.gz: changed since the cache was prepared"):
-        cache_patches(cache, ["c0"], CFG, workers=1)
+    for workers in (1, 2):  # in a worker process too: the error crosses back to the parent intact
+        with pytest.raises(InputError, match=r"c0\.nii\.gz: changed since the cache was prepared"):
+            cache_patches(cache, ["c0", "c1"], CFG, workers=workers)
     shutil.rmtree(data)
     with pytest.raises(InputError, match=r"cache\.json: its source dataset .* cannot be read"):
         cache_patches(cache, ["c0"], CFG, workers=1)

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 class InputError(Exception):
@@ -22,6 +23,10 @@ class InputError(Exception):
         self.problem = problem
         msg = f"{self.where}: {problem}" if self.where else problem
         super().__init__(msg.replace("\n", " "))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its two fields, so that it crosses from a worker process to the parent intact."""
+        return (type(self), (self.where, self.problem))
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
