@@ -648,6 +648,21 @@ def train_checkpoints_linked_out(fx: Fx) -> Bad:
     return Bad(argv, ("run/checkpoints", "is a symbolic link out of the output folder; remove it"))
 
 
+def train_detector_source_gone(fx: Fx) -> Bad:
+    import json
+    import shutil
+
+    cache = shutil.copytree(fx.tiny_cache, fx.tmp / "cache")
+    meta = json.loads((cache / "cache.json").read_text())
+    meta["source"]["path"] = str(fx.tmp / "moved")
+    (cache / "cache.json").write_text(json.dumps(meta))
+    out = fx.tmp / "run"
+    argv = ["train", cache, "--out", out, "--config", fx.tiny_config, "-q"]  # demo: with the nodule detector
+    return Bad(
+        argv, ("cache.json", "source dataset", "cannot be read", "run prepare again"), [out / "checkpoints"]
+    )
+
+
 KINDS: dict[str, tuple[str, Callable[[Fx], Bad]]] = {
     "corrupt gzip (bytes flipped in the compressed stream)": ("predict", corrupt_gzip),
     "truncated .nii.gz": ("predict", truncated_gzip),
@@ -720,6 +735,7 @@ KINDS: dict[str, tuple[str, Callable[[Fx], Bad]]] = {
     "train: run folder already holds a run": ("train", train_existing_run),
     "train --resume with nothing to resume": ("train", train_resume_nothing),
     "train: RUN/checkpoints is a symlink out of the run folder": ("train", train_checkpoints_linked_out),
+    "train with the nodule detector, its source dataset moved": ("train", train_detector_source_gone),
 }
 
 
