@@ -2,9 +2,10 @@
 
 The detector (config ``nodule``) works on its own plan: the canonical HU volume sampled on an isotropic grid of
 ``spacing_mm`` that spans the 2D recipe's prepared frame (``preprocessing.detector_grid``; decision 0035), so
-that its probabilities land on the frame beside the 2D model's. Candidates are local maxima of the scale-normalised Laplacian of Gaussian
-(bright blobs of radius ``radii_mm``) inside the lungs: every lesion from about 5 mm up gives at least one, and
-so do many vessels, which the network then tells apart. Training it is ``training.detector``.
+that its probabilities land on the frame beside the 2D model's. Candidates are local maxima of the
+scale-normalised Laplacian of Gaussian (bright blobs of radius ``radii_mm``) inside the lungs: every lesion from
+about 5 mm up gives at least one, and so do many vessels, which the network then tells apart. Training it is
+``training.detector``.
 """
 
 from __future__ import annotations
