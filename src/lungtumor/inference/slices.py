@@ -143,20 +143,20 @@ def predict_volume(
         frame_spacing(geom, vol.spacing),
         context_step(cfg.train.context_mm, float(vol.spacing[2])),
     )
-    hu_iso = None  # the detector's own plan: the canonical HU on its grid, read before ``vol`` may be freed
-    if nodule is not None:
-        hu_iso = hu_on_detector_grid(vol.array, geom, spacing, cfg.nodule.spacing_mm)
+    # the detector reads the CT's own voxels (its plan, decision 0035): held here, not through ``vol``, whose
+    # voxels the caller may free now; the detector's task lets go of them once they are on its grid
+    held = [vol.array] if nodule is not None else []
     if prepared is not None:
         prepared()
     side = parallel and nodule is not None and side_thread_useful(device, loaded)
     with torch_side_thread() if side else nullcontext() as pool:
         detected = None
-        if hu_iso is not None:  # the detector first: in the side thread it runs beside the 2D model's batches
+        if held:  # the detector first: in the side thread it runs beside the 2D model's batches
             bf16 = precision == "bf16"
             detected = _submit(
-                pool, detector_probability, nodule, hu_iso, x.shape, cfg.nodule, bf16=bf16, device=device
+                pool, _detect, nodule, held, geom, spacing, x.shape, cfg.nodule, bf16=bf16, device=device
             )
-            del hu_iso
+            del held
         prob_small = predict_probabilities(
             loaded.model,
             x,
@@ -183,6 +183,21 @@ def predict_volume(
     del prob_small
     mask = (prob >= threshold).view(np.uint8)  # bool -> uint8 without a copy
     return prob, mask
+
+
+def _detect(
+    net: Any,
+    held: list[np.ndarray],
+    geom: PrepGeometry,
+    spacing: tuple[float, float, float],
+    frame_shape: tuple[int, ...],
+    cfg: Any,
+    **kw: Any,
+) -> np.ndarray:
+    """The detector's probability on the prepared frame, from the canonical HU in ``held`` (emptied as soon as
+    the voxels are on the detector's grid, so that the CT's memory goes when its caller has let go of it)."""
+    grid = hu_on_detector_grid(held.pop(), geom, spacing, cfg.spacing_mm)
+    return detector_probability(net, grid, frame_shape, cfg, **kw)
 
 
 def _submit(pool: Executor | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
