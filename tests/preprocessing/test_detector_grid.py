@@ -58,6 +58,8 @@ def test_separable_sampling_equals_scipy_trilinear_and_resamples_z_linearly():
     )  # fmt: skip
     inside = g != AIR_HU
     assert inside.mean() > 0.4 and np.abs(g - ref)[inside].max() < 0.05
+    t = hu_on_detector_grid(vol.array, geom, fs, 2.0, threads=2)  # predict's torch path
+    assert np.array_equal(t == AIR_HU, ~inside) and np.abs(t - ref)[inside].max() < 0.1
     ramp = np.broadcast_to(np.arange(9, dtype=np.int16)[:, None, None] * 100, (9, 50, 60)).copy()
     assert np.allclose(
         hu_on_detector_grid(ramp, geom, fs, 2.0)[:, 24, 24], np.arange(21) * 100 * 8 / 20, atol=0.01

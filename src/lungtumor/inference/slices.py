@@ -196,7 +196,7 @@ def _detect(
 ) -> np.ndarray:
     """The detector's probability on the prepared frame, from the canonical HU in ``held`` (emptied as soon as
     the voxels are on the detector's grid, so that the CT's memory goes when its caller has let go of it)."""
-    grid = hu_on_detector_grid(held.pop(), geom, spacing, cfg.spacing_mm)
+    grid = hu_on_detector_grid(held.pop(), geom, spacing, cfg.spacing_mm, max(1, torch.get_num_threads()))
     return detector_probability(net, grid, frame_shape, cfg, **kw)
 
 
