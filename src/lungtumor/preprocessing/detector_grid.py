@@ -70,17 +70,42 @@ def hu_on_detector_grid(
     if tuple(hu.shape) != tuple(geom.orig_shape):
         raise ValueError(f"HU volume {hu.shape} is not the geometry's {geom.orig_shape}")
     shape, maps = grid_maps(geom, frame_spacing_zyx, spacing_mm)
-    if threads > 1:
-        return _air_outside(_sample_torch(hu, shape, maps), hu.shape, shape, maps)
     z0, z1, wz = _linear(shape[0], *maps[0], hu.shape[0])
     need = np.unique(np.concatenate([z0, z1]))  # the input slices the grid reads
+    planes = (_planes_torch if threads > 1 else _planes_numpy)(hu, need, shape, maps)
+    pos = np.searchsorted(need, np.arange(hu.shape[0]))  # input slice → row of ``planes`` (needed ones)
+    return _air_outside(_lerp(planes[pos[z0]], planes[pos[z1]], wz[:, None, None]), hu.shape, shape, maps)
+
+
+def _planes_numpy(
+    hu: np.ndarray, need: np.ndarray, shape: Sequence[int], maps: Sequence[tuple[float, float]]
+) -> np.ndarray:
+    """The input slices ``need`` bilinear on the grid's (y', x'), x then y, in chunks: float32 (len(need), y', x')."""
+    lin_y, lin_x = _linear(shape[1], *maps[1], hu.shape[1]), _linear(shape[2], *maps[2], hu.shape[2])
     planes = np.empty((len(need), shape[1], shape[2]), np.float32)
     for i in range(0, len(need), _CHUNK):
         part = hu[need[i : i + _CHUNK]]
-        planes[i : i + len(part)] = _along(_along(part, 2, _linear(shape[2], *maps[2], hu.shape[2])), 1,
-                                           _linear(shape[1], *maps[1], hu.shape[1]))  # fmt: skip
-    pos = np.searchsorted(need, np.arange(hu.shape[0]))  # input slice → row of ``planes`` (needed ones)
-    return _air_outside(_lerp(planes[pos[z0]], planes[pos[z1]], wz[:, None, None]), hu.shape, shape, maps)
+        planes[i : i + len(part)] = _along(_along(part, 2, lin_x), 1, lin_y)
+    return planes
+
+
+def _planes_torch(
+    hu: np.ndarray, need: np.ndarray, shape: Sequence[int], maps: Sequence[tuple[float, float]]
+) -> np.ndarray:
+    """:func:`_planes_numpy` with torch's ``grid_sample`` (bilinear, edges repeated) in its threads."""
+    gy, gx = (
+        torch.from_numpy(2.0 * _coords(n, *m, s) / max(s - 1, 1) - 1.0).float()
+        for n, m, s in ((shape[1], maps[1], hu.shape[1]), (shape[2], maps[2], hu.shape[2]))
+    )
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]  # (1, y', x', 2): (x, y)
+    planes = torch.empty((len(need), shape[1], shape[2]), dtype=torch.float32)
+    for i in range(0, len(need), _CHUNK):
+        idx = need[i : i + _CHUNK]
+        src = torch.from_numpy(np.asarray(hu[idx], dtype=np.float32))[:, None]
+        planes[i : i + len(idx)] = F.grid_sample(
+            src, grid.expand(len(idx), -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=True
+        )[:, 0]
+    return planes.numpy()
 
 
 def _air_outside(
@@ -98,10 +123,15 @@ def _air_outside(
     return out
 
 
+def _coords(n_out: int, a: float, b: float, n_src: int) -> np.ndarray:
+    """Source coordinates a * i + b of ``n_out`` outputs along one axis, clamped to the source (edges repeated)."""
+    return np.clip(a * np.arange(n_out) + b, 0.0, n_src - 1.0)
+
+
 def _linear(n_out: int, a: float, b: float, n_src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Linear interpolation along one axis: (lower index, upper index, weight of the upper) of each of ``n_out``
-    outputs at source coordinates a * i + b, clamped to the source (edges repeated)."""
-    c = np.clip(a * np.arange(n_out) + b, 0.0, n_src - 1.0)
+    """Linear interpolation along one axis: (lower index, upper index, weight of the upper) of each output
+    (:func:`_coords`)."""
+    c = _coords(n_out, a, b, n_src)
     i0 = np.minimum(np.floor(c).astype(np.intp), n_src - 1)
     return i0, np.minimum(i0 + 1, n_src - 1), (c - i0).astype(np.float32)
 
@@ -121,32 +151,3 @@ def _lerp(lo: np.ndarray, hi: np.ndarray, w: np.ndarray) -> np.ndarray:
     out *= w
     out += lo
     return out
-
-
-def _clamped(n_out: int, a: float, b: float, n_src: int) -> np.ndarray:
-    return np.clip(a * np.arange(n_out) + b, 0.0, n_src - 1.0)
-
-
-def _sample_torch(hu: np.ndarray, shape: Sequence[int], maps: Sequence[tuple[float, float]]) -> np.ndarray:
-    """Trilinear sampling, separable: each needed input slice bilinear in-plane (``grid_sample``, edges
-    repeated), then linear along z. float32 (z', y', x')."""
-    zc = _clamped(shape[0], *maps[0], hu.shape[0])
-    z0 = np.minimum(np.floor(zc).astype(np.intp), hu.shape[0] - 1)
-    z1 = np.minimum(z0 + 1, hu.shape[0] - 1)
-    w = torch.from_numpy((zc - z0).astype(np.float32))[:, None, None]
-    need = np.unique(np.concatenate([z0, z1]))
-    gy, gx = (
-        torch.from_numpy(2.0 * _clamped(n, *m, s) / max(s - 1, 1) - 1.0).float()
-        for n, m, s in ((shape[1], maps[1], hu.shape[1]), (shape[2], maps[2], hu.shape[2]))
-    )
-    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]  # (1, y', x', 2): (x, y)
-    planes = torch.empty((len(need), shape[1], shape[2]), dtype=torch.float32)
-    for i in range(0, len(need), _CHUNK):
-        idx = need[i : i + _CHUNK]
-        src = torch.from_numpy(np.asarray(hu[idx], dtype=np.float32))[:, None]
-        planes[i : i + len(idx)] = F.grid_sample(
-            src, grid.expand(len(idx), -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=True
-        )[:, 0]
-    pos = np.searchsorted(need, np.arange(hu.shape[0]))  # input slice → row of ``planes`` (for needed ones)
-    lo, hi = planes[torch.from_numpy(pos[z0])], planes[torch.from_numpy(pos[z1])]
-    return torch.lerp(lo, hi, w).numpy()
