@@ -1,4 +1,4 @@
-"""Does a phantom-trained model generalise (issue 23)? Two training arms x training seeds, each scored on
+"""Does a phantom-trained model generalise (issue 23)? Training arms x training seeds, each scored on
 today's default phantoms, in-family varied phantoms, held-out-family phantoms and the real CTs.
 
     python benchmarks/generalisation.py --out OUT [--seeds 0,1,2] [--arms A,B] [--quick] [--jobs 2]
@@ -15,7 +15,10 @@ the same for every seed):
 - C "default + varied (no invasion)": A's 35 default phantoms and 35 ``--variety in-family`` phantoms without
   the chest-wall and mediastinal invasion labels (``--without chest_wall,mediastinum``) and with 0.3 hard
   negatives, one 70-case dataset (symbolic links), trained with ``train.negative_fraction`` 0.3 (the same
-  steps per epoch as A: training costs the same).
+  steps per epoch as A: training costs the same);
+- D "demo (today) + acquisition": A's data (its cache), trained with the acquisition augmentation on half the
+  samples (``train.augment.acq_p`` 0.5 and the config's defaults: noise sd 10-60 HU, kernel from a 1-px blur to
+  an unsharp mask, thicker slices in 30 % of them; ``training.acquisition``, decision 0036).
 
 Test sets (made once, never trained on):
 
@@ -61,7 +64,10 @@ ARMS = {
     "A": "demo (today)",
     "B": "varied + hard negatives",
     "C": "default + varied (no invasion), 0.3 negatives",
+    "D": "demo (today) + acquisition augmentation",
 }
+DATA_OF = {"D": "A"}  # arms that train on another arm's data (and cache)
+ACQ_P = 0.5  # arm D: train.augment.acq_p
 NEGATIVE_FRACTION = 0.15  # arm B: train.negative_fraction and synth --hard-negatives (the synth default)
 NEGATIVE_FRACTION_C = 0.3  # arm C: the same, for its varied half
 NO_INVASION = ("chest_wall", "mediastinum")  # arm C's varied phantoms leave the invasion labels out
@@ -137,7 +143,7 @@ def make_data(out: Path, sz: dict, arms: list[str]) -> dict[str, float]:
     if "C" in arms:
         mixed(data / "trainC", {"a": data / "trainA", "v": data / "trainCv"})
     prep = load_config(None, "demo").prep
-    for arm in arms:
+    for arm in sorted({DATA_OF.get(x, x) for x in arms}):
         c = out / "cache" / arm
         if _done(c):
             continue
@@ -169,7 +175,8 @@ def test_sets(out: Path) -> dict[str, list[Path]]:
     default = [
         p for p in (data / "trainA", data / "d1", data / "d2") if any((p / "imagesTs").glob("*.nii.gz"))
     ]
-    return {"default": default, "in-family": [data / "infam"], "held-out": [data / "heldout"]}
+    sets = {"default": default, "in-family": [data / "infam"], "held-out": [data / "heldout"]}
+    return {k: v for k, v in sets.items() if any(any((p / "imagesTs").glob("*.nii.gz")) for p in v)}
 
 
 # --- one run (worker process) --------------------------------------------------------------------------------
@@ -190,11 +197,13 @@ def train_run(out: Path, arm: str, seed: int, quick: bool) -> dict:
         cfg.train.negative_fraction = NEGATIVE_FRACTION
     if arm == "C":
         cfg.train.negative_fraction = NEGATIVE_FRACTION_C
+    if arm == "D":
+        cfg.train.augment.acq_p = ACQ_P
     if quick:
         cfg.train.epochs, cfg.train.max_steps_per_epoch, cfg.train.batch_size = 1, 3, 4
         cfg.nodule.steps, cfg.nodule.batch_size, cfg.nodule.mine_pool = 3, 8, 64
     t0 = time.perf_counter()
-    r = train(out / "cache" / arm, folder / "run", cfg, resume=False, progress=False)
+    r = train(out / "cache" / DATA_OF.get(arm, arm), folder / "run", cfg, resume=False, progress=False)
     res = {"train_s": round(time.perf_counter() - t0, 1), "val_dice": r.best_dice, "best_epoch": r.best_epoch,
            "epochs": r.epochs, "negative_fraction": cfg.train.negative_fraction}  # fmt: skip
     info.write_text(json.dumps(res, default=float))
@@ -404,7 +413,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", default="0,1,2", help="training seeds (train.seed), comma-separated")
     ap.add_argument(
-        "--arms", default="A,B", help="A (demo today), B (varied + hard negatives), C (default + varied)"
+        "--arms",
+        default="A,B",
+        help="A (demo today), B (varied + hard negatives), C (default + varied), D (A + acquisition)",
     )
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny phantoms, few cases, 1 short epoch")
     ap.add_argument("--jobs", type=int, default=2, help="runs trained and scored at a time")

@@ -75,6 +75,15 @@ class AugmentConfig:
     flip: bool = True
     intensity_jitter: float = 0.1
     p: float = 1.0
+    # acquisition (training.acquisition; docs/decisions/0036): share of samples re-"acquired" (0 = off), the
+    # added noise's sd in HU (uniform per sample), the reconstruction kernel (-1 = a 1-px Gaussian blur, 0 = as
+    # is, +1 = an unsharp mask of the same width; uniform per sample, applied after the noise so that a sharp
+    # kernel sharpens the noise too) and the share of those samples whose slices are averaged with their
+    # neighbours (thicker slices; 2.5D context channels only)
+    acq_p: float = 0.0
+    acq_noise_hu: tuple[float, float] = (10.0, 60.0)
+    acq_kernel: tuple[float, float] = (-1.0, 1.0)
+    acq_thick_p: float = 0.3
 
 
 @dataclass

@@ -208,6 +208,15 @@ def normalise(hu: np.ndarray, prep: PrepConfig, stats: Mapping[str, float] | Non
     return hu
 
 
+def hu_scale(prep: PrepConfig, stats: Mapping[str, float] | None) -> tuple[float, float, float]:
+    """How :func:`normalise` maps HU: (model-input units per HU, the window's low and high edge in those
+    units; -inf / inf when the norm does not clip)."""
+    if prep.norm == "divide":
+        return 1.0 / float(prep.hu_divisor), -np.inf, np.inf
+    lo, hi = (normalise(np.array(prep.window_hu, np.float32), prep, stats)).tolist()
+    return 1.0 / float(stats["std"]), float(lo), float(hi)  # type: ignore[index]
+
+
 def preprocess_volume(
     vol: Volume, prep: PrepConfig, stats: Mapping[str, float] | None = None
 ) -> tuple[np.ndarray, PrepGeometry]:

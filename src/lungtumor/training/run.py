@@ -13,13 +13,14 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lungtumor.core.config import PrepConfig, RunConfig
+from lungtumor.core.config import ARCH_3D, PrepConfig, RunConfig
 from lungtumor.core.config_io import config_from_dict, from_dict, to_dict, validate
 from lungtumor.core.errors import InputError, ensure_writable_dir
 from lungtumor.inference.checkpoint import read_checkpoint
@@ -83,6 +84,21 @@ def _check_train_config(cfg: RunConfig, source: str) -> None:
     for key in ("rotation_deg", "elastic_alpha_px", "elastic_sigma_px", "intensity_jitter"):
         if getattr(a, key) < 0:
             bad(f"train.augment.{key}", "must be >= 0")
+    _validate_acquisition(cfg, bad)
+
+
+def _validate_acquisition(cfg: RunConfig, bad: Callable[[str, str], None]) -> None:
+    """The acquisition augmentation's ranges (training.acquisition); the 3D recipe does not have it."""
+    a = cfg.train.augment
+    for key in ("acq_p", "acq_thick_p"):
+        if not 0 <= getattr(a, key) <= 1:
+            bad(f"train.augment.{key}", "must be a probability in [0, 1]")
+    if not 0 <= a.acq_noise_hu[0] <= a.acq_noise_hu[1]:
+        bad("train.augment.acq_noise_hu", "needs 0 <= low <= high (HU)")
+    if not -1 <= a.acq_kernel[0] <= a.acq_kernel[1] <= 1:
+        bad("train.augment.acq_kernel", "needs -1 <= low <= high <= 1 (-1 blur, 0 as is, +1 sharpen)")
+    if a.acq_p > 0 and cfg.model.arch == ARCH_3D:
+        bad("train.augment.acq_p", "is for the 2D/2.5D trainer; the 3D recipe (model.arch unet3d) has none")
 
 
 class _ValidateLastEpoch(pl.Callback if pl else object):  # type: ignore[misc]

@@ -24,6 +24,8 @@ from lungtumor.preprocessing.cache import (
     resident_fits,
     stack_context,
 )
+from lungtumor.preprocessing.frame import hu_scale
+from lungtumor.training.acquisition import reacquire
 from lungtumor.training.augment import augment_batch, augment_crop_batch, random_crop
 from lungtumor.training.sampling import (
     EpochBatchSampler,
@@ -141,12 +143,17 @@ class SlicePlan:
         img, seg = self.resident.gather(batch, self.k) if isinstance(batch, torch.Tensor) else batch[:2]
         t, g = self.cfg.train, self._generator(module)
         if t.crop_size > 0 and t.augment.p > 0:  # augmentation and crop in one grid_sample of crop size
-            return augment_crop_batch(img, seg, t.augment, t.crop_size, g, t.crop_tumour_fraction)
-        if t.crop_size > 0:
-            return random_crop(img.float(), seg.float(), t.crop_size, g, t.crop_tumour_fraction)
-        if t.augment.p > 0:
-            return augment_batch(img, seg, t.augment, g)
-        return img.float(), seg.float()
+            img, seg = augment_crop_batch(img, seg, t.augment, t.crop_size, g, t.crop_tumour_fraction)
+        elif t.crop_size > 0:
+            img, seg = random_crop(img.float(), seg.float(), t.crop_size, g, t.crop_tumour_fraction)
+        elif t.augment.p > 0:
+            img, seg = augment_batch(img, seg, t.augment, g)
+        else:
+            img, seg = img.float(), seg.float()
+        if t.augment.acq_p > 0:  # after the crop: noise and kernel cost the crop's pixels only
+            scale = hu_scale(self.cfg.prep, self.cache.stats)  # cfg.prep is the cache's (training.run)
+            img = reacquire(img, t.augment, scale, 2 * self.k + 1, g)
+        return img, seg
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor, loss_fn: Any) -> torch.Tensor:
         """``loss_fn`` of the (B, 1, H, W) logits and the masks."""
