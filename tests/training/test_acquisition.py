@@ -141,3 +141,28 @@ def test_a_run_trains_with_it_and_its_batches_differ(tmp_path) -> None:
         assert ck["hyper_parameters"]["lungtumor"]["config"]["train"]["augment"]["acq_p"] == p
         runs[p] = ck["state_dict"]
     assert any(not torch.equal(runs[0.0][k], runs[1.0][k]) for k in runs[0.0])
+
+
+def test_cli_names_the_config_file(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  augment: {acq_p: 1.5}\n")
+    cache = write_cache(tmp_path / "cache")
+    cmd = [
+        sys.executable,
+        "-m",
+        "lungtumor",
+        "train",
+        str(cache),
+        "-o",
+        str(tmp_path / "run"),
+        "--config",
+        str(bad),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 2 and not (tmp_path / "run").exists()
+    assert r.stderr.strip().splitlines() == [
+        f"error: {bad}: train.augment.acq_p: must be a probability in [0, 1]"
+    ]

@@ -84,8 +84,9 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     run_cfg = args.out / "config.yaml"
+    source = str(args.config) if args.config is not None else "config"  # what a config error names
     if args.resume and args.config is None and args.preset is None and run_cfg.is_file():
-        cfg = load_config(run_cfg)  # continue the run with its own settings
+        cfg, source = load_config(run_cfg), str(run_cfg)  # continue the run with its own settings
     else:
         cfg = load_config(args.config, args.preset)
     if args.epochs is not None:
@@ -103,7 +104,7 @@ def cmd_train(args) -> int:
         lg = logging.getLogger("lungtumor.training")
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)
-    result = train(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet)
+    result = train(args.cache, args.out, cfg, resume=args.resume, progress=not args.quiet, source=source)
     if result.is_global_zero:
         print(result)
     return 0

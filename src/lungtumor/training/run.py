@@ -157,6 +157,7 @@ def train(
     *,
     train_names: list[str] | None = None,
     val_names: list[str] | None = None,
+    source: str = "config",
 ) -> TrainResult:
     """Train ``cfg`` on a prepared cache and write the run folder ``out``.
 
@@ -164,6 +165,7 @@ def train(
     does. A 2D cache's preprocessing (cache.json ``prep``) replaces ``cfg.prep``; the 3D recipe resolves
     spacing, pooling, patch and batch size from the cache and the memory budget. Either way the saved config
     describes exactly what the model was trained on. ``resume=True`` continues from ``out/checkpoints/last.ckpt``.
+    ``source`` is what a config error names (the config file, when there is one).
 
     Raises:
         InputError: bad cache (or one of the other recipe's kind), config, or run folder (an existing run
@@ -185,7 +187,7 @@ def train(
     if not three_d:
         cfg.prep = from_dict(PrepConfig, data.prep, source=str(data.root / "cache.json"))
     validate(cfg, "config")
-    _check_train_config(cfg, "config")
+    _check_train_config(cfg, source)
     if not three_d:
         _check_slices(data, cfg)
     accelerator, precision = resolve_runtime(cfg)
