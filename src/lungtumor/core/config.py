@@ -209,7 +209,7 @@ class NoduleConfig:
         batch_size: patches per step.
         lr: peak learning rate (one-cycle schedule).
         hard_negatives: from halfway on, the share of each batch's non-tumour cubes drawn from the hardest
-            quarter of ``mine_pool`` scored candidates (0 = off).
+            quarter of ``mine_pool`` scored candidates (0 = off, the default; 0.5 measured no better).
         mine_pool: how many non-tumour candidates are scored to find the hard ones.
         threshold: smallest candidate score that adds a lesion.
         min_diameter_mm: smallest lesion the detector adds, as the diameter of a sphere of its volume (its
@@ -234,7 +234,7 @@ class NoduleConfig:
     steps: int = 400
     batch_size: int = 64
     lr: float = 3e-3
-    hard_negatives: float = 0.5
+    hard_negatives: float = 0.0  # off: no effect over 3 seeds (docs/decisions/0014); 0.5 before 2026-12-07
     mine_pool: int = 4096
     threshold: float = 0.98
     min_diameter_mm: float = 8.0

@@ -1,5 +1,6 @@
-"""The nodule detector's LightningModule: batches of candidate cubes, half on tumours, hard-negative mining at
-half-time, BCE + soft Dice, AdamW with a one-cycle schedule (``train_detector`` runs it under ``pl.Trainer``).
+"""The nodule detector's LightningModule: batches of candidate cubes, half on tumours, optional hard-negative
+mining at half-time (off by default, docs/decisions/0014), BCE + soft Dice, AdamW with a one-cycle schedule
+(``train_detector`` runs it under ``pl.Trainer``).
 
 Candidate cubes come from ``training.detector``; prediction with the detector is ``inference.detector``.
 """
@@ -153,7 +154,8 @@ def train_detector(
     """Train the detector on ``patches`` under ``pl.Trainer`` (``cfg.steps`` steps) and return its net (CPU, eval).
 
     Each batch is half tumour-centred cubes (each lesion as likely as any other, so small nodules weigh like
-    big masses) and half other candidates. Hard negatives: halfway, ``cfg.mine_pool`` random non-tumour
+    big masses) and half other candidates. Hard negatives (``cfg.hard_negatives`` > 0; 0 by default, decision
+    0014: no effect over 3 seeds): halfway, ``cfg.mine_pool`` random non-tumour
     candidates are scored and the quarter that looks most like tumour (vessel ends and junctions, hilar
     vessels) becomes a hard pool; from then on ``cfg.hard_negatives`` of each batch's negatives come from it.
     ``bf16``: the forward pass under bf16 autocast (the loss in float32). ``tb_dir``: TensorBoard logs of the
