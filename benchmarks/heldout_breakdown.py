@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from lungtumor.evaluation.metrics import dice  # noqa: E402
-from lungtumor.imaging.components import label_components  # noqa: E402
+from lungtumor.imaging.components import component_sizes, label_components  # noqa: E402
 from lungtumor.imaging.io import read_mask, read_volume  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def score_case(record: dict, data: Path, pred_p: Path, near_mm: float) -> dict:
         on_gt = np.zeros(n_p + 1, bool)
         on_gt[np.unique(plab[gt])] = True
         cents = _centroids(ct, plab, n_p)
-        sizes = np.bincount(plab.ravel(), minlength=n_p + 1)
+        sizes = component_sizes(plab, n_p)
         hu_sum = np.bincount(plab.ravel(), weights=ct.array.ravel().astype(np.float64), minlength=n_p + 1)
         for k in range(1, n_p + 1):
             if not on_gt[k]:
@@ -83,7 +83,7 @@ def score_case(record: dict, data: Path, pred_p: Path, near_mm: float) -> dict:
     if n_g:
         cents = _centroids(ct, glab, n_g)
         cover = np.bincount(glab[pm], minlength=n_g + 1)
-        total = np.bincount(glab.ravel(), minlength=n_g + 1)
+        total = component_sizes(glab, n_g)
         recs = record.get("lesions", [])
         for k in range(1, n_g + 1):
             rec = min(

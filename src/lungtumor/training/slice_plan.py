@@ -74,6 +74,8 @@ class SlicePlan:
     def attach(self, cache: Cache, train: list[str], val: list[str]) -> None:
         """Index ``train + val`` of ``cache`` and weight the training slices (tumour oversampling)."""
         self.cache, self.val = cache, val
+        # HU -> model units and the window's edges, for the acquisition augmentation (cfg.prep is the cache's)
+        self.hu_scale = hu_scale(self.cfg.prep, cache.stats) if self.cfg.train.augment.acq_p > 0 else None
         self.table = SliceTable(cache, train + val)
         self.train_ids = self.table.slices_of(train)
         tumour = self.table.tumour[self.train_ids]
@@ -151,8 +153,7 @@ class SlicePlan:
         else:
             img, seg = img.float(), seg.float()
         if t.augment.acq_p > 0:  # after the crop: noise and kernel cost the crop's pixels only
-            scale = hu_scale(self.cfg.prep, self.cache.stats)  # cfg.prep is the cache's (training.run)
-            img = reacquire(img, t.augment, scale, 2 * self.k + 1, g)
+            img = reacquire(img, t.augment, self.hu_scale, 2 * self.k + 1, g)  # type: ignore[arg-type]
         return img, seg
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor, loss_fn: Any) -> torch.Tensor:
