@@ -34,7 +34,8 @@ ARRAY_DIRS = {"2d": "cases", "3d": "cases3d"}
 @dataclass
 class CaseInfo:
     """One prepared case: name, slices (z), slice size (H, W) in voxels, indices of slices with tumour (2D caches;
-    empty in 3D ones), slice spacing in mm of the source (0: unknown), source shape (z, y, x) (3D caches)."""
+    empty in 3D ones), slice spacing in mm of the source (0: unknown), source shape (z, y, x) and source voxel size (x, y, z) mm (None
+    in caches that do not record them)."""
 
     name: str
     n_slices: int
@@ -42,6 +43,7 @@ class CaseInfo:
     tumour_slices: list[int]
     dz_mm: float = 0.0
     orig_shape: tuple[int, int, int] | None = None
+    orig_spacing: tuple[float, float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -52,14 +54,18 @@ class CaseInfo:
 def _case_2d(c: dict[str, Any]) -> CaseInfo:
     z, h, w = (int(v) for v in c["prepared_shape"])
     dz = float(c.get("orig_spacing", [0.0, 0.0, 0.0])[2])
-    return CaseInfo(c["name"], int(c["n_slices"]), (h, w), [int(s) for s in c["tumour_slices"]], dz)
+    orig = tuple(int(v) for v in c["orig_shape"]) if "orig_shape" in c else None
+    spacing = tuple(float(v) for v in c["orig_spacing"]) if "orig_spacing" in c else None
+    tumour = [int(s) for s in c["tumour_slices"]]
+    return CaseInfo(c["name"], int(c["n_slices"]), (h, w), tumour, dz, orig, spacing)  # type: ignore[arg-type]
 
 
 def _case_3d(c: dict[str, Any]) -> CaseInfo:
     z, h, w = (int(v) for v in c["shape"])
     orig = tuple(int(v) for v in c["orig_shape"])
     dz = float(c.get("orig_spacing", [0.0, 0.0, 0.0])[2])
-    return CaseInfo(c["name"], z, (h, w), [], dz, orig)  # type: ignore[arg-type]
+    spacing = tuple(float(v) for v in c["orig_spacing"]) if "orig_spacing" in c else None
+    return CaseInfo(c["name"], z, (h, w), [], dz, orig, spacing)  # type: ignore[arg-type]
 
 
 @dataclass

@@ -8,7 +8,6 @@ Prediction with it is ``inference.detector``; how its lesions join the 2D mask i
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import sys
@@ -33,6 +32,7 @@ from lungtumor.imaging.orientation import to_canonical
 from lungtumor.imaging.resample import resample
 from lungtumor.inference.checkpoint import add_detector_to_checkpoint
 from lungtumor.inference.detector import PATCH_HU, candidates_on_grid, extract_patches
+from lungtumor.preprocessing.cache import Cache, CaseInfo
 from lungtumor.preprocessing.detector_grid import hu_on_detector_grid
 from lungtumor.preprocessing.frame import frame_spacing, geometry_of
 from lungtumor.training.detector_module import PatchSet, train_detector
@@ -57,17 +57,16 @@ def case_patches(
     return cubes, masks, at.astype(np.int64)
 
 
-def case_hu(
-    image: str | Path, record: Mapping[str, Any], prep: Mapping[str, Any], cfg: NoduleConfig
-) -> np.ndarray:
+def case_hu(image: str | Path, case: CaseInfo, prep: Mapping[str, Any], cfg: NoduleConfig) -> np.ndarray:
     """The canonical HU of a cached case's source ``image`` on the detector's grid (float32 (z', y', x')).
 
-    ``record`` is the case's cache.json entry: the source must still have the shape and voxel size it had when
-    the cache was prepared, or :class:`InputError`."""
+    ``case`` is the case's cache entry: the source must still have the shape and voxel size it had when the
+    cache was prepared, or :class:`InputError`."""
 
     vol, _ = to_canonical(read_volume(image))
-    shape = [int(v) for v in record["orig_shape"]]
-    spacing = tuple(float(v) for v in record["orig_spacing"])
+    if case.orig_shape is None or case.orig_spacing is None:
+        raise InputError(image, "its cache entry has no source geometry (an older cache): run prepare again")
+    shape, spacing = list(case.orig_shape), case.orig_spacing
     if list(vol.shape) != shape or not np.allclose(vol.spacing, spacing, rtol=1e-4):
         raise InputError(
             image,
@@ -78,9 +77,8 @@ def case_hu(
 
 
 def _one_case(job: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    root, name, image, record, prep, cfg = job
-    seg = np.load(Path(root) / "cases" / f"{name}_seg.npy", mmap_mode="r")
-    return case_patches(case_hu(image, record, prep, cfg), np.asarray(seg), cfg)
+    cache, name, image, cfg = job
+    return case_patches(case_hu(image, cache.cases[name], cache.prep, cfg), np.asarray(cache.seg(name)), cfg)
 
 
 def source_images(root: Path, source: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, Path]:
@@ -119,15 +117,15 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def cache_patches(cache: str | Path, names: Sequence[str], cfg: NoduleConfig, workers: int = 2) -> PatchSet:
-    """Candidate cubes of the cached cases ``names`` (a prepared 2D cache: their masks; the CTs come from its
-    source dataset), ``workers`` processes."""
+def cache_patches(
+    cache: Cache | str | Path, names: Sequence[str], cfg: NoduleConfig, workers: int = 2
+) -> PatchSet:
+    """Candidate cubes of the cached cases ``names`` (a prepared 2D cache, open or its folder: their masks; the
+    CTs come from its source dataset), ``workers`` processes."""
 
-    root = Path(cache)
-    meta = json.loads((root / "cache.json").read_text(encoding="utf-8"))
-    records = {c["name"]: c for c in meta["cases"]}
-    images = source_images(root, meta.get("source"), names)
-    jobs = [(str(root), n, str(images[n]), records[n], meta["prep"], cfg) for n in names]
+    cache = cache if isinstance(cache, Cache) else Cache.open(cache, "2d")
+    images = source_images(cache.root, cache.source, names)
+    jobs = [(cache, n, str(images[n]), cfg) for n in names]
     if workers > 1 and len(jobs) > 1:  # numpy and scipy only in the workers: fork is safe
         ctx = get_context("fork")
         with ProcessPoolExecutor(
@@ -162,7 +160,7 @@ def train_for_run(
     t0 = time.perf_counter()
     log = print if progress else None
     names = list(cache.train) + list(cache.val) if names is None else list(names)
-    patches = cache_patches(cache.root, names, cfg.nodule, workers=min(2, max(1, len(names))))
+    patches = cache_patches(cache, names, cfg.nodule, workers=min(2, max(1, len(names))))
     if log:
         n_pos = int((patches.lesion >= 0).sum())
         log(
