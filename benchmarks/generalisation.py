@@ -18,7 +18,11 @@ the same for every seed):
   steps per epoch as A: training costs the same);
 - D "demo (today) + acquisition": A's data (its cache), trained with the acquisition augmentation on half the
   samples (``train.augment.acq_p`` 0.5 and the config's defaults: noise sd 10-60 HU, kernel from a 1-px blur to
-  an unsharp mask, thicker slices in 30 % of them; ``training.acquisition``, decision 0036).
+  an unsharp mask, thicker slices in 30 % of them; ``training.acquisition``, decision 0036);
+- E "default + look-alikes": as C, but the 35 ``--variety in-family`` phantoms keep only the tumour types
+  (solid, spiculated, part-solid, ground-glass, cavitating) and the look-alikes that make the held-out family's
+  false positives (consolidation, atelectasis, calcified granulomas; ``heldout_breakdown.py``), 0.3 hard
+  negatives.
 
 Test sets (made once, never trained on):
 
@@ -65,12 +69,15 @@ ARMS = {
     "B": "varied + hard negatives",
     "C": "default + varied (no invasion), 0.3 negatives",
     "D": "demo (today) + acquisition augmentation",
+    "E": "default + look-alikes (tumour types, consolidation, atelectasis, granulomas), 0.3 negatives",
 }
 DATA_OF = {"D": "A"}  # arms that train on another arm's data (and cache)
 ACQ_P = 0.5  # arm D: train.augment.acq_p
 NEGATIVE_FRACTION = 0.15  # arm B: train.negative_fraction and synth --hard-negatives (the synth default)
 NEGATIVE_FRACTION_C = 0.3  # arm C: the same, for its varied half
 NO_INVASION = ("chest_wall", "mediastinum")  # arm C's varied phantoms leave the invasion labels out
+# arm E's varied phantoms keep only these elements
+LOOK_ALIKES = ("tumour_type", "consolidation", "atelectasis", "granulomas")
 SETS = ("default", "in-family", "held-out", "real")
 LARGE = ("lung2 (pyradiomics)", "LUNG1-001 (NSCLC-Radiomics)", "IBSI CT phantom")
 SMALL = "lung1 (pyradiomics)"
@@ -114,6 +121,7 @@ def make_data(out: Path, sz: dict, arms: list[str]) -> dict[str, float]:
     """Synthesise the training sets of ``arms`` and the test sets, prepare the arms' caches; seconds per step."""
     from lungtumor.core.config_io import load_config
     from lungtumor.data.phantom import synth_dataset
+    from lungtumor.data.variety import ELEMENTS
     from lungtumor.preprocessing.prepare import prepare_dataset
 
     data = out / "data"
@@ -124,13 +132,16 @@ def make_data(out: Path, sz: dict, arms: list[str]) -> dict[str, float]:
                        variety="in-family", hard_negatives=NEGATIVE_FRACTION),
         "trainCv": dict(n_train=sz["train"], n_test=0, seed=0, train_lesions="rich", train_hilar_vessels=True,
                         variety="in-family", variety_without=NO_INVASION, hard_negatives=NEGATIVE_FRACTION_C),
+        "trainEv": dict(n_train=sz["train"], n_test=0, seed=0, train_lesions="rich", train_hilar_vessels=True,
+                        variety="in-family", variety_without=tuple(e for e in ELEMENTS if e not in LOOK_ALIKES),
+                        hard_negatives=NEGATIVE_FRACTION_C),
         "d1": dict(n_train=0, n_test=sz["d1"], seed=11),
         "d2": dict(n_train=0, n_test=sz["d2"], seed=12),
         "infam": dict(n_train=0, n_test=sz["infam"], seed=21, variety="in-family"),
         "heldout": dict(n_train=0, n_test=sz["heldout"], seed=22, variety="held-out"),
     }  # fmt: skip
     sec = {}
-    skip = {name for arm, name in (("B", "trainB"), ("C", "trainCv")) if arm not in arms}
+    skip = {name for arm, name in (("B", "trainB"), ("C", "trainCv"), ("E", "trainEv")) if arm not in arms}
     for name, kw in jobs.items():
         d = data / name
         if _done(d) or kw["n_train"] + kw["n_test"] == 0 or name in skip:
@@ -140,8 +151,8 @@ def make_data(out: Path, sz: dict, arms: list[str]) -> dict[str, float]:
         _log(synth_dataset(d, **kw, **common))
         _mark(d)
         sec[f"synth_{name}"] = round(time.perf_counter() - t0, 1)
-    if "C" in arms:
-        mixed(data / "trainC", {"a": data / "trainA", "v": data / "trainCv"})
+    for arm in {"C", "E"} & set(arms):  # A's phantoms and the arm's varied ones, one dataset
+        mixed(data / f"train{arm}", {"a": data / "trainA", "v": data / f"train{arm}v"})
     prep = load_config(None, "demo").prep
     for arm in sorted({DATA_OF.get(x, x) for x in arms}):
         c = out / "cache" / arm
@@ -195,7 +206,7 @@ def train_run(out: Path, arm: str, seed: int, quick: bool) -> dict:
     cfg.train.seed = seed
     if arm == "B":
         cfg.train.negative_fraction = NEGATIVE_FRACTION
-    if arm == "C":
+    if arm in ("C", "E"):
         cfg.train.negative_fraction = NEGATIVE_FRACTION_C
     if arm == "D":
         cfg.train.augment.acq_p = ACQ_P
@@ -415,7 +426,8 @@ def main() -> int:
     ap.add_argument(
         "--arms",
         default="A,B",
-        help="A (demo today), B (varied + hard negatives), C (default + varied), D (A + acquisition)",
+        help="A (demo today), B (varied + hard negatives), C (default + varied), D (A + acquisition), "
+        "E (default + look-alikes)",
     )
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny phantoms, few cases, 1 short epoch")
     ap.add_argument("--jobs", type=int, default=2, help="runs trained and scored at a time")
