@@ -8,12 +8,14 @@ busy: near 2; not for several, whose other ranks the child does not wait for), e
 child's ``ru_maxrss`` from ``os.wait4`` for one process, each rank's ``peak_rss_mib`` from the merged manifest,
 ``processes.ranks``, for several) and the load average before and after each run. Memory must stay flat from
 10 to 50 cases: a process holds at most three cases at a time (one read, one in the model, one written:
-``workflows.stages``). Prints a Markdown table.
+``workflows.stages``). ``--same-case`` makes every case a link to one phantom: the peak then cannot grow with
+the phantoms' content (more tumour, more detector candidates), only with the case count. Prints a Markdown table.
 
     python benchmarks/batch_predict.py                                  # trains a tiny model first
     python benchmarks/batch_predict.py --model RUN_DIR --counts 10 50 --processes 1 2
     python benchmarks/batch_predict.py --model tests/fixtures/legacy_ckpt/demo2d.ckpt --counts 4 --processes 1 2
     python benchmarks/batch_predict.py --model CKPT --old /tmp/oldtree      # an older tree's code beside ours
+    python benchmarks/batch_predict.py --model RUN_DIR --counts 10 50 --processes 1 --same-case
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="checkpoint or run folder (default: train a tiny one)")
     ap.add_argument("--work", type=Path, help="work folder (default: a temporary one, removed afterwards)")
     ap.add_argument("--old", type=Path, help="an older tree (git worktree) to run beside this one")
+    ap.add_argument("--same-case", action="store_true", help="every case a link to one phantom")
     args = ap.parse_args()
     codes: list[tuple[str, Path | None]] = [("new", None)]
     if args.old:
@@ -146,14 +149,18 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         model = args.model or tiny_model(work)
-        pool = write_phantoms(work / "pool", max(args.counts), args.matrix, args.slices)
+        pool = write_phantoms(
+            work / "pool", 1 if args.same_case else max(args.counts), args.matrix, args.slices
+        )
+        if args.same_case:
+            pool = pool * max(args.counts)
         rows = []
         for n in args.counts:
             folder = work / f"in_{n}"
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
-            for p in pool[:n]:
-                (folder / p.name).symlink_to(p)
+            for i, p in enumerate(pool[:n]):
+                (folder / f"case_{i:03d}.nii.gz").symlink_to(p)
             for procs in args.processes:
                 for code, tree in codes:
                     load = os.getloadavg()[0]
@@ -166,7 +173,8 @@ def main() -> None:
                     print(f"{code}, {procs} process(es), {n} cases: {wall:.1f} s, peak RSS {_mib(rss)} MiB",
                           file=sys.stderr)  # fmt: skip
         print(
-            f"lungtumor predict, {args.matrix}x{args.matrix}x{args.slices} phantoms, model {model.name}, "
+            f"lungtumor predict, {args.matrix}x{args.matrix}x{args.slices} phantoms"
+            f"{' (one phantom, repeated)' if args.same_case else ''}, model {model.name}, "
             f"{cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
         )
         print(

@@ -382,6 +382,19 @@ def test_last_epoch_is_always_validated(cache, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
 
 
+def test_validation_does_not_change_the_trained_weights(cache, tmp_path):
+    """How often a run validates picks the checkpoint, never the weights (decision 0024): training every
+    epoch's validation or only the last's ends with the same last.ckpt, bit for bit."""
+    from lungtumor.training.run import train
+
+    for name, every in (("every", 1), ("end", 3)):
+        train(cache, tmp_path / name, tiny_config(epochs=3, val_every_n_epochs=every), progress=False)
+    sa = torch.load(tmp_path / "every/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    sb = torch.load(tmp_path / "end/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def with_source(cache: Path, root: Path) -> Path:
     """A copy of the test cache whose cache.json names a source dataset holding its cases' CTs (HU = the
     cached input undone), as ``prepare`` writes it: the nodule detector reads the CTs from there."""
