@@ -64,7 +64,7 @@ def test_demo_writes_everything_on_the_input_grid(demo_run):
 
     ck = torch.load(out / "run" / "checkpoints" / "best.ckpt", weights_only=True)
     assert CKPT_KEY in ck  # the demo preset trains the 3D nodule detector beside the 2D model
-    # its training phantoms have real-calibre hilar vessels (BENCHMARKS.md "Session 10")
+    # its training phantoms have real-calibre hilar vessels (docs/decisions/0019)
     assert json.loads((out / "data" / "lesions.json").read_text())["train_hilar_vessels"] is True
 
 
