@@ -153,7 +153,7 @@ def main() -> None:
             work / "pool", 1 if args.same_case else max(args.counts), args.matrix, args.slices
         )
         if args.same_case:
-            pool = pool * max(args.counts)
+            pool = pool[:1] * max(args.counts)  # a reused --work may hold more phantoms
         rows = []
         for n in args.counts:
             folder = work / f"in_{n}"
