@@ -34,8 +34,8 @@ ARRAY_DIRS = {"2d": "cases", "3d": "cases3d"}
 @dataclass
 class CaseInfo:
     """One prepared case: name, slices (z), slice size (H, W) in voxels, indices of slices with tumour (2D caches;
-    empty in 3D ones), slice spacing in mm of the source (0: unknown), source shape (z, y, x) and source voxel size (x, y, z) mm (None
-    in caches that do not record them)."""
+    empty in 3D ones), slice spacing in mm of the source (0: unknown), source shape (z, y, x) and source voxel
+    size (x, y, z) mm (None in caches that do not record them)."""
 
     name: str
     n_slices: int
@@ -51,11 +51,16 @@ class CaseInfo:
         return (self.n_slices, *self.shape_hw)
 
 
+def _source_spacing(c: dict[str, Any]) -> tuple[float, tuple[float, ...] | None]:
+    """(slice spacing in mm (0: unknown), voxel size (x, y, z) mm or None) of a cache.json case's source."""
+    spacing = tuple(float(v) for v in c["orig_spacing"]) if "orig_spacing" in c else None
+    return (spacing[2] if spacing is not None else 0.0), spacing
+
+
 def _case_2d(c: dict[str, Any]) -> CaseInfo:
     z, h, w = (int(v) for v in c["prepared_shape"])
-    dz = float(c.get("orig_spacing", [0.0, 0.0, 0.0])[2])
+    dz, spacing = _source_spacing(c)
     orig = tuple(int(v) for v in c["orig_shape"]) if "orig_shape" in c else None
-    spacing = tuple(float(v) for v in c["orig_spacing"]) if "orig_spacing" in c else None
     tumour = [int(s) for s in c["tumour_slices"]]
     return CaseInfo(c["name"], int(c["n_slices"]), (h, w), tumour, dz, orig, spacing)  # type: ignore[arg-type]
 
@@ -63,8 +68,7 @@ def _case_2d(c: dict[str, Any]) -> CaseInfo:
 def _case_3d(c: dict[str, Any]) -> CaseInfo:
     z, h, w = (int(v) for v in c["shape"])
     orig = tuple(int(v) for v in c["orig_shape"])
-    dz = float(c.get("orig_spacing", [0.0, 0.0, 0.0])[2])
-    spacing = tuple(float(v) for v in c["orig_spacing"]) if "orig_spacing" in c else None
+    dz, spacing = _source_spacing(c)
     return CaseInfo(c["name"], z, (h, w), [], dz, orig, spacing)  # type: ignore[arg-type]
 
 
