@@ -61,8 +61,10 @@ def score(
     tta: bool,
     device: str = "auto",
     z_ratio: float | None = None,
+    precision: str = "auto",
 ) -> dict:
-    """Predict and evaluate one test folder (several runs: their averaged probabilities); the row's numbers."""
+    """Predict and evaluate one test folder (several runs: their averaged probabilities); the row's numbers.
+    ``precision``: predict's "auto", "32" or "bf16"."""
     from lungtumor.evaluation.evaluate import evaluate_dirs
     from lungtumor.workflows.predict import PredictOptions, predict_paths
 
@@ -76,7 +78,14 @@ def score(
         [img],
         run,
         out,
-        PredictOptions(progress=False, measure=False, tta=tta, device=device, min_z_extent_ratio=z_ratio),
+        PredictOptions(
+            progress=False,
+            measure=False,
+            tta=tta,
+            device=device,
+            min_z_extent_ratio=z_ratio,
+            precision=precision,
+        ),
     )
     sec = (time.perf_counter() - t0) / max(len(res), 1)
     bad = [r.error for r in res if r.error]

@@ -53,18 +53,22 @@ VARIANTS: dict[str, tuple[list[str], bool]] = {
     "detector threshold 0.99": (["nodule.threshold=0.99"], False),
     "detector minimum 6 mm": (["nodule.min_diameter_mm=6"], False),
     "detector minimum 10 mm": (["nodule.min_diameter_mm=10"], False),
+    # the same, predicted in float32 instead of predict's "auto" (bf16 on CPUs with native bf16; decision 0026)
+    "demo (today), fp32 predict": ([], False),
 }
+#: variants that predict in a fixed precision (predict's ``precision``); all others use "auto"
+PRECISION: dict[str, str] = {"demo (today), fp32 predict": "32"}
 
 
 def realdata_dice(
-    ckpt: Path, realdata: Path, out: Path, tta: bool
+    ckpt: Path, realdata: Path, out: Path, tta: bool, precision: str = "auto"
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Dice and false-positive components of each real CT (the checkpoint's settings; 2D mirror TTA as the
     variant says)."""
     res, fps = {}, {}
     for name, (img_rel, lab_rel) in CASES.items():
         img_p, lab_p = realdata / img_rel, realdata / lab_rel
-        opts = PredictOptions(measure=False, tta=tta)
+        opts = PredictOptions(measure=False, tta=tta, precision=precision)
         r = predict_paths([img_p], ckpt, out, opts)[0]
         if r.error:
             raise SystemExit(f"{img_p}: {r.error}")
@@ -98,10 +102,13 @@ def main() -> int:
     table: dict[str, dict[str, list[float]]] = {}
     for vname in names:
         overrides, tta = VARIANTS[vname]
+        precision = PRECISION.get(vname, "auto")
         for i, run in enumerate(a.run):
-            tag = f"{vname.replace(' ', '_').replace('(', '').replace(')', '')}_{i}"
+            tag = f"{vname.replace(' ', '_').replace('(', '').replace(')', '').replace(',', '')}_{i}"
             ckpt = patched_checkpoint(run, overrides, a.out / "models" / f"{tag}.ckpt")
-            sets = [score(ckpt, t, a.out / "pred" / tag / t.name, tta, "cpu") for t in a.test]
+            sets = [
+                score(ckpt, t, a.out / "pred" / tag / t.name, tta, "cpu", precision=precision) for t in a.test
+            ]
             row = {
                 "variant": vname,
                 "run": str(run),
@@ -112,7 +119,7 @@ def main() -> int:
             }
             if a.realdata.is_dir():
                 row["real"], row["real_fp"] = realdata_dice(
-                    ckpt, a.realdata, a.out / "pred" / tag / "real", tta
+                    ckpt, a.realdata, a.out / "pred" / tag / "real", tta, precision
                 )
                 row["real_dice"] = statistics.mean(row["real"].values())
                 row["real_fp_per_ct"] = statistics.mean(row["real_fp"].values())
