@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import asdict
@@ -30,6 +31,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         return v
 
     return conv(asdict(cfg))
+
+
+#: a decimal number in exponent form without a dot ("1e-4"): YAML 1.2 reads it as a float, PyYAML (YAML 1.1) as
+#: a string, so ``lr: 1e-4`` in a config file is accepted as the number it means
+_EXP_FLOAT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
 
 
 def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
@@ -66,6 +72,8 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
         raise InputError(source, f"{where}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
             return float(value)
         raise InputError(source, f"{where}: expected a number, got {value!r}")
     if tp is str:
