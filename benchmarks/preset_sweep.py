@@ -73,20 +73,10 @@ def score(
         if (test / "imagesTs").is_dir()
         else (test / "img", test / "gt")
     )
+    opts = PredictOptions(progress=False, measure=False, tta=tta, device=device, min_z_extent_ratio=z_ratio)
+    opts.precision = precision
     t0 = time.perf_counter()
-    res = predict_paths(
-        [img],
-        run,
-        out,
-        PredictOptions(
-            progress=False,
-            measure=False,
-            tta=tta,
-            device=device,
-            min_z_extent_ratio=z_ratio,
-            precision=precision,
-        ),
-    )
+    res = predict_paths([img], run, out, opts)
     sec = (time.perf_counter() - t0) / max(len(res), 1)
     bad = [r.error for r in res if r.error]
     if bad:
