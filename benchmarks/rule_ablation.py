@@ -20,6 +20,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -33,31 +34,37 @@ from lungtumor.evaluation.evaluate import evaluate_case  # noqa: E402
 from lungtumor.imaging.io import read_mask, read_volume  # noqa: E402
 from lungtumor.workflows.predict import PredictOptions, predict_paths  # noqa: E402
 
-#: name -> (checkpoint overrides, 2D mirror TTA). "demo" is the preset as ``lungtumor demo``
-#: predicts; each other variant changes one thing.
-VARIANTS: dict[str, tuple[list[str], bool]] = {
-    "demo (all rules)": ([], True),
-    "no lung gate": (["infer.lung_gate=false"], True),
-    "no flat filter": (["infer.min_z_extent_ratio=0"], True),
-    "no minimum size": (["infer.min_lesion_mm3=0"], True),
-    "no 2D mirror TTA": ([], False),
-    "no nodule detector": (["nodule.enabled=false"], True),
-    "no detector flip TTA": (["nodule.tta=false"], True),
-    "no confirm_small": (["nodule.confirm_small=false"], True),
+
+class Variant(NamedTuple):
+    """Checkpoint overrides, 2D mirror TTA, and predict's precision ("auto": bf16 on CPUs with native bf16)."""
+
+    overrides: list[str]
+    tta: bool
+    precision: str = "auto"
+
+
+#: name -> variant. "demo" is the preset as ``lungtumor demo`` predicts; each other variant changes one thing.
+VARIANTS: dict[str, Variant] = {
+    "demo (all rules)": Variant([], True),
+    "no lung gate": Variant(["infer.lung_gate=false"], True),
+    "no flat filter": Variant(["infer.min_z_extent_ratio=0"], True),
+    "no minimum size": Variant(["infer.min_lesion_mm3=0"], True),
+    "no 2D mirror TTA": Variant([], False),
+    "no nodule detector": Variant(["nodule.enabled=false"], True),
+    "no detector flip TTA": Variant(["nodule.tta=false"], True),
+    "no confirm_small": Variant(["nodule.confirm_small=false"], True),
     # the demo as it predicts since 2026-12-07 (no 2D mirror TTA; lung gate and minimum size off in the
     # checkpoint), and one threshold or size changed from it (decisions 0002, 0010, 0011)
-    "demo (today)": ([], False),
-    "threshold 0.4": (["infer.threshold=0.4"], False),
-    "threshold 0.6": (["infer.threshold=0.6"], False),
-    "detector threshold 0.95": (["nodule.threshold=0.95"], False),
-    "detector threshold 0.99": (["nodule.threshold=0.99"], False),
-    "detector minimum 6 mm": (["nodule.min_diameter_mm=6"], False),
-    "detector minimum 10 mm": (["nodule.min_diameter_mm=10"], False),
+    "demo (today)": Variant([], False),
+    "threshold 0.4": Variant(["infer.threshold=0.4"], False),
+    "threshold 0.6": Variant(["infer.threshold=0.6"], False),
+    "detector threshold 0.95": Variant(["nodule.threshold=0.95"], False),
+    "detector threshold 0.99": Variant(["nodule.threshold=0.99"], False),
+    "detector minimum 6 mm": Variant(["nodule.min_diameter_mm=6"], False),
+    "detector minimum 10 mm": Variant(["nodule.min_diameter_mm=10"], False),
     # the same, predicted in float32 instead of predict's "auto" (bf16 on CPUs with native bf16; decision 0026)
-    "demo (today), fp32 predict": ([], False),
+    "demo (today), fp32 predict": Variant([], False, "32"),
 }
-#: variants that predict in a fixed precision (predict's ``precision``); all others use "auto"
-PRECISION: dict[str, str] = {"demo (today), fp32 predict": "32"}
 
 
 def realdata_dice(
@@ -101,8 +108,7 @@ def main() -> int:
     names = a.only or list(VARIANTS)
     table: dict[str, dict[str, list[float]]] = {}
     for vname in names:
-        overrides, tta = VARIANTS[vname]
-        precision = PRECISION.get(vname, "auto")
+        overrides, tta, precision = VARIANTS[vname]
         for i, run in enumerate(a.run):
             tag = f"{vname.replace(' ', '_').replace('(', '').replace(')', '').replace(',', '')}_{i}"
             ckpt = patched_checkpoint(run, overrides, a.out / "models" / f"{tag}.ckpt")
